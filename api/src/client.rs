@@ -1,0 +1,454 @@
+//! The coordinator client: one typed method per route, credentials on every
+//! request, and failover across a list of coordinator URLs.
+//!
+//! Mutating requests always carry an idempotency key (the caller's, or one made
+//! per call), so trying the same request on another coordinator after a lost
+//! response can never apply it twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey};
+use crate::error::{ErrorCode, ErrorEnvelope};
+use crate::headers;
+use crate::hosts::{
+    Claim, Claimed, Complete, Heartbeat, HeartbeatAck, HostList, RegisterHost, Registered,
+};
+use crate::jobs::{Job, JobList, JobQuery, JobSpec};
+
+/// How long an ordinary request may take before the next coordinator is tried.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection attempt may take: coordinators are expected nearby.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Slack added to a long-poll's own wait before the client gives up on it.
+const LONG_POLL_SLACK: Duration = Duration::from_secs(5);
+
+/// What the client presents to coordinators.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    #[default]
+    None,
+    /// The cluster's shared token (`x-skyclaw-token`).
+    Token(String),
+    /// A scoped API key (`authorization: Bearer`).
+    ApiKey(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never reach logs.
+        f.write_str(match self {
+            Credentials::None => "None",
+            Credentials::Token(_) => "Token(..)",
+            Credentials::ApiKey(_) => "ApiKey(..)",
+        })
+    }
+}
+
+/// Why a request did not produce the expected answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A coordinator answered with an error envelope.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    /// No coordinator could be reached or all answered that they are unavailable.
+    #[error("no coordinator answered: {}", .attempts.join("; "))]
+    Unavailable { attempts: Vec<String> },
+    /// A coordinator answered with something that is not the expected JSON.
+    #[error("unexpected answer from {url}: {detail}")]
+    Decode { url: String, detail: String },
+    /// The client was given no coordinator URLs or an unusable one.
+    #[error("invalid coordinator url: {0}")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The error code, when a coordinator gave one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True when the error says nothing about the request itself: trying again
+    /// later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unavailable { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+/// A client for a set of coordinators. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    /// Index of the URL that answered last: tried first next time.
+    preferred: AtomicUsize,
+    credentials: Credentials,
+}
+
+/// One request, independent of which coordinator it goes to.
+struct Call<'a> {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    idempotency_key: Option<&'a str>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for the given coordinator base URLs (`http://host:port`).
+    pub fn new(urls: &[String], credentials: Credentials) -> Result<Client, ClientError> {
+        let urls: Vec<String> = urls
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(ClientError::BadUrl("no coordinator urls given".into()));
+        }
+        for url in &urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ClientError::BadUrl(format!(
+                    "{url} (expected http://HOST:PORT or https://HOST:PORT)"
+                )));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::BadUrl(e.to_string()))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                urls,
+                preferred: AtomicUsize::new(0),
+                credentials,
+            }),
+        })
+    }
+
+    /// Parses a comma-separated URL list, as given to `--coordinator`.
+    pub fn split_urls(list: &str) -> Vec<String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.inner.urls
+    }
+
+    /// `GET /health` on the preferred coordinator (or the next that answers).
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Call::get("/health")).await
+    }
+
+    pub async fn submit_job(
+        &self,
+        spec: &JobSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<Job, ClientError> {
+        self.call(Call::post("/v1/jobs", spec, idempotency_key))
+            .await
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<Job, ClientError> {
+        self.call(Call::get(&format!("/v1/jobs/{}", segment(id))))
+            .await
+    }
+
+    /// Waits up to `timeout` for the job to be terminal and returns it as it is then.
+    pub async fn wait_job_once(&self, id: &str, timeout: Duration) -> Result<Job, ClientError> {
+        let mut call = Call::get(&format!("/v1/jobs/{}/wait", segment(id)));
+        call.query
+            .push(("timeout_ms", timeout.as_millis().to_string()));
+        call.timeout = timeout + LONG_POLL_SLACK;
+        self.call(call).await
+    }
+
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<JobList, ClientError> {
+        let mut call = Call::get("/v1/jobs");
+        if let Some(status) = query.status {
+            call.query.push(("status", status.as_str().to_string()));
+        }
+        if let Some(limit) = query.limit {
+            call.query.push(("limit", limit.to_string()));
+        }
+        if let Some(after) = &query.after {
+            call.query.push(("after", after.clone()));
+        }
+        self.call(call).await
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<Job, ClientError> {
+        let path = format!("/v1/jobs/{}/cancel", segment(id));
+        self.call(Call::post(&path, &serde_json::json!({}), None))
+            .await
+    }
+
+    /// Reports a job's end. The key should be the same on every retry of one
+    /// completion, so a lost answer can be asked again.
+    pub async fn complete_job(
+        &self,
+        id: &str,
+        complete: &Complete,
+        idempotency_key: &str,
+    ) -> Result<Job, ClientError> {
+        let path = format!("/v1/jobs/{}/complete", segment(id));
+        self.call(Call::post(&path, complete, Some(idempotency_key)))
+            .await
+    }
+
+    pub async fn register_host(&self, req: &RegisterHost) -> Result<Registered, ClientError> {
+        self.call(Call::post("/v1/hosts/register", req, None)).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        host_id: &str,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, ClientError> {
+        let path = format!("/v1/hosts/{}/heartbeat", segment(host_id));
+        self.call(Call::post(&path, hb, None)).await
+    }
+
+    /// Long-polls for work. A retry after a lost answer must reuse the key so
+    /// that jobs leased by the lost answer are handed out again, not orphaned.
+    pub async fn claim(
+        &self,
+        host_id: &str,
+        claim: &Claim,
+        idempotency_key: &str,
+    ) -> Result<Claimed, ClientError> {
+        let path = format!("/v1/hosts/{}/claim", segment(host_id));
+        let mut call = Call::post(&path, claim, Some(idempotency_key));
+        call.timeout = Duration::from_millis(claim.wait_ms) + LONG_POLL_SLACK;
+        self.call(call).await
+    }
+
+    pub async fn list_hosts(&self) -> Result<HostList, ClientError> {
+        self.call(Call::get("/v1/hosts")).await
+    }
+
+    pub async fn create_api_key(&self, req: &CreateApiKey) -> Result<CreatedApiKey, ClientError> {
+        self.call(Call::post("/v1/apikeys", req, None)).await
+    }
+
+    pub async fn list_api_keys(&self) -> Result<ApiKeyList, ClientError> {
+        self.call(Call::get("/v1/apikeys")).await
+    }
+
+    pub async fn revoke_api_key(&self, id: &str) -> Result<ApiKey, ClientError> {
+        let mut call = Call::get(&format!("/v1/apikeys/{}", segment(id)));
+        call.method = Method::DELETE;
+        self.call(call).await
+    }
+
+    /// Sends the call to each coordinator in turn, starting with the one that
+    /// answered last, until one gives an answer that is not "unavailable".
+    async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, ClientError> {
+        let made_key;
+        let idempotency_key = match call.idempotency_key {
+            Some(k) => Some(k),
+            None if call.method != Method::GET => {
+                made_key = uuid::Uuid::now_v7().simple().to_string();
+                Some(made_key.as_str())
+            }
+            None => None,
+        };
+        let urls = &self.inner.urls;
+        let start = self.inner.preferred.load(Ordering::Relaxed) % urls.len();
+        let mut attempts = Vec::new();
+        for offset in 0..urls.len() {
+            let index = (start + offset) % urls.len();
+            let url = format!("{}{}", urls[index], call.path);
+            match self.send_once(&url, &call, idempotency_key).await {
+                Ok(response) => {
+                    let status = response.status();
+                    if is_unavailable(status) {
+                        let detail = error_detail(response).await;
+                        attempts.push(format!("{url}: HTTP {status}: {detail}"));
+                        continue;
+                    }
+                    self.inner.preferred.store(index, Ordering::Relaxed);
+                    return decode(&url, response).await;
+                }
+                Err(e) => {
+                    attempts.push(format!("{url}: {}", describe_transport(&e)));
+                }
+            }
+        }
+        Err(ClientError::Unavailable { attempts })
+    }
+
+    async fn send_once(
+        &self,
+        url: &str,
+        call: &Call<'_>,
+        idempotency_key: Option<&str>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut req = self
+            .inner
+            .http
+            .request(call.method.clone(), url)
+            .timeout(call.timeout);
+        if !call.query.is_empty() {
+            req = req.query(&call.query);
+        }
+        req = match &self.inner.credentials {
+            Credentials::None => req,
+            Credentials::Token(t) => req.header(headers::TOKEN, t),
+            Credentials::ApiKey(k) => req.bearer_auth(k),
+        };
+        if let Some(key) = idempotency_key {
+            req = req.header(headers::IDEMPOTENCY_KEY, key);
+        }
+        if let Some(body) = &call.body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        req.send().await
+    }
+}
+
+impl<'a> Call<'a> {
+    fn get(path: &str) -> Call<'a> {
+        Call {
+            method: Method::GET,
+            path: path.to_string(),
+            query: Vec::new(),
+            body: None,
+            idempotency_key: None,
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    fn post(path: &str, body: &impl Serialize, idempotency_key: Option<&'a str>) -> Call<'a> {
+        Call {
+            method: Method::POST,
+            path: path.to_string(),
+            query: Vec::new(),
+            // Serialising our own wire types cannot fail.
+            body: Some(serde_json::to_vec(body).expect("wire types serialise")),
+            idempotency_key,
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Statuses that say "this coordinator cannot serve you now; another might".
+fn is_unavailable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Escapes an id for use as one path segment.
+fn segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection refused or unreachable".to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+async fn error_detail(response: reqwest::Response) -> String {
+    match response.json::<ErrorEnvelope>().await {
+        Ok(env) => env.error.message,
+        Err(_) => "no error envelope".to_string(),
+    }
+}
+
+async fn decode<T: DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| ClientError::Decode {
+        url: url.to_string(),
+        detail: e.to_string(),
+    })?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: url.to_string(),
+            detail: e.to_string(),
+        });
+    }
+    match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+        Ok(env) => Err(ClientError::Api {
+            status: status.as_u16(),
+            code: env.error.code,
+            message: env.error.message,
+        }),
+        Err(_) => Err(ClientError::Decode {
+            url: url.to_string(),
+            detail: format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_escaped() {
+        assert_eq!(segment("job-1_a.b"), "job-1_a.b");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn urls_must_have_a_scheme() {
+        assert!(Client::new(&["127.0.0.1:1".into()], Credentials::None).is_err());
+        assert!(Client::new(&[], Credentials::None).is_err());
+        let c = Client::new(
+            &Client::split_urls("http://a:1/, http://b:2"),
+            Credentials::None,
+        )
+        .unwrap();
+        assert_eq!(c.urls(), ["http://a:1", "http://b:2"]);
+    }
+}

@@ -1,0 +1,85 @@
+//! The JSON error envelope every Skyclaw HTTP error uses:
+//! `{"error":{"code":"...","message":"..."}}`.
+
+use serde::{Deserialize, Serialize};
+
+/// Machine-readable error codes. The HTTP status goes with the code; the
+/// coordinator maps its errors to both in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed JSON, unknown fields or kinds, values out of range (400).
+    BadRequest,
+    /// Missing or wrong credentials (401).
+    Unauthorized,
+    /// Right credentials, missing scope (403).
+    Forbidden,
+    /// No such job, host or key, or not visible to the caller (404).
+    NotFound,
+    /// The request conflicts with the current state (409).
+    Conflict,
+    /// A completion or renewal carried a lease token that is no longer current (409).
+    StaleLease,
+    /// The idempotency key was used before with a different request (409).
+    IdempotencyConflict,
+    /// The host is unknown or was marked down; it must register again (404).
+    HostNotRegistered,
+    /// The body is larger than the route accepts (413).
+    PayloadTooLarge,
+    /// The server could not finish in time (408/504).
+    Timeout,
+    /// The server cannot take writes right now (503).
+    Unavailable,
+    /// A bug or an IO failure on the server (500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code's wire spelling, as used in the envelope.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::StaleLease => "stale_lease",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::HostNotRegistered => "host_not_registered",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outer object of an error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+/// What went wrong: a stable code and a human sentence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorEnvelope {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorEnvelope {
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Hosts on the wire: registration, heartbeats, claiming jobs under a lease and
+//! reporting their completion.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+use crate::jobs::{Job, JobResult};
+
+/// Most jobs one claim may hand out; a host asks for its free slots.
+pub const MAX_CLAIM_JOBS: u32 = 256;
+/// Longest a claim long-poll waits for work before answering empty.
+pub const MAX_CLAIM_WAIT_MS: u64 = 10_000;
+/// Most entries in a host's allowlist or capability list.
+pub const MAX_HOST_LIST: usize = 256;
+
+/// `POST /v1/hosts/register`. Registering again with the same id updates the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHost {
+    /// Chosen by the host and kept in its data directory, so it survives restarts.
+    pub host_id: String,
+    pub name: String,
+    pub capabilities: Vec<String>,
+    pub max_parallel: u32,
+    pub allowed_commands: Vec<String>,
+    #[serde(default)]
+    pub openclaw_version: Option<String>,
+    /// The skyclaw version the host runs.
+    pub version: String,
+}
+
+/// What a coordinator tells a host on registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    pub host_id: String,
+    /// How often the host should heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A host silent for this long is marked down and its jobs requeued.
+    pub ttl_ms: u64,
+}
+
+/// Whether a host is taking work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    Up,
+    Down,
+}
+
+impl HostStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Up => "up",
+            HostStatus::Down => "down",
+        }
+    }
+}
+
+/// A host as `GET /v1/hosts` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: String,
+    pub name: String,
+    pub status: HostStatus,
+    pub capabilities: Vec<String>,
+    pub max_parallel: u32,
+    pub allowed_commands: Vec<String>,
+    pub openclaw_version: Option<String>,
+    pub version: String,
+    pub registered_at: Millis,
+    pub updated_at: Millis,
+    /// Milliseconds since the coordinator last heard from the host, if it has.
+    pub last_heartbeat_ms_ago: Option<u64>,
+    /// Jobs currently leased to the host.
+    pub running_jobs: u32,
+}
+
+/// `GET /v1/hosts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostList {
+    pub hosts: Vec<Host>,
+}
+
+/// A lease the host holds, reported with each heartbeat so it is renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldLease {
+    pub job_id: String,
+    pub lease_token: String,
+}
+
+/// `POST /v1/hosts/{id}/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub running: Vec<HeldLease>,
+}
+
+/// The coordinator's answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Jobs the host must stop: cancelled, or leased elsewhere now.
+    pub stop: Vec<String>,
+}
+
+/// `POST /v1/hosts/{id}/claim`: wait up to `wait_ms` for up to `max_jobs` jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    pub max_jobs: u32,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A job handed to a host, with the lease that proves the host holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedJob {
+    pub job: Job,
+    /// The fencing token: completion must carry it.
+    pub lease_token: String,
+    pub lease_expires_at: Millis,
+}
+
+/// The answer to a claim: possibly empty when the wait ran out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Claimed {
+    pub jobs: Vec<LeasedJob>,
+}
+
+/// How a host ended a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// The host gave the job up (it is shutting down): run it elsewhere if
+    /// attempts remain.
+    Abandoned,
+}
+
+/// `POST /v1/jobs/{id}/complete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Complete {
+    pub lease_token: String,
+    pub outcome: Outcome,
+    pub result: JobResult,
+}

@@ -1,0 +1,88 @@
+//! The one place that maps coordinator errors to HTTP statuses and the JSON
+//! error envelope.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use skyclaw_api::{ErrorCode, ErrorEnvelope};
+
+use crate::state::CommandError;
+use crate::store::StoreError;
+
+/// Everything a handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::Command(CommandError::NotFound(_)) => ErrorCode::NotFound,
+            ApiError::Command(CommandError::Conflict(_)) => ErrorCode::Conflict,
+            ApiError::Command(CommandError::StaleLease(_)) => ErrorCode::StaleLease,
+            ApiError::Command(CommandError::HostNotRegistered(_)) => ErrorCode::HostNotRegistered,
+            ApiError::Command(CommandError::IdempotencyConflict(_)) => {
+                ErrorCode::IdempotencyConflict
+            }
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self.code() {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound | ErrorCode::HostNotRegistered => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict | ErrorCode::StaleLease | ErrorCode::IdempotencyConflict => {
+                StatusCode::CONFLICT
+            }
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Closed => ApiError::Unavailable("the coordinator is shutting down".into()),
+            other => {
+                tracing::error!(error = %other, "store fault");
+                ApiError::Internal(format!("storage fault: {other}"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorEnvelope::new(self.code(), self.to_string());
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,282 @@
+//! Host routes: registration, heartbeats (which renew leases), claiming jobs
+//! by long-poll, and the host list.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use rand::RngCore;
+use skyclaw_api::hosts::{
+    Claim, Claimed, Heartbeat, HeartbeatAck, Host, HostList, HostStatus, MAX_CLAIM_JOBS,
+    MAX_CLAIM_WAIT_MS, MAX_HOST_LIST, RegisterHost, Registered,
+};
+use skyclaw_api::now_ms;
+
+use super::auth::Principal;
+use super::extract::{IdempotencyKey, JsonBody};
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::scheduler;
+use crate::state::read;
+use crate::state::{Command, CommandError, IdempotencyRecord, Output};
+
+/// Hosts heartbeat this many times per TTL, so one lost beat is harmless.
+const BEATS_PER_TTL: u32 = 5;
+/// Queued jobs the scheduler looks at per claim, oldest first. Jobs that no
+/// live host can run sit in the queue; past this many of them, younger jobs
+/// wait until the old ones are cancelled or a host that can run them appears.
+const SCHEDULING_WINDOW: usize = 4096;
+/// Longest accepted host id or name.
+const MAX_HOST_NAME: usize = 128;
+/// Highest `max_parallel` a host may claim.
+const MAX_PARALLEL_LIMIT: u32 = 4096;
+
+pub async fn register(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    idempotency: IdempotencyKey,
+    body: JsonBody<RegisterHost>,
+) -> Result<Json<Registered>, ApiError> {
+    principal.require_token()?;
+    let host = body.value;
+    validate_registration(&host)?;
+    let now = now_ms();
+    let record = idempotency.record(&principal, &body.request_hash, now);
+    node.execute(
+        Command::RegisterHost {
+            host: host.clone(),
+            now,
+        },
+        record,
+    )
+    .await?;
+    let host_id = host.host_id.clone();
+    node.liveness.register(host, Instant::now());
+    tracing::info!(host = %host_id, "host registered");
+    let ttl = node.liveness.ttl();
+    Ok(Json(Registered {
+        host_id,
+        heartbeat_interval_ms: (ttl / BEATS_PER_TTL).as_millis() as u64,
+        ttl_ms: ttl.as_millis() as u64,
+    }))
+}
+
+fn validate_registration(host: &RegisterHost) -> Result<(), ApiError> {
+    let word = |field: &str, value: &str| {
+        let ok = !value.is_empty()
+            && value.len() <= MAX_HOST_NAME
+            && value.chars().all(|c| c.is_ascii_graphic());
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::BadRequest(format!(
+                "{field} must be 1 to {MAX_HOST_NAME} visible ASCII characters"
+            )))
+        }
+    };
+    word("host_id", &host.host_id)?;
+    word("name", &host.name)?;
+    if host.max_parallel == 0 || host.max_parallel > MAX_PARALLEL_LIMIT {
+        return Err(ApiError::BadRequest(format!(
+            "max_parallel must be between 1 and {MAX_PARALLEL_LIMIT}"
+        )));
+    }
+    if host.capabilities.len() > MAX_HOST_LIST || host.allowed_commands.len() > MAX_HOST_LIST {
+        return Err(ApiError::BadRequest(format!(
+            "capabilities and allowed_commands hold at most {MAX_HOST_LIST} entries each"
+        )));
+    }
+    Ok(())
+}
+
+fn not_registered(host_id: &str) -> ApiError {
+    ApiError::Command(CommandError::HostNotRegistered(format!(
+        "host {host_id} is not registered or was marked down; register again"
+    )))
+}
+
+pub async fn heartbeat(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    Path(host_id): Path<String>,
+    body: JsonBody<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    principal.require_token()?;
+    if !node.liveness.beat(&host_id, Instant::now()) {
+        return Err(not_registered(&host_id));
+    }
+    let running = body.value.running;
+    if running.is_empty() {
+        return Ok(Json(HeartbeatAck::default()));
+    }
+    let command = Command::RenewLeases {
+        host_id,
+        leases: running,
+        expires_at: now_ms() + node.config.lease_duration.as_millis() as u64,
+    };
+    match node.execute(command, None).await? {
+        Output::Stop(stop) => Ok(Json(HeartbeatAck { stop })),
+        other => Err(ApiError::Internal(format!(
+            "expected a stop list from the state machine, got {other:?}"
+        ))),
+    }
+}
+
+pub async fn claim(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    idempotency: IdempotencyKey,
+    Path(host_id): Path<String>,
+    body: JsonBody<Claim>,
+) -> Result<Json<Claimed>, ApiError> {
+    principal.require_token()?;
+    let Claim { max_jobs, wait_ms } = body.value;
+    if max_jobs == 0 || max_jobs > MAX_CLAIM_JOBS {
+        return Err(ApiError::BadRequest(format!(
+            "max_jobs must be between 1 and {MAX_CLAIM_JOBS}"
+        )));
+    }
+    let record = idempotency.record(&principal, &body.request_hash, now_ms());
+    if let Some(replayed) = replay(&node, record.as_ref())? {
+        return Ok(Json(replayed));
+    }
+    let deadline = Instant::now() + Duration::from_millis(wait_ms.min(MAX_CLAIM_WAIT_MS));
+    loop {
+        let queued = node.store.events().jobs_queued.notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
+        let host = node
+            .liveness
+            .get(&host_id)
+            .ok_or_else(|| not_registered(&host_id))?;
+        // Once a lease is proposed its answer is final: the idempotency key
+        // now names it, so proposing again would only replay it.
+        if let Some(leased) = lease_some(&node, &host, max_jobs as usize, record.clone()).await? {
+            return Ok(Json(leased));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Json(Claimed::default()));
+        }
+        tokio::select! {
+            _ = queued => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = node.shutting_down() => return Ok(Json(Claimed::default())),
+        }
+    }
+}
+
+/// The answer recorded for this claim's idempotency key, if any: a host that
+/// lost the answer to a claim gets the same jobs again.
+fn replay(node: &Node, record: Option<&IdempotencyRecord>) -> Result<Option<Claimed>, ApiError> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let stored = node
+        .store
+        .read(|c| read::idempotency(c, &record.principal, &record.key))?;
+    let Some((hash, outcome)) = stored else {
+        return Ok(None);
+    };
+    if hash != record.request_hash {
+        return Err(CommandError::IdempotencyConflict(record.key.clone()).into());
+    }
+    let outcome: Result<Output, CommandError> = serde_json::from_str(&outcome)
+        .map_err(|e| ApiError::Internal(format!("stored claim does not decode: {e}")))?;
+    match outcome? {
+        Output::Leased(jobs) => Ok(Some(Claimed { jobs })),
+        other => Err(ApiError::Internal(format!("stored claim is {other:?}"))),
+    }
+}
+
+/// Picks jobs for the host and leases them; `None` when none fit right now.
+async fn lease_some(
+    node: &Node,
+    host: &RegisterHost,
+    max: usize,
+    record: Option<IdempotencyRecord>,
+) -> Result<Option<Claimed>, ApiError> {
+    let queued = node
+        .store
+        .read(|c| read::queued_jobs(c, SCHEDULING_WINDOW))?;
+    let queued: Vec<_> = queued
+        .into_iter()
+        .filter(|j| !node.is_reserved(&j.id))
+        .collect();
+    let live = node.liveness.up_hosts();
+    let picked: Vec<String> = scheduler::pick(&queued, host, &live, max)
+        .into_iter()
+        .map(|j| j.id.clone())
+        .collect();
+    let picked = node.reserve(picked);
+    if picked.is_empty() {
+        return Ok(None);
+    }
+    let now = now_ms();
+    let leases = picked
+        .iter()
+        .map(|id| (id.clone(), new_lease_token()))
+        .collect();
+    let command = Command::LeaseJobs {
+        host_id: host.host_id.clone(),
+        leases,
+        expires_at: now + node.config.lease_duration.as_millis() as u64,
+        now,
+    };
+    let result = node.execute(command, record).await;
+    node.release(&picked);
+    match result? {
+        Output::Leased(jobs) => Ok(Some(Claimed { jobs })),
+        other => Err(ApiError::Internal(format!(
+            "expected leases from the state machine, got {other:?}"
+        ))),
+    }
+}
+
+/// 128 random bits: a lease token cannot be guessed by another host.
+fn new_lease_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+) -> Result<Json<HostList>, ApiError> {
+    principal.require_token()?;
+    let (rows, counts) = node
+        .store
+        .read(|c| Ok((read::hosts(c)?, read::running_counts(c)?)))?;
+    let now = Instant::now();
+    let hosts = rows
+        .into_iter()
+        .map(|row| {
+            let r = row.registration;
+            let running = counts
+                .iter()
+                .find(|(id, _)| *id == r.host_id)
+                .map_or(0, |(_, n)| *n);
+            let last = node.liveness.last_seen_ago(&r.host_id, now);
+            Host {
+                status: if row.status == HostStatus::Up && last.is_some() {
+                    HostStatus::Up
+                } else {
+                    HostStatus::Down
+                },
+                last_heartbeat_ms_ago: last.map(|d| d.as_millis() as u64),
+                running_jobs: running,
+                registered_at: row.registered_at,
+                updated_at: row.updated_at,
+                id: r.host_id,
+                name: r.name,
+                capabilities: r.capabilities,
+                max_parallel: r.max_parallel,
+                allowed_commands: r.allowed_commands,
+                openclaw_version: r.openclaw_version,
+                version: r.version,
+            }
+        })
+        .collect();
+    Ok(Json(HostList { hosts }))
+}

@@ -1,0 +1,184 @@
+//! Job routes: submit, list, get, wait (long-poll), cancel, and completion by
+//! the host that holds the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use skyclaw_api::apikeys::Scope;
+use skyclaw_api::hosts::Complete;
+use skyclaw_api::jobs::{DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE};
+use skyclaw_api::now_ms;
+
+use super::auth::Principal;
+use super::extract::{ApiQuery, IdempotencyKey, JsonBody};
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::state::read::{self, JobRow};
+use crate::state::{Command, Output};
+
+/// Longest a single wait long-poll holds the connection; clients loop.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Wait when the caller names none.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn submit(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    idempotency: IdempotencyKey,
+    body: JsonBody<JobSpec>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    principal.require(Scope::JobsSubmit)?;
+    let spec = body.value;
+    spec.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let now = now_ms();
+    let command = Command::EnqueueJob {
+        id: new_job_id(),
+        spec,
+        owner: principal.owner(),
+        now,
+    };
+    let record = idempotency.record(&principal, &body.request_hash, now);
+    let job = expect_job(node.execute(command, record).await?)?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Time-ordered ids: listing by id follows submission order.
+fn new_job_id() -> String {
+    format!("j-{}", uuid::Uuid::now_v7().simple())
+}
+
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<JobQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    principal.require_token()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let rows = node
+        .store
+        .read(|c| read::jobs_page(c, query.status, None, query.after.as_deref(), limit + 1))?;
+    let mut jobs: Vec<Job> = rows.into_iter().map(|r| r.job).collect();
+    let next_after = if jobs.len() > limit as usize {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(JobList { jobs, next_after }))
+}
+
+pub async fn get(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    principal.require(Scope::JobsRead)?;
+    Ok(Json(visible_job(&node, &principal, &id)?.job))
+}
+
+/// A job the caller may see; others' jobs are reported as missing.
+fn visible_job(node: &Node, principal: &Principal, id: &str) -> Result<JobRow, ApiError> {
+    node.job(id)?
+        .filter(|row| principal.can_see(row))
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+pub async fn wait(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<Job>, ApiError> {
+    principal.require(Scope::JobsRead)?;
+    let timeout = query
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_WAIT)
+        .min(MAX_WAIT);
+    let finished = node.store.events().watch_job(&id);
+    let row = visible_job(&node, &principal, &id);
+    if matches!(&row, Ok(row) if !row.job.status.is_terminal()) {
+        tokio::select! {
+            _ = finished => {}
+            _ = tokio::time::sleep(timeout) => {}
+            _ = node.shutting_down() => {}
+        }
+    } else {
+        drop(finished);
+    }
+    node.store.events().forget_closed(&id);
+    Ok(Json(visible_job(&node, &principal, &id)?.job))
+}
+
+pub async fn cancel(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    idempotency: IdempotencyKey,
+    Path(id): Path<String>,
+    body: JsonBody<serde_json::Value>,
+) -> Result<Json<Job>, ApiError> {
+    principal.require(Scope::JobsSubmit)?;
+    if !body.value.as_object().is_some_and(|o| o.is_empty()) && !body.value.is_null() {
+        return Err(ApiError::BadRequest(
+            "cancel takes an empty JSON object as its body".into(),
+        ));
+    }
+    let now = now_ms();
+    let command = Command::CancelJob {
+        job_id: id,
+        owner: principal.owner(),
+        now,
+    };
+    let record = idempotency.record(&principal, &body.request_hash, now);
+    Ok(Json(expect_job(node.execute(command, record).await?)?))
+}
+
+pub async fn complete(
+    State(node): State<Arc<Node>>,
+    principal: Principal,
+    idempotency: IdempotencyKey,
+    Path(id): Path<String>,
+    body: JsonBody<Complete>,
+) -> Result<Json<Job>, ApiError> {
+    principal.require_token()?;
+    let now = now_ms();
+    let Complete {
+        lease_token,
+        outcome,
+        result,
+    } = body.value;
+    let command = Command::CompleteJob {
+        job_id: id,
+        lease_token,
+        outcome,
+        result,
+        now,
+    };
+    let record = idempotency.record(&principal, &body.request_hash, now);
+    Ok(Json(expect_job(node.execute(command, record).await?)?))
+}
+
+fn expect_job(output: Output) -> Result<Job, ApiError> {
+    match output {
+        Output::Job(job) => Ok(*job),
+        other => Err(ApiError::Internal(format!(
+            "expected a job from the state machine, got {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,35 @@
+//! `/health` and `/metrics`: public, for load balancers and Prometheus.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::state::read;
+
+pub async fn health(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let applied = node.store.read(read::applied_index)?;
+    Ok(Json(json!({"status": "ok", "applied_index": applied})))
+}
+
+pub async fn metrics(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
+    let (applied, jobs) = node
+        .store
+        .read(|c| Ok((read::applied_index(c)?, read::job_counts(c)?)))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "# TYPE skyclaw_applied_index counter");
+    let _ = writeln!(out, "skyclaw_applied_index {applied}");
+    let _ = writeln!(out, "# TYPE skyclaw_jobs gauge");
+    for (status, count) in jobs {
+        let _ = writeln!(out, "skyclaw_jobs{{status=\"{status}\"}} {count}");
+    }
+    let _ = writeln!(out, "# TYPE skyclaw_hosts_up gauge");
+    let _ = writeln!(out, "skyclaw_hosts_up {}", node.liveness.up_hosts().len());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}

@@ -1,0 +1,130 @@
+//! The Skyclaw coordinator: tracks hosts, jobs and API keys, hands jobs to hosts
+//! under leases, and serves the HTTP API. State changes are typed commands
+//! applied by one deterministic function to SQLite (see [`state`]).
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod http;
+mod liveness;
+mod node;
+mod scheduler;
+pub mod state;
+mod store;
+mod sweep;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ApiError;
+pub use store::{Store, StoreError};
+
+/// A host silent this long is marked down and its jobs requeued.
+pub const DEFAULT_HOST_TTL: Duration = Duration::from_secs(10);
+/// A lease not renewed for this long ends and its job is requeued; hosts renew
+/// with every heartbeat, so this only matters when a host loses contact.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
+/// Largest request body: a job spec with its stdin fits with room to spare.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "coordinator.db";
+/// Where `run` writes the URL it serves on, once bound (tests and tools read it).
+pub const URL_FILE: &str = "coordinator.url";
+
+/// How a coordinator runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// The cluster's shared token, required on private routes.
+    pub token: String,
+    pub host_ttl: Duration,
+    pub lease_duration: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// A configuration with the default limits.
+    pub fn new(data_dir: PathBuf, token: String) -> Config {
+        Config {
+            data_dir,
+            token,
+            host_ttl: DEFAULT_HOST_TTL,
+            lease_duration: DEFAULT_LEASE_DURATION,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Why a coordinator could not start or stopped with a fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("serving http: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serves the coordinator on an already bound listener until `shutdown` fires.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    validate(&config)?;
+    let data_dir_error = |source| CoordinatorError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
+    let store = Store::open(&config.data_dir.join(DB_FILE))?;
+    let url = format!(
+        "http://{}",
+        listener.local_addr().map_err(CoordinatorError::Serve)?
+    );
+    let node = Arc::new(node::Node::new(config.clone(), store)?);
+    write_url_file(&config.data_dir, &url).map_err(data_dir_error)?;
+    tracing::info!(%url, data_dir = %config.data_dir.display(), "coordinator listening");
+
+    let sweeper = tokio::spawn(sweep::run(node.clone()));
+    let stopping = node.clone();
+    let result = axum::serve(listener, http::router(node.clone(), config.max_body_bytes))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.begin_shutdown();
+        })
+        .await
+        .map_err(CoordinatorError::Serve);
+    sweeper.abort();
+    tracing::info!("coordinator stopped");
+    result
+}
+
+fn validate(config: &Config) -> Result<(), CoordinatorError> {
+    if config.token.len() < 16 {
+        return Err(CoordinatorError::Config(
+            "the cluster token must be at least 16 characters".into(),
+        ));
+    }
+    if config.host_ttl < Duration::from_millis(100) || config.lease_duration < config.host_ttl {
+        return Err(CoordinatorError::Config(
+            "host ttl must be at least 100 ms and the lease duration at least the host ttl".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the URL file atomically, so a reader never sees half of it.
+fn write_url_file(dir: &std::path::Path, url: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{URL_FILE}.tmp"));
+    std::fs::write(&tmp, url)?;
+    std::fs::rename(tmp, dir.join(URL_FILE))
+}

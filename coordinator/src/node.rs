@@ -1,0 +1,104 @@
+//! A running coordinator's shared state: the store, host liveness, scheduling
+//! reservations and the shutdown signal, with the operations handlers share.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use skyclaw_api::hosts::HostStatus;
+use tokio::sync::watch;
+
+use crate::Config;
+use crate::error::ApiError;
+use crate::liveness::Liveness;
+use crate::state::read::{self, JobRow};
+use crate::state::{Applied, Command, IdempotencyRecord, Output, Proposal};
+use crate::store::{Store, StoreError};
+
+pub struct Node {
+    pub config: Config,
+    pub store: Store,
+    pub liveness: Liveness,
+    /// sha256 of the cluster token; compared in constant time.
+    pub token_hash: [u8; 32],
+    /// Jobs picked for a lease that is being proposed, so two concurrent
+    /// claims do not pick the same jobs.
+    reserved: Mutex<HashSet<String>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    pub fn new(config: Config, store: Store) -> Result<Node, StoreError> {
+        let up = store.read(read::hosts)?;
+        let up = up
+            .into_iter()
+            .filter(|h| h.status == HostStatus::Up)
+            .map(|h| h.registration)
+            .collect();
+        let liveness = Liveness::new(config.host_ttl, up, Instant::now());
+        Ok(Node {
+            token_hash: crate::http::auth::sha256(config.token.as_bytes()),
+            config,
+            store,
+            liveness,
+            reserved: Mutex::new(HashSet::new()),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Applies a command, durably, and returns its outcome.
+    pub async fn propose(
+        &self,
+        command: Command,
+        idempotency: Option<IdempotencyRecord>,
+    ) -> Result<Applied, ApiError> {
+        let proposal = Proposal::new(command).with_idempotency(idempotency);
+        Ok(self.store.propose(proposal).await?)
+    }
+
+    /// Applies a command and returns its output, or the reason it was refused.
+    pub async fn execute(
+        &self,
+        command: Command,
+        idempotency: Option<IdempotencyRecord>,
+    ) -> Result<Output, ApiError> {
+        Ok(self.propose(command, idempotency).await?.outcome?)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
+        Ok(self.store.read(|c| read::job(c, id))?)
+    }
+
+    /// Marks `ids` as being leased; returns the ones that were free.
+    pub fn reserve(&self, ids: Vec<String>) -> Vec<String> {
+        let mut reserved = self.reserved.lock().expect("reservations lock");
+        ids.into_iter()
+            .filter(|id| reserved.insert(id.clone()))
+            .collect()
+    }
+
+    pub fn is_reserved(&self, id: &str) -> bool {
+        self.reserved
+            .lock()
+            .expect("reservations lock")
+            .contains(id)
+    }
+
+    pub fn release(&self, ids: &[String]) {
+        let mut reserved = self.reserved.lock().expect("reservations lock");
+        for id in ids {
+            reserved.remove(id);
+        }
+    }
+
+    /// Tells long-polls to answer now: the server is stopping.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+}

@@ -1,0 +1,751 @@
+//! `apply`: the one deterministic function that turns a proposal into SQLite
+//! writes. It runs inside the caller's transaction; the caller commits it
+//! together with the applied index, so a crash never applies a proposal twice.
+
+use rusqlite::{Connection, params};
+use skyclaw_api::Millis;
+use skyclaw_api::apikeys::Scope;
+use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
+use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
+
+use super::command::{Command, CommandError, IdempotencyRecord, Output, Owner, Proposal};
+use super::read::{self, JobRow};
+
+/// What applying one proposal produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub outcome: Result<Output, CommandError>,
+    /// True when the outcome was recorded earlier under the same idempotency key
+    /// and nothing was applied now.
+    pub replayed: bool,
+    pub effects: Effects,
+}
+
+/// What changed, so the node can wake waiters once the batch is durable.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// Jobs became claimable.
+    pub jobs_queued: bool,
+    /// Jobs that reached a terminal status.
+    pub finished: Vec<String>,
+}
+
+impl Effects {
+    pub fn merge(&mut self, other: Effects) {
+        self.jobs_queued |= other.jobs_queued;
+        self.finished.extend(other.finished);
+    }
+}
+
+/// A command's answer: its output, or why it was refused.
+type CommandResult = Result<Output, CommandError>;
+
+/// Applies one proposal. `Err` is a storage fault (the batch must be abandoned);
+/// a refused command is `Ok` with an `Err` outcome and writes nothing but its
+/// idempotency record.
+pub fn apply(conn: &Connection, proposal: &Proposal) -> rusqlite::Result<Applied> {
+    if let Some(record) = &proposal.idempotency
+        && let Some(outcome) = replay(conn, record)?
+    {
+        return Ok(Applied {
+            outcome,
+            replayed: true,
+            effects: Effects::default(),
+        });
+    }
+    conn.execute_batch("SAVEPOINT command")?;
+    let mut effects = Effects::default();
+    let outcome = match apply_command(conn, &proposal.command, &mut effects) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO command; RELEASE command")?;
+            return Err(e);
+        }
+    };
+    if outcome.is_err() {
+        conn.execute_batch("ROLLBACK TO command")?;
+        effects = Effects::default();
+    }
+    conn.execute_batch("RELEASE command")?;
+    if let Some(record) = &proposal.idempotency {
+        remember(conn, record, &outcome)?;
+    }
+    Ok(Applied {
+        outcome,
+        replayed: false,
+        effects,
+    })
+}
+
+/// The recorded outcome of an idempotency key, or a conflict when the key was
+/// used with another request.
+fn replay(
+    conn: &Connection,
+    record: &IdempotencyRecord,
+) -> rusqlite::Result<Option<CommandResult>> {
+    let Some((hash, outcome)) = read::idempotency(conn, &record.principal, &record.key)? else {
+        return Ok(None);
+    };
+    if hash != record.request_hash {
+        return Ok(Some(Err(CommandError::IdempotencyConflict(
+            record.key.clone(),
+        ))));
+    }
+    let outcome = serde_json::from_str(&outcome).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+    })?;
+    Ok(Some(outcome))
+}
+
+fn remember(
+    conn: &Connection,
+    record: &IdempotencyRecord,
+    outcome: &CommandResult,
+) -> rusqlite::Result<()> {
+    let outcome = serde_json::to_string(outcome).expect("outcomes serialise");
+    conn.prepare_cached(
+        "INSERT INTO idempotency (principal, key, request_hash, outcome, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        record.principal,
+        record.key,
+        record.request_hash,
+        outcome,
+        record.now
+    ])?;
+    Ok(())
+}
+
+fn apply_command(
+    conn: &Connection,
+    command: &Command,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    match command {
+        Command::RegisterHost { host, now } => register_host(conn, host, *now, effects),
+        Command::HostDown { host_id, now } => host_down(conn, host_id, *now, effects),
+        Command::EnqueueJob {
+            id,
+            spec,
+            owner,
+            now,
+        } => enqueue_job(conn, id, spec, owner, *now, effects),
+        Command::LeaseJobs {
+            host_id,
+            leases,
+            expires_at,
+            now,
+        } => lease_jobs(conn, host_id, leases, *expires_at, *now),
+        Command::RenewLeases {
+            host_id,
+            leases,
+            expires_at,
+        } => renew_leases(conn, host_id, leases, *expires_at),
+        Command::CompleteJob {
+            job_id,
+            lease_token,
+            outcome,
+            result,
+            now,
+        } => complete_job(conn, job_id, lease_token, *outcome, result, *now, effects),
+        Command::CancelJob { job_id, owner, now } => cancel_job(conn, job_id, owner, *now, effects),
+        Command::ExpireLeases { now } => expire_leases(conn, *now, effects),
+        Command::CreateApiKey {
+            id,
+            name,
+            scopes,
+            key_hash,
+            now,
+        } => create_api_key(conn, id, name, scopes, key_hash, *now),
+        Command::RevokeApiKey { id, now } => revoke_api_key(conn, id, *now),
+        Command::PruneIdempotency { before } => {
+            let n = conn
+                .prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
+                .execute([before])?;
+            Ok(Ok(Output::Count(n as u64)))
+        }
+    }
+}
+
+fn register_host(
+    conn: &Connection,
+    host: &RegisterHost,
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    // A host that registers has no running jobs: it restarted, or it was marked
+    // down and its jobs were requeued already.
+    let reason = format!("host {} restarted while running the job", host.host_id);
+    for row in read::running_jobs_of_host(conn, &host.host_id)? {
+        lose_lease(conn, &row, &reason, now, effects)?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO hosts (id, registration, status, registered_at, updated_at)
+         VALUES (?1, ?2, 'up', ?3, ?3)
+         ON CONFLICT (id) DO UPDATE SET registration = ?2, status = 'up', updated_at = ?3",
+    )?
+    .execute(params![
+        host.host_id,
+        serde_json::to_string(host).expect("wire types serialise"),
+        now
+    ])?;
+    Ok(Ok(Output::Done))
+}
+
+fn host_down(
+    conn: &Connection,
+    host_id: &str,
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE hosts SET status = 'down', updated_at = ?2 WHERE id = ?1 AND status = 'up'",
+        )?
+        .execute(params![host_id, now])?;
+    if changed == 0 {
+        return Ok(Err(CommandError::NotFound(format!(
+            "no host {host_id} is up"
+        ))));
+    }
+    let reason = format!("host {host_id} stopped heartbeating");
+    let rows = read::running_jobs_of_host(conn, host_id)?;
+    for row in &rows {
+        lose_lease(conn, row, &reason, now, effects)?;
+    }
+    Ok(Ok(Output::Count(rows.len() as u64)))
+}
+
+/// A running job whose host is gone: queued again while attempts remain,
+/// failed with the reason once they are spent.
+fn lose_lease(
+    conn: &Connection,
+    row: &JobRow,
+    reason: &str,
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<()> {
+    let job = &row.job;
+    let max_attempts = job.spec.max_attempts();
+    if job.attempts < max_attempts {
+        set_status(conn, &job.id, JobStatus::Queued, None, now)?;
+        effects.jobs_queued = true;
+    } else {
+        let result = JobResult::error(format!(
+            "{reason}; gave up after {} of {max_attempts} attempts",
+            job.attempts
+        ));
+        set_status(conn, &job.id, JobStatus::Failed, Some(&result), now)?;
+        effects.finished.push(job.id.clone());
+    }
+    Ok(())
+}
+
+/// Moves a job out of `running` (or `queued`), clearing its lease.
+fn set_status(
+    conn: &Connection,
+    id: &str,
+    status: JobStatus,
+    result: Option<&JobResult>,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    let result = result.map(|r| serde_json::to_string(r).expect("wire types serialise"));
+    conn.prepare_cached(
+        "UPDATE jobs SET status = ?2, result = COALESCE(?3, result), lease_token = NULL,
+                lease_expires_at = NULL, updated_at = ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![id, status.as_str(), result, now])?;
+    Ok(())
+}
+
+fn enqueue_job(
+    conn: &Connection,
+    id: &str,
+    spec: &JobSpec,
+    owner: &Owner,
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO jobs (id, status, kind, spec, owner, attempts, max_attempts,
+                               created_at, updated_at)
+             VALUES (?1, 'queued', ?2, ?3, ?4, 0, ?5, ?6, ?6)
+             ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            id,
+            spec.kind(),
+            serde_json::to_string(spec).expect("wire types serialise"),
+            owner.as_column(),
+            spec.max_attempts(),
+            now
+        ])?;
+    if inserted == 0 {
+        return Ok(Err(CommandError::Conflict(format!(
+            "job {id} exists already"
+        ))));
+    }
+    effects.jobs_queued = true;
+    Ok(Ok(Output::Job(Box::new(Job {
+        id: id.to_string(),
+        status: JobStatus::Queued,
+        spec: spec.clone(),
+        attempts: 0,
+        host_id: None,
+        created_at: now,
+        updated_at: now,
+        result: None,
+    }))))
+}
+
+fn lease_jobs(
+    conn: &Connection,
+    host_id: &str,
+    leases: &[(String, String)],
+    expires_at: Millis,
+    now: Millis,
+) -> rusqlite::Result<CommandResult> {
+    let up =
+        read::host(conn, host_id)?.is_some_and(|h| h.status == skyclaw_api::hosts::HostStatus::Up);
+    if !up {
+        return Ok(Err(CommandError::HostNotRegistered(format!(
+            "host {host_id} is not registered or was marked down; register again"
+        ))));
+    }
+    let mut stmt = conn.prepare_cached(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, host_id = ?2,
+                lease_token = ?3, lease_expires_at = ?4, updated_at = ?5
+         WHERE id = ?1 AND status = 'queued'",
+    )?;
+    let mut leased = Vec::with_capacity(leases.len());
+    for (job_id, token) in leases {
+        if stmt.execute(params![job_id, host_id, token, expires_at, now])? == 0 {
+            continue; // taken, cancelled or gone since the proposer looked
+        }
+        let row = read::job(conn, job_id)?.expect("job updated a moment ago");
+        leased.push(LeasedJob {
+            job: row.job,
+            lease_token: token.clone(),
+            lease_expires_at: expires_at,
+        });
+    }
+    Ok(Ok(Output::Leased(leased)))
+}
+
+fn renew_leases(
+    conn: &Connection,
+    host_id: &str,
+    leases: &[HeldLease],
+    expires_at: Millis,
+) -> rusqlite::Result<CommandResult> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE jobs SET lease_expires_at = MAX(lease_expires_at, ?4)
+         WHERE id = ?1 AND status = 'running' AND host_id = ?2 AND lease_token = ?3",
+    )?;
+    let mut stop = Vec::new();
+    for lease in leases {
+        if stmt.execute(params![
+            lease.job_id,
+            host_id,
+            lease.lease_token,
+            expires_at
+        ])? == 0
+        {
+            stop.push(lease.job_id.clone());
+        }
+    }
+    Ok(Ok(Output::Stop(stop)))
+}
+
+fn complete_job(
+    conn: &Connection,
+    job_id: &str,
+    lease_token: &str,
+    outcome: Outcome,
+    result: &JobResult,
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    let Some(row) = read::job(conn, job_id)? else {
+        return Ok(Err(CommandError::NotFound(format!("no job {job_id}"))));
+    };
+    if row.job.status != JobStatus::Running || row.lease_token.as_deref() != Some(lease_token) {
+        return Ok(Err(CommandError::StaleLease(format!(
+            "lease {lease_token} on job {job_id} is no longer current (the job is {})",
+            row.job.status
+        ))));
+    }
+    let status = match outcome {
+        Outcome::Succeeded => JobStatus::Succeeded,
+        Outcome::Failed => JobStatus::Failed,
+        Outcome::Abandoned if row.job.attempts < row.job.spec.max_attempts() => {
+            set_status(conn, job_id, JobStatus::Queued, None, now)?;
+            effects.jobs_queued = true;
+            return finished_job(conn, job_id);
+        }
+        Outcome::Abandoned => JobStatus::Failed,
+    };
+    set_status(conn, job_id, status, Some(result), now)?;
+    effects.finished.push(job_id.to_string());
+    finished_job(conn, job_id)
+}
+
+fn finished_job(conn: &Connection, job_id: &str) -> rusqlite::Result<CommandResult> {
+    let row = read::job(conn, job_id)?.expect("job updated a moment ago");
+    Ok(Ok(Output::Job(Box::new(row.job))))
+}
+
+fn cancel_job(
+    conn: &Connection,
+    job_id: &str,
+    owner: &Owner,
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    let row = read::job(conn, job_id)?;
+    let Some(row) = row.filter(|r| *owner == Owner::Token || r.owner == owner.as_column()) else {
+        return Ok(Err(CommandError::NotFound(format!("no job {job_id}"))));
+    };
+    if row.job.status.is_terminal() {
+        return Ok(Err(CommandError::Conflict(format!(
+            "job {job_id} is already {}",
+            row.job.status
+        ))));
+    }
+    let result = JobResult::error(format!("cancelled while {}", row.job.status));
+    set_status(conn, job_id, JobStatus::Cancelled, Some(&result), now)?;
+    effects.finished.push(job_id.to_string());
+    finished_job(conn, job_id)
+}
+
+fn expire_leases(
+    conn: &Connection,
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    let rows = read::expired_leases(conn, now)?;
+    for row in &rows {
+        let host = row.job.host_id.as_deref().unwrap_or("?");
+        let reason = format!("lease expired: host {host} stopped renewing it");
+        lose_lease(conn, row, &reason, now, effects)?;
+    }
+    Ok(Ok(Output::Count(rows.len() as u64)))
+}
+
+fn create_api_key(
+    conn: &Connection,
+    id: &str,
+    name: &str,
+    scopes: &[Scope],
+    key_hash: &str,
+    now: Millis,
+) -> rusqlite::Result<CommandResult> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO api_keys (id, name, scopes, key_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            id,
+            name,
+            serde_json::to_string(scopes).expect("scopes serialise"),
+            key_hash,
+            now
+        ])?;
+    if inserted == 0 {
+        return Ok(Err(CommandError::Conflict(format!(
+            "api key {id} exists already"
+        ))));
+    }
+    let key = read::api_key(conn, id)?.expect("key inserted a moment ago");
+    Ok(Ok(Output::ApiKey(key)))
+}
+
+fn revoke_api_key(conn: &Connection, id: &str, now: Millis) -> rusqlite::Result<CommandResult> {
+    conn.prepare_cached(
+        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+    )?
+    .execute(params![id, now])?;
+    match read::api_key(conn, id)? {
+        Some(key) => Ok(Ok(Output::ApiKey(key))),
+        None => Ok(Err(CommandError::NotFound(format!("no api key {id}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+    use skyclaw_api::hosts::{HeldLease, Outcome, RegisterHost};
+    use skyclaw_api::jobs::{JobResult, JobStatus};
+
+    use super::*;
+    use crate::state::schema::migrate;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn
+    }
+
+    fn run(conn: &Connection, command: Command) -> Applied {
+        apply(conn, &Proposal::new(command)).unwrap()
+    }
+
+    fn host(id: &str) -> Command {
+        Command::RegisterHost {
+            host: RegisterHost {
+                host_id: id.into(),
+                name: id.into(),
+                capabilities: vec!["shell".into()],
+                max_parallel: 2,
+                allowed_commands: vec!["echo".into()],
+                openclaw_version: None,
+                version: "test".into(),
+            },
+            now: 1,
+        }
+    }
+
+    fn enqueue(conn: &Connection, id: &str, max_attempts: u32) {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kind": "shell", "command": "echo", "max_attempts": max_attempts
+        }))
+        .unwrap();
+        let applied = run(
+            conn,
+            Command::EnqueueJob {
+                id: id.into(),
+                spec,
+                owner: Owner::Token,
+                now: 2,
+            },
+        );
+        assert!(applied.effects.jobs_queued);
+    }
+
+    fn lease(conn: &Connection, host: &str, job: &str, token: &str, expires_at: u64) -> usize {
+        match run(
+            conn,
+            Command::LeaseJobs {
+                host_id: host.into(),
+                leases: vec![(job.into(), token.into())],
+                expires_at,
+                now: 3,
+            },
+        )
+        .outcome
+        {
+            Ok(Output::Leased(jobs)) => jobs.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn status(conn: &Connection, job: &str) -> (JobStatus, u32) {
+        let row = read::job(conn, job).unwrap().unwrap();
+        (row.job.status, row.job.attempts)
+    }
+
+    fn complete(conn: &Connection, job: &str, token: &str) -> CommandResult {
+        run(
+            conn,
+            Command::CompleteJob {
+                job_id: job.into(),
+                lease_token: token.into(),
+                outcome: Outcome::Succeeded,
+                result: JobResult::default(),
+                now: 9,
+            },
+        )
+        .outcome
+    }
+
+    #[test]
+    fn a_job_is_leased_once_and_completed_once() {
+        let conn = db();
+        run(&conn, host("h1"));
+        run(&conn, host("h2"));
+        enqueue(&conn, "j1", 3);
+        assert_eq!(lease(&conn, "h1", "j1", "t1", 100), 1);
+        assert_eq!(lease(&conn, "h2", "j1", "t2", 100), 0, "already leased");
+        assert_eq!(status(&conn, "j1"), (JobStatus::Running, 1));
+        assert!(matches!(
+            complete(&conn, "j1", "t2"),
+            Err(CommandError::StaleLease(_))
+        ));
+        let done = run(
+            &conn,
+            Command::CompleteJob {
+                job_id: "j1".into(),
+                lease_token: "t1".into(),
+                outcome: Outcome::Succeeded,
+                result: JobResult::default(),
+                now: 9,
+            },
+        );
+        assert_eq!(done.effects.finished, ["j1"]);
+        assert!(matches!(
+            complete(&conn, "j1", "t1"),
+            Err(CommandError::StaleLease(_))
+        ));
+        assert_eq!(status(&conn, "j1").0, JobStatus::Succeeded);
+    }
+
+    #[test]
+    fn lost_leases_requeue_until_attempts_run_out() {
+        let conn = db();
+        run(&conn, host("h1"));
+        enqueue(&conn, "j1", 2);
+        lease(&conn, "h1", "j1", "t1", 100);
+        run(&conn, Command::ExpireLeases { now: 50 });
+        assert_eq!(
+            status(&conn, "j1"),
+            (JobStatus::Running, 1),
+            "not yet expired"
+        );
+        run(&conn, Command::ExpireLeases { now: 101 });
+        assert_eq!(status(&conn, "j1"), (JobStatus::Queued, 1));
+        lease(&conn, "h1", "j1", "t2", 200);
+        let down = run(
+            &conn,
+            Command::HostDown {
+                host_id: "h1".into(),
+                now: 150,
+            },
+        );
+        assert_eq!(down.effects.finished, ["j1"]);
+        let row = read::job(&conn, "j1").unwrap().unwrap();
+        assert_eq!(row.job.status, JobStatus::Failed);
+        let error = row.job.result.unwrap().error.unwrap();
+        assert!(
+            error.contains("stopped heartbeating") && error.contains("2 of 2"),
+            "{error}"
+        );
+        // A down host can no longer take leases.
+        enqueue(&conn, "j2", 1);
+        assert!(matches!(
+            run(
+                &conn,
+                Command::LeaseJobs {
+                    host_id: "h1".into(),
+                    leases: vec![("j2".into(), "t".into())],
+                    expires_at: 1,
+                    now: 1
+                }
+            )
+            .outcome,
+            Err(CommandError::HostNotRegistered(_))
+        ));
+    }
+
+    #[test]
+    fn renewals_name_the_leases_a_host_must_stop() {
+        let conn = db();
+        run(&conn, host("h1"));
+        enqueue(&conn, "j1", 1);
+        enqueue(&conn, "j2", 1);
+        lease(&conn, "h1", "j1", "t1", 100);
+        lease(&conn, "h1", "j2", "t2", 100);
+        run(
+            &conn,
+            Command::CancelJob {
+                job_id: "j2".into(),
+                owner: Owner::Token,
+                now: 5,
+            },
+        );
+        let held = vec![
+            HeldLease {
+                job_id: "j1".into(),
+                lease_token: "t1".into(),
+            },
+            HeldLease {
+                job_id: "j2".into(),
+                lease_token: "t2".into(),
+            },
+        ];
+        let renewed = run(
+            &conn,
+            Command::RenewLeases {
+                host_id: "h1".into(),
+                leases: held,
+                expires_at: 500,
+            },
+        );
+        assert_eq!(renewed.outcome, Ok(Output::Stop(vec!["j2".into()])));
+        run(&conn, Command::ExpireLeases { now: 400 });
+        assert_eq!(
+            status(&conn, "j1").0,
+            JobStatus::Running,
+            "renewed past 400"
+        );
+    }
+
+    #[test]
+    fn idempotency_replays_and_refuses_other_requests() {
+        let conn = db();
+        let record = |hash: &str| IdempotencyRecord {
+            principal: "token".into(),
+            key: "k1".into(),
+            request_hash: hash.into(),
+            now: 1,
+        };
+        let proposal = |id: &str, hash: &str| {
+            Proposal::new(Command::EnqueueJob {
+                id: id.into(),
+                spec: serde_json::from_str(r#"{"kind":"shell","command":"echo"}"#).unwrap(),
+                owner: Owner::Token,
+                now: 1,
+            })
+            .with_idempotency(Some(record(hash)))
+        };
+        let first = apply(&conn, &proposal("j1", "h")).unwrap();
+        let again = apply(&conn, &proposal("j2", "h")).unwrap();
+        assert!(again.replayed);
+        assert_eq!(first.outcome, again.outcome);
+        assert!(
+            read::job(&conn, "j2").unwrap().is_none(),
+            "replay applies nothing"
+        );
+        let other = apply(&conn, &proposal("j3", "other")).unwrap();
+        assert!(matches!(
+            other.outcome,
+            Err(CommandError::IdempotencyConflict(_))
+        ));
+    }
+
+    #[test]
+    fn keys_cancel_only_their_own_jobs() {
+        let conn = db();
+        enqueue(&conn, "j1", 1);
+        let by_key = run(
+            &conn,
+            Command::CancelJob {
+                job_id: "j1".into(),
+                owner: Owner::ApiKey("k".into()),
+                now: 3,
+            },
+        );
+        assert!(matches!(by_key.outcome, Err(CommandError::NotFound(_))));
+        let by_token = run(
+            &conn,
+            Command::CancelJob {
+                job_id: "j1".into(),
+                owner: Owner::Token,
+                now: 3,
+            },
+        );
+        assert_eq!(by_token.effects.finished, ["j1"]);
+        let twice = run(
+            &conn,
+            Command::CancelJob {
+                job_id: "j1".into(),
+                owner: Owner::Token,
+                now: 4,
+            },
+        );
+        assert!(matches!(twice.outcome, Err(CommandError::Conflict(_))));
+    }
+}

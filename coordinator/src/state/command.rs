@@ -1,0 +1,155 @@
+//! Every change to shared state as a typed command, and what applying one yields.
+
+use serde::{Deserialize, Serialize};
+use skyclaw_api::Millis;
+use skyclaw_api::apikeys::{ApiKey, Scope};
+use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
+use skyclaw_api::jobs::{Job, JobResult, JobSpec};
+
+/// Who a job belongs to: the cluster token's holder, or one API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    Token,
+    ApiKey(String),
+}
+
+impl Owner {
+    /// The owner as stored in the jobs table.
+    pub fn as_column(&self) -> String {
+        match self {
+            Owner::Token => "token".to_string(),
+            Owner::ApiKey(id) => format!("key:{id}"),
+        }
+    }
+}
+
+/// One change to shared state. Times, ids and tokens are chosen by the proposer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// A host joins or rejoins; leases it held before are given up.
+    RegisterHost {
+        host: RegisterHost,
+        now: Millis,
+    },
+    /// A host missed its heartbeats: mark it down and requeue its jobs.
+    HostDown {
+        host_id: String,
+        now: Millis,
+    },
+    EnqueueJob {
+        id: String,
+        spec: JobSpec,
+        owner: Owner,
+        now: Millis,
+    },
+    /// Leases queued jobs to a host; jobs no longer queued are skipped.
+    LeaseJobs {
+        host_id: String,
+        /// `(job id, lease token)` pairs.
+        leases: Vec<(String, String)>,
+        expires_at: Millis,
+        now: Millis,
+    },
+    /// Extends the leases a host reports holding.
+    RenewLeases {
+        host_id: String,
+        leases: Vec<HeldLease>,
+        expires_at: Millis,
+    },
+    CompleteJob {
+        job_id: String,
+        lease_token: String,
+        outcome: Outcome,
+        result: JobResult,
+        now: Millis,
+    },
+    /// Cancels a job on behalf of `owner` (who must own it, unless the token holder).
+    CancelJob {
+        job_id: String,
+        owner: Owner,
+        now: Millis,
+    },
+    /// Requeues (or fails) every running job whose lease ended before `now`.
+    ExpireLeases {
+        now: Millis,
+    },
+    CreateApiKey {
+        id: String,
+        name: String,
+        scopes: Vec<Scope>,
+        key_hash: String,
+        now: Millis,
+    },
+    RevokeApiKey {
+        id: String,
+        now: Millis,
+    },
+    /// Forgets idempotency records created before `before`.
+    PruneIdempotency {
+        before: Millis,
+    },
+}
+
+/// Binds a command to the idempotency key it was sent with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// Keys are per caller: one caller can never replay another's answer.
+    pub principal: String,
+    pub key: String,
+    /// sha256 of method, path and body: the same key with another request is refused.
+    pub request_hash: String,
+    pub now: Millis,
+}
+
+/// What goes through the log: a command and, optionally, its idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub command: Command,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+impl Proposal {
+    pub fn new(command: Command) -> Proposal {
+        Proposal {
+            command,
+            idempotency: None,
+        }
+    }
+
+    pub fn with_idempotency(mut self, record: Option<IdempotencyRecord>) -> Proposal {
+        self.idempotency = record;
+        self
+    }
+}
+
+/// What a successfully applied command returns to its proposer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    Done,
+    Job(Box<Job>),
+    Leased(Vec<LeasedJob>),
+    /// Jobs a host reported that it must stop.
+    Stop(Vec<String>),
+    ApiKey(ApiKey),
+    Count(u64),
+}
+
+/// Why a command changed nothing. These are answers, not faults: they are
+/// deterministic and recorded against idempotency keys like any output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    StaleLease(String),
+    #[error("{0}")]
+    HostNotRegistered(String),
+    #[error("idempotency key {0:?} was already used with a different request")]
+    IdempotencyConflict(String),
+}

@@ -1,0 +1,219 @@
+//! Reads of the state tables, shared by `apply` and the HTTP handlers.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use skyclaw_api::apikeys::{ApiKey, Scope};
+use skyclaw_api::hosts::{HostStatus, RegisterHost};
+use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
+
+/// A job with the columns only the coordinator sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub job: Job,
+    pub owner: String,
+    pub lease_token: Option<String>,
+}
+
+/// A host as stored; liveness and load are added by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRow {
+    pub registration: RegisterHost,
+    pub status: HostStatus,
+    pub registered_at: u64,
+    pub updated_at: u64,
+}
+
+const JOB_COLUMNS: &str =
+    "id, status, spec, attempts, host_id, created_at, updated_at, result, owner, lease_token";
+
+fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
+    let status: String = row.get(1)?;
+    let spec: String = row.get(2)?;
+    let result: Option<String> = row.get(7)?;
+    Ok(JobRow {
+        job: Job {
+            id: row.get(0)?,
+            status: status.parse().map_err(|e: String| corrupt(1, e))?,
+            spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| corrupt(2, e.to_string()))?,
+            attempts: row.get(3)?,
+            host_id: row.get(4)?,
+            created_at: row.get(5)?,
+            updated_at: row.get(6)?,
+            result: result
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .map_err(|e| corrupt(7, e.to_string()))?,
+        },
+        owner: row.get(8)?,
+        lease_token: row.get(9)?,
+    })
+}
+
+/// A stored value that does not decode: the database was damaged or hand-edited.
+fn corrupt(column: usize, detail: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, detail.into())
+}
+
+pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRow>> {
+    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([id], job_row)
+        .optional()
+}
+
+/// Jobs oldest first, optionally of one status and owner, after a given job id.
+pub fn jobs_page(
+    conn: &Connection,
+    status: Option<JobStatus>,
+    owner: Option<&str>,
+    after: Option<&str>,
+    limit: u32,
+) -> rusqlite::Result<Vec<JobRow>> {
+    let after_seq: i64 = match after {
+        Some(id) => conn
+            .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(i64::MAX),
+        None => 0,
+    };
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs
+         WHERE seq > ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR owner = ?3)
+         ORDER BY seq LIMIT ?4"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![after_seq, status.map(|s| s.as_str()), owner, limit],
+        job_row,
+    )?;
+    rows.collect()
+}
+
+/// The oldest queued jobs, the window the scheduler looks at.
+pub fn queued_jobs(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    let sql =
+        format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT ?1");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([limit as i64], job_row)?;
+    rows.map(|r| r.map(|row| row.job)).collect()
+}
+
+/// Running jobs whose lease ended before `now`.
+pub fn expired_leases(conn: &Connection, now: u64) -> rusqlite::Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY seq"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([now], job_row)?;
+    rows.collect()
+}
+
+pub fn running_jobs_of_host(conn: &Connection, host_id: &str) -> rusqlite::Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND host_id = ?1 ORDER BY seq"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([host_id], job_row)?;
+    rows.collect()
+}
+
+/// How many jobs each host holds now.
+pub fn running_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u32)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT host_id, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY host_id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Job counts by status, for /metrics.
+pub fn job_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+fn host_row(row: &Row<'_>) -> rusqlite::Result<HostRow> {
+    let registration: String = row.get(0)?;
+    let status: String = row.get(1)?;
+    Ok(HostRow {
+        registration: serde_json::from_str(&registration).map_err(|e| corrupt(0, e.to_string()))?,
+        status: if status == "up" {
+            HostStatus::Up
+        } else {
+            HostStatus::Down
+        },
+        registered_at: row.get(2)?,
+        updated_at: row.get(3)?,
+    })
+}
+
+pub fn host(conn: &Connection, id: &str) -> rusqlite::Result<Option<HostRow>> {
+    conn.prepare_cached(
+        "SELECT registration, status, registered_at, updated_at FROM hosts WHERE id = ?1",
+    )?
+    .query_row([id], host_row)
+    .optional()
+}
+
+pub fn hosts(conn: &Connection) -> rusqlite::Result<Vec<HostRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT registration, status, registered_at, updated_at FROM hosts ORDER BY registered_at, id",
+    )?;
+    let rows = stmt.query_map([], host_row)?;
+    rows.collect()
+}
+
+fn key_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let scopes: String = row.get(2)?;
+    Ok(ApiKey {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        scopes: serde_json::from_str::<Vec<Scope>>(&scopes)
+            .map_err(|e| corrupt(2, e.to_string()))?,
+        created_at: row.get(3)?,
+        revoked_at: row.get(4)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, name, scopes, created_at, revoked_at";
+
+pub fn api_key(conn: &Connection, id: &str) -> rusqlite::Result<Option<ApiKey>> {
+    conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"))?
+        .query_row([id], key_row)
+        .optional()
+}
+
+/// The live (unrevoked) key whose secret hashes to `key_hash`.
+pub fn api_key_by_hash(conn: &Connection, key_hash: &str) -> rusqlite::Result<Option<ApiKey>> {
+    conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL"
+    ))?
+    .query_row([key_hash], key_row)
+    .optional()
+}
+
+pub fn api_keys(conn: &Connection) -> rusqlite::Result<Vec<ApiKey>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map([], key_row)?;
+    rows.collect()
+}
+
+/// The stored request hash and outcome (JSON) of an idempotency key.
+pub fn idempotency(
+    conn: &Connection,
+    principal: &str,
+    key: &str,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached(
+        "SELECT request_hash, outcome FROM idempotency WHERE principal = ?1 AND key = ?2",
+    )?
+    .query_row([principal, key], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
+pub fn applied_index(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'applied_index'")?
+        .query_row([], |r| r.get(0))
+}

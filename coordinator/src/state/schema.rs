@@ -1,0 +1,109 @@
+//! The SQLite schema and its migrations, versioned with `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// The schema version this build writes. A database with a newer version was
+/// written by a newer skyclaw and is refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+INSERT INTO meta (key, value) VALUES ('applied_index', 0);
+
+CREATE TABLE jobs (
+    seq              INTEGER PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
+    status           TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    spec             TEXT NOT NULL,
+    owner            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL,
+    max_attempts     INTEGER NOT NULL,
+    host_id          TEXT,
+    lease_token      TEXT,
+    lease_expires_at INTEGER,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    result           TEXT
+) STRICT;
+CREATE INDEX jobs_by_status ON jobs (status, seq);
+CREATE INDEX jobs_running_by_host ON jobs (host_id) WHERE status = 'running';
+CREATE INDEX jobs_running_by_expiry ON jobs (lease_expires_at) WHERE status = 'running';
+
+CREATE TABLE hosts (
+    id            TEXT PRIMARY KEY,
+    registration  TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE api_keys (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    scopes     TEXT NOT NULL,
+    key_hash   TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) STRICT;
+
+CREATE TABLE idempotency (
+    principal    TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (principal, key)
+) STRICT;
+CREATE INDEX idempotency_by_age ON idempotency (created_at);
+";
+
+/// Errors opening or migrating the database.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "database schema version {found} is newer than this build's {SCHEMA_VERSION}; upgrade skyclaw"
+    )]
+    TooNew { found: i64 },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Brings the database up to [`SCHEMA_VERSION`] in one transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(SchemaError::TooNew { found });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    if found < 1 {
+        tx.execute_batch(V1)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(SchemaError::TooNew { .. })
+        ));
+    }
+}

@@ -1,0 +1,74 @@
+//! Background duties of a coordinator: marking silent hosts down, requeueing
+//! jobs whose leases expired, and forgetting old idempotency records.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skyclaw_api::now_ms;
+
+use crate::node::Node;
+use crate::state::Command;
+use crate::state::read;
+
+/// How often expired leases are looked for.
+const LEASE_SWEEP: Duration = Duration::from_millis(500);
+/// Idempotency keys are honoured for a day, like most public APIs do.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How often old idempotency records are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// Runs until the task is aborted.
+pub async fn run(node: Arc<Node>) {
+    // Check hosts several times per TTL so one is marked down soon after it ends.
+    let mut hosts = tokio::time::interval(node.liveness.ttl() / 4);
+    let mut leases = tokio::time::interval(LEASE_SWEEP);
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    for tick in [&mut hosts, &mut leases, &mut prune] {
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        let result = tokio::select! {
+            _ = hosts.tick() => mark_silent_hosts_down(&node).await,
+            _ = leases.tick() => expire_leases(&node).await,
+            _ = prune.tick() => prune_idempotency(&node).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "background sweep failed; retrying on the next tick");
+        }
+    }
+}
+
+async fn mark_silent_hosts_down(node: &Node) -> Result<(), crate::ApiError> {
+    for host_id in node.liveness.overdue(Instant::now()) {
+        let outcome = node
+            .propose(
+                Command::HostDown {
+                    host_id: host_id.clone(),
+                    now: now_ms(),
+                },
+                None,
+            )
+            .await?
+            .outcome;
+        node.liveness.remove(&host_id);
+        tracing::warn!(host = %host_id, requeued = ?outcome, "host missed its heartbeats; marked down");
+    }
+    Ok(())
+}
+
+async fn expire_leases(node: &Node) -> Result<(), crate::ApiError> {
+    let now = now_ms();
+    let expired = node.store.read(|c| read::expired_leases(c, now))?;
+    if !expired.is_empty() {
+        node.propose(Command::ExpireLeases { now }, None).await?;
+        tracing::warn!(jobs = expired.len(), "leases expired; jobs requeued");
+    }
+    Ok(())
+}
+
+async fn prune_idempotency(node: &Node) -> Result<(), crate::ApiError> {
+    let before = now_ms().saturating_sub(IDEMPOTENCY_TTL.as_millis() as u64);
+    node.propose(Command::PruneIdempotency { before }, None)
+        .await?;
+    Ok(())
+}
