@@ -27,6 +27,8 @@ const BEATS_PER_TTL: u32 = 5;
 /// live host can run sit in the queue; past this many of them, younger jobs
 /// wait until the old ones are cancelled or a host that can run them appears.
 const SCHEDULING_WINDOW: usize = 4096;
+/// Queued jobs read per step of that scan.
+const SCHEDULING_PAGE: usize = 256;
 /// Longest accepted host id or name.
 const MAX_HOST_NAME: usize = 128;
 /// Highest `max_parallel` a host may claim.
@@ -196,18 +198,32 @@ async fn lease_some(
     max: usize,
     record: Option<IdempotencyRecord>,
 ) -> Result<Option<Claimed>, ApiError> {
-    let queued = node
-        .store
-        .read(|c| read::queued_jobs(c, SCHEDULING_WINDOW))?;
-    let queued: Vec<_> = queued
-        .into_iter()
-        .filter(|j| !node.is_reserved(&j.id))
-        .collect();
     let live = node.liveness.up_hosts();
-    let picked: Vec<String> = scheduler::pick(&queued, host, &live, max)
-        .into_iter()
-        .map(|j| j.id.clone())
-        .collect();
+    let mut picked = Vec::new();
+    let mut after_seq = 0;
+    let mut scanned = 0;
+    // Page through the queue: usually the first page has enough.
+    while picked.len() < max && scanned < SCHEDULING_WINDOW {
+        let page = node
+            .store
+            .read(|c| read::queued_jobs(c, after_seq, SCHEDULING_PAGE))?;
+        let Some((last_seq, _)) = page.last() else {
+            break;
+        };
+        after_seq = *last_seq;
+        scanned += page.len();
+        let free: Vec<_> = page
+            .into_iter()
+            .map(|(_, job)| job)
+            .filter(|job| !node.is_reserved(&job.id))
+            .collect();
+        let want = max - picked.len();
+        picked.extend(
+            scheduler::pick(&free, host, &live, want)
+                .into_iter()
+                .map(|j| j.id.clone()),
+        );
+    }
     let picked = node.reserve(picked);
     if picked.is_empty() {
         return Ok(None);

@@ -88,13 +88,20 @@ pub fn jobs_page(
     rows.collect()
 }
 
-/// The oldest queued jobs, the window the scheduler looks at.
-pub fn queued_jobs(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Job>> {
-    let sql =
-        format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT ?1");
+/// Queued jobs oldest first, after queue position `after_seq`, with their positions.
+pub fn queued_jobs(
+    conn: &Connection,
+    after_seq: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, Job)>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, seq FROM jobs WHERE status = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2"
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([limit as i64], job_row)?;
-    rows.map(|r| r.map(|row| row.job)).collect()
+    let rows = stmt.query_map(params![after_seq, limit as i64], |row| {
+        Ok((row.get(10)?, job_row(row)?.job))
+    })?;
+    rows.collect()
 }
 
 /// Running jobs whose lease ended before `now`.

@@ -1,0 +1,490 @@
+//! The daemon's loops: register, heartbeat (renewing leases, stopping revoked
+//! jobs), claim work into free slots, run each job on its own task and report
+//! it, and on shutdown stop claiming, give running jobs their grace, then
+//! abandon the rest so coordinators requeue them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skyclaw_api::hosts::{
+    Claim, Complete, Heartbeat, LeasedJob, MAX_CLAIM_JOBS, Outcome, RegisterHost, Registered,
+};
+use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL, JobResult};
+use skyclaw_api::{Client, Credentials, ErrorCode};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::config::{DEFAULT_PATH, HostConfig};
+use crate::leases::Leases;
+use crate::native::{Runner, StopReason};
+use crate::report::{REPORT_DEADLINE, answer_was_lost, is_retryable, report};
+use crate::{HostError, identity};
+
+/// How long one claim waits for work: long enough to keep idle hosts quiet,
+/// short enough that freed slots are offered again soon.
+pub const CLAIM_WAIT_MS: u64 = 5_000;
+/// First pause before registering again while no coordinator answers.
+const REGISTER_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest such pause: a coordinator that comes back is found within it.
+const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// First pause after a failed claim.
+const CLAIM_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause after failed claims: never spin, never idle long.
+const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Shortest heartbeat interval honoured, whatever a coordinator says: guards
+/// against a zero or absurdly small interval turning into a busy loop.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long, after the grace period, killed jobs have to be reported as
+/// abandoned before the daemon exits anyway (their leases then expire).
+pub const SHUTDOWN_REPORT_WINDOW: Duration = Duration::from_secs(5);
+/// Directory under the data directory that holds the jobs' working directories.
+const WORK_DIR: &str = "work";
+
+/// Runs the host daemon until `shutdown` resolves, then stops claiming, lets
+/// running jobs go on for `shutdown_grace`, kills and abandons the rest, and
+/// returns `Ok(())`. Errors only when the host cannot start: a bad
+/// configuration or data directory, or a registration that retrying cannot fix.
+pub async fn run(
+    config: HostConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HostError> {
+    config.validate()?;
+    let client = Client::new(
+        &config.coordinators,
+        Credentials::Token(config.token.clone()),
+    )
+    .map_err(HostError::Client)?;
+    let host_id = identity::load_or_create(&config.data_dir)?;
+    let span = info_span!("host", host_id = %host_id);
+    async move {
+        let work_root = config.data_dir.join(WORK_DIR);
+        reset_work_root(&work_root).await?;
+        let mut runner = Runner {
+            host_name: config.name.clone(),
+            allowed_commands: config.allowed_commands.clone(),
+            path: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
+            host_env: read_env(&config.pass_env),
+            pass_env: config.pass_env.clone(),
+            max_output_bytes: config.max_output_bytes,
+            work_root,
+            openclaw_command: config.openclaw_command.clone(),
+            openclaw_version: None,
+        };
+        runner.openclaw_version = runner.probe_openclaw().await;
+        let mut capabilities = Vec::new();
+        if !runner.allowed_commands.is_empty() {
+            capabilities.push(CAP_SHELL.to_string());
+        }
+        if runner.openclaw_version.is_some() {
+            capabilities.push(CAP_OPENCLAW.to_string());
+        }
+        let registration = RegisterHost {
+            host_id: host_id.clone(),
+            name: config.name.clone(),
+            capabilities,
+            max_parallel: config.max_parallel,
+            allowed_commands: config.allowed_commands.clone(),
+            openclaw_version: runner.openclaw_version.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shutdown_task = tokio::spawn(async move {
+            shutdown.await;
+            shutdown_tx.send_replace(true);
+        });
+        let host = Arc::new(Host {
+            client,
+            host_id,
+            registration,
+            runner,
+            max_parallel: config.max_parallel,
+            leases: Arc::new(Leases::default()),
+            reregister: Notify::new(),
+        });
+        let outcome = host.serve(shutdown_rx, config.shutdown_grace).await;
+        shutdown_task.abort();
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the loops share.
+struct Host {
+    client: Client,
+    host_id: String,
+    registration: RegisterHost,
+    runner: Runner,
+    max_parallel: u32,
+    leases: Arc<Leases>,
+    /// Wakes the heartbeat loop to register again when a claim learns that
+    /// the coordinators forgot this host.
+    reregister: Notify,
+}
+
+impl Host {
+    async fn serve(
+        self: &Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Result<(), HostError> {
+        let Some(registered) = self.register_until_answered(&mut shutdown).await? else {
+            info!("shut down before registering");
+            return Ok(());
+        };
+        let heartbeat = tokio::spawn(
+            Arc::clone(self)
+                .heartbeat_loop(heartbeat_interval(&registered))
+                .in_current_span(),
+        );
+        let mut tasks = JoinSet::new();
+        self.claim_loop(&mut tasks, &mut shutdown).await;
+        self.drain(tasks, grace).await;
+        // Heartbeats went on through the drain so that leases stayed valid
+        // while jobs finished and were reported.
+        heartbeat.abort();
+        info!("host stopped");
+        Ok(())
+    }
+
+    /// Registers, retrying while no coordinator answers. `None` when shutdown
+    /// came first.
+    async fn register_until_answered(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Registered>, HostError> {
+        let mut backoff = Backoff::new(REGISTER_BACKOFF_MIN, REGISTER_BACKOFF_MAX);
+        let mut attempt = 1u32;
+        loop {
+            let answer = tokio::select! {
+                () = fired(shutdown) => return Ok(None),
+                answer = self.client.register_host(&self.registration) => answer,
+            };
+            let error = match answer {
+                Ok(registered) => {
+                    info!(
+                        name = %self.registration.name,
+                        capabilities = ?self.registration.capabilities,
+                        heartbeat_interval_ms = registered.heartbeat_interval_ms,
+                        "host registered"
+                    );
+                    return Ok(Some(registered));
+                }
+                Err(e) if is_retryable(&e) => e,
+                Err(e) => return Err(HostError::Register(e)),
+            };
+            let delay = backoff.next_delay();
+            warn!(attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "cannot register yet");
+            tokio::select! {
+                () = fired(shutdown) => return Ok(None),
+                () = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Registers once more with the same id; the new interval on success.
+    async fn reregister(&self) -> Option<Duration> {
+        match self.client.register_host(&self.registration).await {
+            Ok(registered) => {
+                info!("host registered again");
+                Some(heartbeat_interval(&registered))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot register again; retrying at the next heartbeat");
+                None
+            }
+        }
+    }
+
+    /// Heartbeats until aborted, renewing every held lease and stopping the
+    /// jobs the coordinator revokes.
+    async fn heartbeat_loop(self: Arc<Self>, interval: Duration) {
+        let mut ticker = ticker(interval);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.reregister.notified() => {
+                    if let Some(interval) = self.reregister().await {
+                        ticker = self::ticker(interval);
+                    }
+                    continue;
+                }
+            }
+            let beat = Heartbeat {
+                running: self.leases.held(),
+            };
+            match self.client.heartbeat(&self.host_id, &beat).await {
+                Ok(ack) => {
+                    for job_id in ack.stop {
+                        if self.leases.stop(&job_id, StopReason::Revoked) {
+                            info!(job_id, "coordinator revoked job; killing it");
+                        }
+                    }
+                }
+                Err(e) if e.code() == Some(ErrorCode::HostNotRegistered) => {
+                    warn!("coordinators forgot this host; registering again");
+                    if let Some(interval) = self.reregister().await {
+                        ticker = self::ticker(interval);
+                    }
+                }
+                Err(e) => warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Claims jobs into free slots until shutdown, starting each on `tasks`.
+    async fn claim_loop(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let slots = Arc::new(Semaphore::new(self.max_parallel as usize));
+        let mut key = new_claim_key();
+        let mut backoff = Backoff::new(CLAIM_BACKOFF_MIN, CLAIM_BACKOFF_MAX);
+        loop {
+            reap(tasks);
+            let first = tokio::select! {
+                () = fired(shutdown) => return,
+                permit = Arc::clone(&slots).acquire_owned() => permit.expect("the slot semaphore is never closed"),
+            };
+            let free = (1 + slots.available_permits()).min(MAX_CLAIM_JOBS as usize);
+            let claim = Claim {
+                max_jobs: u32::try_from(free).unwrap_or(MAX_CLAIM_JOBS),
+                wait_ms: CLAIM_WAIT_MS,
+            };
+            let answer = tokio::select! {
+                () = fired(shutdown) => return,
+                answer = self.client.claim(&self.host_id, &claim, &key) => answer,
+            };
+            match answer {
+                Ok(claimed) => {
+                    key = new_claim_key();
+                    backoff.reset();
+                    let mut first = Some(first);
+                    for leased in claimed.jobs {
+                        let permit = first
+                            .take()
+                            .or_else(|| Arc::clone(&slots).try_acquire_owned().ok());
+                        match permit {
+                            Some(permit) => self.start(tasks, leased, permit),
+                            None => self.give_back(tasks, leased),
+                        }
+                    }
+                }
+                Err(error) => {
+                    // Only a request whose answer was lost is retried under
+                    // its key: the coordinator then replays the jobs it
+                    // leased. After any answer, the next claim is a new one.
+                    if !answer_was_lost(&error) {
+                        key = new_claim_key();
+                    }
+                    if error.code() == Some(ErrorCode::HostNotRegistered) {
+                        self.reregister.notify_one();
+                    }
+                    let delay = backoff.next_delay();
+                    warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "claim failed");
+                    tokio::select! {
+                        () = fired(shutdown) => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one leased job on its own task, then reports it.
+    fn start(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        leased: LeasedJob,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let host = Arc::clone(self);
+        let span = info_span!("job", job_id = %leased.job.id);
+        tasks.spawn(
+            async move {
+                let job = leased.job;
+                let (stop, _lease) = host.leases.hold(&job.id, &leased.lease_token);
+                info!(
+                    kind = job.spec.kind(),
+                    attempt = job.attempts,
+                    "job started"
+                );
+                let run = host.runner.run_job(&job.id, &job.spec, stop.clone()).await;
+                drop(slot);
+                if *stop.borrow() == Some(StopReason::Revoked) {
+                    info!("job revoked by the coordinator; not reporting it");
+                    return;
+                }
+                let outcome = if run.stopped == Some(StopReason::ShuttingDown) {
+                    Outcome::Abandoned
+                } else if run.result.exit_code == Some(0) && run.result.error.is_none() {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed
+                };
+                info!(
+                    ?outcome,
+                    exit_code = run.result.exit_code,
+                    duration_ms = run.result.duration_ms,
+                    error = run.result.error.as_deref().unwrap_or(""),
+                    "job ended"
+                );
+                let complete = Complete {
+                    lease_token: leased.lease_token,
+                    outcome,
+                    result: run.result,
+                };
+                report(
+                    &host.client,
+                    &job.id,
+                    &complete,
+                    Instant::now() + REPORT_DEADLINE,
+                )
+                .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Hands back a job the host has no slot for (a coordinator gave more
+    /// than was asked): abandoned, so it is requeued at once.
+    fn give_back(self: &Arc<Self>, tasks: &mut JoinSet<()>, leased: LeasedJob) {
+        warn!(job_id = %leased.job.id, "claim gave more jobs than free slots; giving one back");
+        let host = Arc::clone(self);
+        tasks.spawn(
+            async move {
+                let complete = Complete {
+                    lease_token: leased.lease_token,
+                    outcome: Outcome::Abandoned,
+                    result: JobResult::error(format!(
+                        "host {} has no free slot",
+                        host.registration.name
+                    )),
+                };
+                report(
+                    &host.client,
+                    &leased.job.id,
+                    &complete,
+                    Instant::now() + REPORT_DEADLINE,
+                )
+                .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Lets running jobs finish and pending reports go out for `grace`; then
+    /// kills what still runs, reports it abandoned, and gives those reports
+    /// [`SHUTDOWN_REPORT_WINDOW`] before dropping the rest.
+    async fn drain(&self, mut tasks: JoinSet<()>, grace: Duration) {
+        reap(&mut tasks);
+        if tasks.is_empty() {
+            return;
+        }
+        info!(
+            jobs = tasks.len(),
+            grace_ms = grace.as_millis() as u64,
+            "shutting down; waiting for running jobs"
+        );
+        if tokio::time::timeout(grace, join_all(&mut tasks))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let killed = self.leases.stop_all(StopReason::ShuttingDown);
+        info!(
+            jobs = killed,
+            "grace period over; killing running jobs and abandoning them"
+        );
+        if tokio::time::timeout(SHUTDOWN_REPORT_WINDOW, join_all(&mut tasks))
+            .await
+            .is_err()
+        {
+            error!(
+                jobs = tasks.len(),
+                "jobs not reported before exit; their leases will expire"
+            );
+            tasks.shutdown().await;
+        }
+    }
+}
+
+/// Resolves once shutdown was asked for; never if it cannot be any more.
+async fn fired(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|fired| *fired).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn heartbeat_interval(registered: &Registered) -> Duration {
+    Duration::from_millis(registered.heartbeat_interval_ms).max(MIN_HEARTBEAT_INTERVAL)
+}
+
+/// Ticks every `interval`, the first tick one interval from now (registering
+/// was the first sign of life).
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
+fn new_claim_key() -> String {
+    format!("claim-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Collects finished job tasks so the set does not grow; a panic is logged.
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(finished) = tasks.try_join_next() {
+        log_join(finished);
+    }
+}
+
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while let Some(finished) = tasks.join_next().await {
+        log_join(finished);
+    }
+}
+
+fn log_join(finished: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = finished
+        && e.is_panic()
+    {
+        error!(error = %e, "job task panicked");
+    }
+}
+
+/// Empties the jobs' parent directory: working directories left there were
+/// left by a host that died mid-job.
+async fn reset_work_root(work_root: &std::path::Path) -> Result<(), HostError> {
+    match tokio::fs::remove_dir_all(work_root).await {
+        Ok(()) => debug!(dir = %work_root.display(), "removed leftover job directories"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(dir = %work_root.display(), error = %e, "cannot remove leftover job directories")
+        }
+    }
+    tokio::fs::create_dir_all(work_root)
+        .await
+        .map_err(|source| HostError::DataDir {
+            action: "cannot create",
+            path: work_root.to_path_buf(),
+            source,
+        })
+}
+
+/// The host variables named in `pass_env`, the only ones jobs may see.
+fn read_env(pass_env: &[String]) -> BTreeMap<String, String> {
+    pass_env
+        .iter()
+        .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
+        .collect()
+}

@@ -1,0 +1,30 @@
+//! The Skyclaw host daemon: registers with the coordinators, heartbeats, claims
+//! jobs into free slots and runs them (allowlisted native commands and
+//! OpenClaw agent turns), and reports every result.
+//!
+//! The CLI builds a [`HostConfig`] and calls [`run`] with a shutdown future.
+//!
+//! Architecture invariant: the runner (`native`, `openclaw`) never reads
+//! the host's environment or configuration on its own; everything it may use
+//! is handed to it, so a job can see nothing of the host that was not passed
+//! on deliberately.
+
+mod backoff;
+mod config;
+mod error;
+mod host;
+mod identity;
+mod leases;
+mod native;
+mod openclaw;
+mod report;
+
+pub use config::{
+    DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND, DEFAULT_PATH,
+    DEFAULT_SHUTDOWN_GRACE, FALLBACK_HOST_NAME, HostConfig, default_host_name,
+};
+pub use error::HostError;
+pub use host::{CLAIM_WAIT_MS, SHUTDOWN_REPORT_WINDOW, run};
+pub use identity::HOST_ID_FILE;
+pub use openclaw::OPENCLAW_PROBE_TIMEOUT;
+pub use report::REPORT_DEADLINE;

@@ -1,0 +1,497 @@
+//! The native runner: runs a job's program in its own process group, in a fresh
+//! working directory, with a clean environment, under a timeout, keeping a
+//! bounded amount of its output. Shell jobs are checked against the host's
+//! allowlist here, before anything is spawned.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use skyclaw_api::jobs::{JobResult, JobSpec, ShellSpec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Bytes read from an output pipe at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// How long output pipes may stay open after the job's process group is dead.
+/// Only a process that left the group (`setsid`) can still hold them, and it
+/// must not keep the job from ending.
+const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Spawn attempts while the program file is busy (ETXTBSY): another thread may
+/// be between fork and exec holding the file's just-closed write descriptor.
+const SPAWN_ATTEMPTS: u32 = 5;
+/// Pause between those attempts; the window it waits out is microseconds long.
+const SPAWN_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// The locale jobs get: UTF-8 without depending on the host's installed locales.
+const JOB_LANG: &str = "C.UTF-8";
+
+/// Why the host stopped a job before it ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// A coordinator said so: the job was cancelled or is leased elsewhere now.
+    Revoked,
+    /// The host is shutting down and the job's grace period is over.
+    ShuttingDown,
+}
+
+impl StopReason {
+    fn message(self) -> &'static str {
+        match self {
+            StopReason::Revoked => "stopped: the job was cancelled or leased to another host",
+            StopReason::ShuttingDown => "host shutting down",
+        }
+    }
+}
+
+/// Carries the order to stop a job; `None` while it may run.
+pub(crate) type StopSignal = watch::Receiver<Option<StopReason>>;
+
+/// What running a job gave: the result to report and, when the host stopped
+/// the job itself, why.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) result: JobResult,
+    pub(crate) stopped: Option<StopReason>,
+}
+
+impl Run {
+    /// A job that failed before any process started.
+    pub(crate) fn refused(error: String) -> Run {
+        Run {
+            result: JobResult::error(error),
+            stopped: None,
+        }
+    }
+}
+
+/// Everything the runner needs from the host, given explicitly so that the
+/// process environment is read once, at the edge, and tests can inject it.
+#[derive(Debug, Clone)]
+pub(crate) struct Runner {
+    pub(crate) host_name: String,
+    /// Commands shell jobs may name, matched exactly.
+    pub(crate) allowed_commands: Vec<String>,
+    /// Where bare command names are looked up; also the jobs' PATH.
+    pub(crate) path: String,
+    /// The host's environment: only the `pass_env` names are taken from it.
+    pub(crate) host_env: BTreeMap<String, String>,
+    pub(crate) pass_env: Vec<String>,
+    /// Bytes kept of each of stdout and stderr.
+    pub(crate) max_output_bytes: usize,
+    /// Parent of the jobs' working directories.
+    pub(crate) work_root: PathBuf,
+    pub(crate) openclaw_command: String,
+    /// What `openclaw --version` answered; `None` when OpenClaw is unavailable.
+    pub(crate) openclaw_version: Option<String>,
+}
+
+/// One process to run: the program (already resolved) and what it is given.
+#[derive(Debug)]
+pub(crate) struct Invocation<'a> {
+    pub(crate) program: &'a Path,
+    pub(crate) args: &'a [String],
+    /// The job's own variables, set last.
+    pub(crate) env: &'a BTreeMap<String, String>,
+    pub(crate) stdin: &'a [u8],
+    pub(crate) timeout: Duration,
+}
+
+/// How the job's main process came to an end.
+enum Ending {
+    Exited(io::Result<ExitStatus>),
+    TimedOut,
+    Stopped(StopReason),
+}
+
+impl Runner {
+    /// Runs any job the host was given; failures to run become a failed result.
+    pub(crate) async fn run_job(&self, job_id: &str, spec: &JobSpec, stop: StopSignal) -> Run {
+        // Coordinators validate submissions; checking again keeps a bad record
+        // (or a coordinator of another version) from reaching a process.
+        if let Err(e) = spec.validate() {
+            return Run::refused(format!("invalid job spec: {e}"));
+        }
+        match spec {
+            JobSpec::Shell(shell) => self.run_shell(job_id, shell, stop).await,
+            JobSpec::OpenclawRun(openclaw) => self.run_openclaw(job_id, openclaw, stop).await,
+        }
+    }
+
+    /// Runs an allowlisted command. A command off the allowlist is never spawned.
+    pub(crate) async fn run_shell(&self, job_id: &str, spec: &ShellSpec, stop: StopSignal) -> Run {
+        if !self.allowed_commands.contains(&spec.command) {
+            return Run::refused(format!(
+                "command not allowed on host {}: {}",
+                self.host_name, spec.command
+            ));
+        }
+        let Some(program) = self.resolve(&spec.command) else {
+            return Run::refused(format!(
+                "command not found on host {}: {}",
+                self.host_name, spec.command
+            ));
+        };
+        let invocation = Invocation {
+            program: &program,
+            args: &spec.args,
+            env: &spec.env,
+            stdin: spec.stdin.as_bytes(),
+            timeout: Duration::from_millis(spec.timeout_ms),
+        };
+        self.execute(job_id, invocation, stop).await
+    }
+
+    /// The executable a command names: an absolute path as it is, a bare name
+    /// looked up on the host's PATH. Relative paths are not resolved: jobs run
+    /// in a fresh, empty directory.
+    pub(crate) fn resolve(&self, command: &str) -> Option<PathBuf> {
+        if command.contains('/') {
+            let path = Path::new(command);
+            return (path.is_absolute() && is_executable(path)).then(|| path.to_path_buf());
+        }
+        self.path
+            .split(':')
+            .map(Path::new)
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(command))
+            .find(|candidate| is_executable(candidate))
+    }
+
+    /// Runs one process to its end, timeout or stop, in a working directory
+    /// made for it and removed afterwards. Every way of running a job goes
+    /// through here.
+    pub(crate) async fn execute(
+        &self,
+        job_id: &str,
+        invocation: Invocation<'_>,
+        mut stop: StopSignal,
+    ) -> Run {
+        let started = Instant::now();
+        let work_dir = match self.make_work_dir(job_id).await {
+            Ok(dir) => dir,
+            Err(e) => {
+                return Run::refused(format!(
+                    "cannot create a working directory on host {}: {e}",
+                    self.host_name
+                ));
+            }
+        };
+        let run = self
+            .execute_in(&work_dir, &invocation, &mut stop, started)
+            .await;
+        if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
+            warn!(job_id, dir = %work_dir.display(), error = %e, "cannot remove job working directory");
+        }
+        run
+    }
+
+    async fn execute_in(
+        &self,
+        work_dir: &Path,
+        invocation: &Invocation<'_>,
+        stop: &mut StopSignal,
+        started: Instant,
+    ) -> Run {
+        let mut command = Command::new(invocation.program);
+        command
+            .args(invocation.args)
+            .env_clear()
+            .envs(self.job_env(work_dir, invocation.env))
+            .current_dir(work_dir)
+            .process_group(0)
+            .stdin(if invocation.stdin.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = match spawn(&mut command).await {
+            Ok(child) => child,
+            Err(e) => {
+                return Run::refused(format!(
+                    "cannot start {} on host {}: {e}",
+                    invocation.program.display(),
+                    self.host_name
+                ));
+            }
+        };
+        let Some(mut group) = child.id().and_then(ProcessGroup::of) else {
+            return Run::refused("the job's process vanished as it started".to_string());
+        };
+        debug!(program = %invocation.program.display(), pgid = group.pgid.as_raw(), "job process started");
+
+        // Written from a task so that a child that never reads its stdin
+        // cannot block us; a child that exits early closes the pipe (EPIPE),
+        // which is no error of ours.
+        let writer = child.stdin.take().map(|mut pipe| {
+            let data = invocation.stdin.to_vec();
+            tokio::spawn(async move {
+                if let Err(e) = pipe.write_all(&data).await
+                    && e.kind() != io::ErrorKind::BrokenPipe
+                {
+                    debug!(error = %e, "cannot write job stdin");
+                }
+            })
+        });
+
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let stdout = capture(
+            child.stdout.take(),
+            self.max_output_bytes,
+            exited_rx.clone(),
+        );
+        let stderr = capture(child.stderr.take(), self.max_output_bytes, exited_rx);
+        let timeout = invocation.timeout;
+        let waiting = async move {
+            let ending = tokio::select! {
+                status = child.wait() => Ending::Exited(status),
+                () = tokio::time::sleep(timeout) => Ending::TimedOut,
+                reason = stop_requested(stop) => Ending::Stopped(reason),
+            };
+            // Killed in every case: at a timeout or stop to end the job, after
+            // a normal exit so that no background grandchild lingers.
+            group.kill();
+            if !matches!(ending, Ending::Exited(_))
+                && let Err(e) = child.wait().await
+            {
+                warn!(error = %e, "cannot reap killed job process");
+            }
+            exited_tx.send_replace(true);
+            ending
+        };
+        let (ending, stdout, stderr) = tokio::join!(waiting, stdout, stderr);
+        if let Some(writer) = writer {
+            writer.abort();
+        }
+
+        let (exit_code, error, stopped) = match ending {
+            Ending::Exited(Ok(status)) => {
+                let (code, error) = describe_exit(status);
+                (code, error, None)
+            }
+            Ending::Exited(Err(e)) => (
+                None,
+                Some(format!("lost track of the job's process: {e}")),
+                None,
+            ),
+            Ending::TimedOut => (
+                None,
+                Some(format!("timed out after {} ms", timeout.as_millis())),
+                None,
+            ),
+            Ending::Stopped(reason) => (None, Some(reason.message().to_string()), Some(reason)),
+        };
+        Run {
+            result: JobResult {
+                exit_code,
+                stdout: String::from_utf8_lossy(&stdout.kept).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr.kept).into_owned(),
+                stdout_truncated: stdout.dropped > 0,
+                stderr_truncated: stderr.dropped > 0,
+                stdout_dropped_bytes: stdout.dropped,
+                stderr_dropped_bytes: stderr.dropped,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                error,
+                output: None,
+            },
+            stopped,
+        }
+    }
+
+    /// The whole environment of a job: nothing of the host's but PATH and the
+    /// `pass_env` names. Later entries win, so `pass_env` may set HOME (OpenClaw
+    /// keeps its configuration there) and the job may set anything.
+    fn job_env(
+        &self,
+        work_dir: &Path,
+        own: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, OsString> {
+        let mut env = BTreeMap::new();
+        env.insert("PATH".to_string(), OsString::from(&self.path));
+        env.insert("HOME".to_string(), work_dir.as_os_str().to_owned());
+        env.insert("LANG".to_string(), OsString::from(JOB_LANG));
+        for name in &self.pass_env {
+            if let Some(value) = self.host_env.get(name) {
+                env.insert(name.clone(), OsString::from(value));
+            }
+        }
+        for (name, value) in own {
+            env.insert(name.clone(), OsString::from(value));
+        }
+        env
+    }
+
+    /// `<work_root>/<job-id>-<random>`, private to the host's user.
+    async fn make_work_dir(&self, job_id: &str) -> io::Result<PathBuf> {
+        tokio::fs::create_dir_all(&self.work_root).await?;
+        let safe_id: String = job_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let dir = self
+            .work_root
+            .join(format!("{safe_id}-{:08x}", rand::random::<u32>()));
+        tokio::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .await?;
+        Ok(dir)
+    }
+}
+
+/// A job's process group, killed when dropped unless it was killed already:
+/// a job task that is aborted or panics must not leave processes behind.
+struct ProcessGroup {
+    pgid: Pid,
+    killed: bool,
+}
+
+impl ProcessGroup {
+    /// The group a child spawned with `process_group(0)` leads.
+    fn of(pid: u32) -> Option<ProcessGroup> {
+        let pgid = Pid::from_raw(i32::try_from(pid).ok()?);
+        Some(ProcessGroup {
+            pgid,
+            killed: false,
+        })
+    }
+
+    /// SIGKILLs every process still in the group. Once: afterwards the id may
+    /// be reused by an unrelated group.
+    fn kill(&mut self) {
+        if self.killed {
+            return;
+        }
+        self.killed = true;
+        match killpg(self.pgid, Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => warn!(pgid = self.pgid.as_raw(), error = %e, "cannot kill job process group"),
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn spawn(command: &mut Command) -> io::Result<Child> {
+    let mut attempt = 1;
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && attempt < SPAWN_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(SPAWN_RETRY_DELAY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Resolves once the job is asked to stop; never if it cannot be any more.
+async fn stop_requested(stop: &mut StopSignal) -> StopReason {
+    if let Ok(reason) = stop.wait_for(Option::is_some).await
+        && let Some(reason) = *reason
+    {
+        return reason;
+    }
+    std::future::pending().await
+}
+
+fn describe_exit(status: ExitStatus) -> (Option<i32>, Option<String>) {
+    if let Some(code) = status.code() {
+        let error = (code != 0).then(|| format!("exited with code {code}"));
+        return (Some(code), error);
+    }
+    let error = match status.signal() {
+        Some(number) => match Signal::try_from(number) {
+            Ok(signal) => format!("killed by signal {}", signal.as_str()),
+            Err(_) => format!("killed by signal {number}"),
+        },
+        None => "ended without an exit code or signal".to_string(),
+    };
+    (None, Some(error))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// One output stream: the bytes kept and how many past the limit were dropped.
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+}
+
+impl Captured {
+    fn push(&mut self, chunk: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.kept.len());
+        let take = room.min(chunk.len());
+        self.kept.extend_from_slice(&chunk[..take]);
+        self.dropped += (chunk.len() - take) as u64;
+    }
+}
+
+/// Reads a pipe to its end, keeping at most `limit` bytes and counting the
+/// rest, which is read and discarded so the writer never blocks. Gives up
+/// [`PIPE_DRAIN_TIMEOUT`] after `exited` turns true.
+async fn capture(
+    pipe: Option<impl AsyncRead + Unpin>,
+    limit: usize,
+    mut exited: watch::Receiver<bool>,
+) -> Captured {
+    let mut captured = Captured::default();
+    let Some(mut pipe) = pipe else {
+        return captured;
+    };
+    let give_up = async move {
+        if exited.wait_for(|e| *e).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(PIPE_DRAIN_TIMEOUT).await;
+    };
+    tokio::pin!(give_up);
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        tokio::select! {
+            read = pipe.read(&mut buf) => match read {
+                Ok(0) => break,
+                Ok(n) => captured.push(&buf[..n], limit),
+                Err(e) => {
+                    debug!(error = %e, "cannot read job output");
+                    break;
+                }
+            },
+            () = &mut give_up => {
+                warn!("job output still open after its process group was killed; a process left the group");
+                break;
+            }
+        }
+    }
+    captured
+}
+
+#[cfg(test)]
+mod tests;

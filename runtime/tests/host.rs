@@ -1,0 +1,421 @@
+//! The host daemon against a fake coordinator on a real port: registration
+//! retries, claim and completion idempotency keys, revocation, re-registration
+//! and shutdown.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use skyclaw_api::hosts::{
+    Claim, Claimed, Complete, Heartbeat, HeartbeatAck, LeasedJob, Outcome, RegisterHost, Registered,
+};
+use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
+use skyclaw_api::{ErrorCode, ErrorEnvelope, headers};
+use skyclaw_runtime::HostConfig;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How long any awaited condition may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct Fake {
+    state: Mutex<FakeState>,
+    /// Wakes long-polling claims when jobs are queued.
+    work: Notify,
+}
+
+#[derive(Default)]
+struct FakeState {
+    /// Answer this many registrations with 503 first.
+    register_failures: u32,
+    registrations: Vec<RegisterHost>,
+    /// Answer this many heartbeats with `host_not_registered` first.
+    heartbeat_forgets: u32,
+    heartbeats: Vec<Heartbeat>,
+    /// Job ids the next heartbeat answer tells the host to stop.
+    stop: Vec<String>,
+    queue: Vec<Job>,
+    /// Lease the next jobs but answer 503, as if the answer were lost.
+    lose_next_claim_answer: bool,
+    /// The key of the claim whose answer was "lost".
+    lost_claim_key: Option<String>,
+    /// Jobs leased per claim key, replayed when the key comes again.
+    leased: HashMap<String, Vec<LeasedJob>>,
+    claim_keys: Vec<String>,
+    /// Answer this many completions with 503 first.
+    complete_failures: u32,
+    complete_keys: Vec<String>,
+    completions: HashMap<String, Complete>,
+}
+
+impl Fake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap()
+    }
+
+    fn enqueue(&self, id: &str, spec: serde_json::Value) {
+        let spec: JobSpec = serde_json::from_value(spec).unwrap();
+        self.lock().queue.push(Job {
+            id: id.to_string(),
+            status: JobStatus::Queued,
+            spec,
+            attempts: 0,
+            host_id: None,
+            created_at: 0,
+            updated_at: 0,
+            result: None,
+        });
+        self.work.notify_waiters();
+    }
+}
+
+fn error(status: StatusCode, code: ErrorCode) -> Response {
+    (status, Json(ErrorEnvelope::new(code, code.as_str()))).into_response()
+}
+
+fn key(headers: &HeaderMap) -> String {
+    headers
+        .get(headers::IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn register(State(fake): State<Arc<Fake>>, Json(req): Json<RegisterHost>) -> Response {
+    let mut s = fake.lock();
+    if s.register_failures > 0 {
+        s.register_failures -= 1;
+        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
+    }
+    let host_id = req.host_id.clone();
+    s.registrations.push(req);
+    Json(Registered {
+        host_id,
+        heartbeat_interval_ms: 50,
+        ttl_ms: 5_000,
+    })
+    .into_response()
+}
+
+async fn heartbeat(State(fake): State<Arc<Fake>>, Json(hb): Json<Heartbeat>) -> Response {
+    let mut s = fake.lock();
+    if s.heartbeat_forgets > 0 {
+        s.heartbeat_forgets -= 1;
+        return error(StatusCode::NOT_FOUND, ErrorCode::HostNotRegistered);
+    }
+    s.heartbeats.push(hb);
+    Json(HeartbeatAck {
+        stop: std::mem::take(&mut s.stop),
+    })
+    .into_response()
+}
+
+async fn claim(
+    State(fake): State<Arc<Fake>>,
+    UrlPath(host_id): UrlPath<String>,
+    headers: HeaderMap,
+    Json(claim): Json<Claim>,
+) -> Response {
+    let key = key(&headers);
+    let deadline = Instant::now() + Duration::from_millis(claim.wait_ms);
+    fake.lock().claim_keys.push(key.clone());
+    loop {
+        let notified = fake.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut s = fake.lock();
+            if let Some(jobs) = s.leased.get(&key) {
+                return Json(Claimed { jobs: jobs.clone() }).into_response();
+            }
+            if !s.queue.is_empty() {
+                let n = s.queue.len().min(claim.max_jobs as usize);
+                let jobs: Vec<LeasedJob> = s
+                    .queue
+                    .drain(..n)
+                    .map(|mut job| {
+                        job.status = JobStatus::Running;
+                        job.attempts += 1;
+                        job.host_id = Some(host_id.clone());
+                        LeasedJob {
+                            lease_token: format!("lease-{}", job.id),
+                            job,
+                            lease_expires_at: u64::MAX,
+                        }
+                    })
+                    .collect();
+                s.leased.insert(key.clone(), jobs.clone());
+                if std::mem::take(&mut s.lose_next_claim_answer) {
+                    s.lost_claim_key = Some(key);
+                    return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
+                }
+                return Json(Claimed { jobs }).into_response();
+            }
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Json(Claimed::default()).into_response();
+        }
+    }
+}
+
+async fn complete(
+    State(fake): State<Arc<Fake>>,
+    UrlPath(job_id): UrlPath<String>,
+    headers: HeaderMap,
+    Json(complete): Json<Complete>,
+) -> Response {
+    let key = key(&headers);
+    let mut s = fake.lock();
+    s.complete_keys.push(key);
+    if s.complete_failures > 0 {
+        s.complete_failures -= 1;
+        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
+    }
+    let job = s
+        .leased
+        .values()
+        .flatten()
+        .find(|l| l.job.id == job_id)
+        .map(|l| l.job.clone())
+        .expect("completion of a leased job");
+    s.completions.insert(job_id, complete);
+    Json(job).into_response()
+}
+
+async fn start_fake(fake: Arc<Fake>) -> String {
+    let app = axum::Router::new()
+        .route("/v1/hosts/register", post(register))
+        .route("/v1/hosts/{id}/heartbeat", post(heartbeat))
+        .route("/v1/hosts/{id}/claim", post(claim))
+        .route("/v1/jobs/{id}/complete", post(complete))
+        .with_state(fake);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+struct RunningHost {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), skyclaw_runtime::HostError>>,
+}
+
+impl RunningHost {
+    async fn shut_down(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("host stops in time")
+            .unwrap()
+            .expect("clean shutdown");
+    }
+}
+
+fn config(url: &str, data_dir: &Path) -> HostConfig {
+    let mut config = HostConfig::new(vec![url.to_string()], "token".into(), data_dir.into());
+    config.name = "fake-host".into();
+    config.allowed_commands = vec!["echo".into(), "sleep".into()];
+    config.max_parallel = 2;
+    config.openclaw_command = data_dir.join("no-openclaw").display().to_string();
+    config.shutdown_grace = Duration::from_millis(200);
+    config
+}
+
+fn start_host(config: HostConfig) -> RunningHost {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(skyclaw_runtime::run(config, async {
+        let _ = stopped.await;
+    }));
+    RunningHost { stop, task }
+}
+
+async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn runs_claimed_jobs_and_reports_them_through_failures() {
+    let fake = Arc::new(Fake::default());
+    {
+        let mut s = fake.lock();
+        s.register_failures = 3;
+        s.lose_next_claim_answer = true;
+        s.complete_failures = 2;
+    }
+    let url = start_fake(fake.clone()).await;
+    let data = tempfile::tempdir().unwrap();
+    let host = start_host(config(&url, data.path()));
+
+    let registered = wait_until("registration", || {
+        fake.lock().registrations.first().cloned()
+    })
+    .await;
+    assert!(
+        registered.host_id.starts_with("h-"),
+        "{}",
+        registered.host_id
+    );
+    assert_eq!(registered.name, "fake-host");
+    assert_eq!(registered.capabilities, ["shell"]);
+    assert_eq!(registered.openclaw_version, None);
+    assert_eq!(registered.max_parallel, 2);
+    assert_eq!(registered.version, env!("CARGO_PKG_VERSION"));
+
+    fake.enqueue(
+        "ok",
+        serde_json::json!({"kind": "shell", "command": "echo", "args": ["hi"]}),
+    );
+    fake.enqueue(
+        "bad",
+        serde_json::json!({"kind": "shell", "command": "touch", "args": ["x"]}),
+    );
+    let completions = wait_until("both completions", || {
+        let s = fake.lock();
+        (s.completions.len() == 2).then(|| s.completions.clone())
+    })
+    .await;
+
+    let ok = &completions["ok"];
+    assert_eq!(ok.outcome, Outcome::Succeeded);
+    assert_eq!(ok.lease_token, "lease-ok");
+    assert_eq!(ok.result.stdout, "hi\n");
+    let bad = &completions["bad"];
+    assert_eq!(bad.outcome, Outcome::Failed);
+    assert_eq!(
+        bad.result.error.as_deref(),
+        Some("command not allowed on host fake-host: touch")
+    );
+
+    {
+        let s = fake.lock();
+        // The lost claim answer was asked for again under the same key.
+        let lost_key = s.lost_claim_key.as_ref().expect("a claim answer was lost");
+        assert_eq!(s.claim_keys.iter().filter(|k| *k == lost_key).count(), 2);
+        // Every completion attempt of a job used that job's one key.
+        for key in &s.complete_keys {
+            assert!(
+                key == "complete-ok-lease-ok" || key == "complete-bad-lease-bad",
+                "{key}"
+            );
+        }
+        assert_eq!(s.complete_keys.len(), 4);
+        assert!(!s.heartbeats.is_empty());
+    }
+    host.shut_down().await;
+
+    // A restarted host keeps its id.
+    let host = start_host(config(&url, data.path()));
+    wait_until("second registration", || {
+        (fake.lock().registrations.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(fake.lock().registrations[1].host_id, registered.host_id);
+    host.shut_down().await;
+}
+
+/// Waits until a heartbeat renews `job_id`'s lease: the job is running.
+async fn wait_running(fake: &Fake, job_id: &str) {
+    wait_until("the job's lease in a heartbeat", || {
+        let s = fake.lock();
+        s.heartbeats
+            .last()
+            .filter(|hb| hb.running.iter().any(|l| l.job_id == job_id))
+            .map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_abandons_jobs_still_running_after_the_grace() {
+    let fake = Arc::new(Fake::default());
+    let url = start_fake(fake.clone()).await;
+    let data = tempfile::tempdir().unwrap();
+    let host = start_host(config(&url, data.path()));
+    fake.enqueue(
+        "long",
+        serde_json::json!({"kind": "shell", "command": "sleep", "args": ["300"]}),
+    );
+    wait_running(&fake, "long").await;
+
+    host.shut_down().await;
+    let s = fake.lock();
+    let long = s.completions.get("long").expect("abandoned job reported");
+    assert_eq!(long.outcome, Outcome::Abandoned);
+    assert_eq!(long.result.error.as_deref(), Some("host shutting down"));
+}
+
+#[tokio::test]
+async fn revoked_jobs_are_killed_and_not_reported() {
+    let fake = Arc::new(Fake::default());
+    let url = start_fake(fake.clone()).await;
+    let data = tempfile::tempdir().unwrap();
+    let host = start_host(config(&url, data.path()));
+    fake.enqueue(
+        "doomed",
+        serde_json::json!({"kind": "shell", "command": "sleep", "args": ["300"]}),
+    );
+    wait_running(&fake, "doomed").await;
+
+    fake.lock().stop.push("doomed".to_string());
+    wait_until("the revoked job's lease to go", || {
+        let s = fake.lock();
+        s.heartbeats
+            .last()
+            .filter(|hb| s.stop.is_empty() && hb.running.is_empty())
+            .map(|_| ())
+    })
+    .await;
+    assert!(fake.lock().completions.is_empty());
+
+    // The slot is free again: another job runs.
+    fake.enqueue(
+        "next",
+        serde_json::json!({"kind": "shell", "command": "echo"}),
+    );
+    wait_until("the next job", || {
+        fake.lock().completions.get("next").cloned()
+    })
+    .await;
+    host.shut_down().await;
+    assert!(!fake.lock().completions.contains_key("doomed"));
+}
+
+#[tokio::test]
+async fn a_forgotten_host_registers_again_with_the_same_id() {
+    let fake = Arc::new(Fake::default());
+    fake.lock().heartbeat_forgets = 1;
+    let url = start_fake(fake.clone()).await;
+    let data = tempfile::tempdir().unwrap();
+    let host = start_host(config(&url, data.path()));
+    let ids = wait_until("a second registration", || {
+        let s = fake.lock();
+        (s.registrations.len() >= 2).then(|| {
+            (
+                s.registrations[0].host_id.clone(),
+                s.registrations[1].host_id.clone(),
+            )
+        })
+    })
+    .await;
+    assert_eq!(ids.0, ids.1);
+    wait_until("heartbeats after registering again", || {
+        (!fake.lock().heartbeats.is_empty()).then_some(())
+    })
+    .await;
+    host.shut_down().await;
+}
