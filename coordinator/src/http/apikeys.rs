@@ -9,7 +9,7 @@ use rand::RngCore;
 use skyclaw_api::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, MAX_KEY_NAME_LEN};
 use skyclaw_api::now_ms;
 
-use super::auth::{Principal, key_hash};
+use super::auth::{ClusterToken, Principal, key_hash};
 use super::extract::{IdempotencyKey, JsonBody, request_hash};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -21,11 +21,10 @@ const SECRET_PREFIX: &str = "skyclaw_";
 
 pub async fn create(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
     idempotency: IdempotencyKey,
     body: JsonBody<CreateApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
-    principal.require_token()?;
     let CreateApiKey { name, mut scopes } = body.value;
     if name.trim().is_empty() || name.len() > MAX_KEY_NAME_LEN {
         return Err(ApiError::BadRequest(format!(
@@ -48,7 +47,7 @@ pub async fn create(
         key_hash: key_hash(&secret),
         now,
     };
-    let record = idempotency.record(&principal, &body.request_hash, now);
+    let record = idempotency.record(&Principal::Token, &body.request_hash, now);
     let applied = node.propose(command, record).await?;
     let key = expect_key(applied.outcome?)?;
     // A replay never shows the secret: it is stored nowhere.
@@ -65,23 +64,21 @@ fn new_secret() -> String {
 
 pub async fn list(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    principal.require_token()?;
     let keys = node.store.read(read::api_keys)?;
     Ok(Json(ApiKeyList { keys }))
 }
 
 pub async fn revoke(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
     idempotency: IdempotencyKey,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    principal.require_token()?;
     let now = now_ms();
     let hash = request_hash("DELETE", &format!("/v1/apikeys/{id}"), b"");
-    let record = idempotency.record(&principal, &hash, now);
+    let record = idempotency.record(&Principal::Token, &hash, now);
     let output = node
         .execute(Command::RevokeApiKey { id, now }, record)
         .await?;

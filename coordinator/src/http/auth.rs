@@ -66,6 +66,21 @@ impl FromRequestParts<Arc<Node>> for Principal {
     }
 }
 
+/// Proof that the caller presented the cluster token. Private routes take it
+/// as an extractor, so credentials are checked before the body is read.
+pub struct ClusterToken;
+
+impl FromRequestParts<Arc<Node>> for ClusterToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        Principal::from_request_parts(parts, node)
+            .await?
+            .require_token()?;
+        Ok(ClusterToken)
+    }
+}
+
 impl Principal {
     /// Private routes: the cluster token only.
     pub fn require_token(&self) -> Result<(), ApiError> {

@@ -13,7 +13,7 @@ use skyclaw_api::hosts::{
 };
 use skyclaw_api::now_ms;
 
-use super::auth::Principal;
+use super::auth::{ClusterToken, Principal};
 use super::extract::{IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -36,15 +36,14 @@ const MAX_PARALLEL_LIMIT: u32 = 4096;
 
 pub async fn register(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
     idempotency: IdempotencyKey,
     body: JsonBody<RegisterHost>,
 ) -> Result<Json<Registered>, ApiError> {
-    principal.require_token()?;
     let host = body.value;
     validate_registration(&host)?;
     let now = now_ms();
-    let record = idempotency.record(&principal, &body.request_hash, now);
+    let record = idempotency.record(&Principal::Token, &body.request_hash, now);
     node.execute(
         Command::RegisterHost {
             host: host.clone(),
@@ -100,11 +99,10 @@ fn not_registered(host_id: &str) -> ApiError {
 
 pub async fn heartbeat(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
     Path(host_id): Path<String>,
     body: JsonBody<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    principal.require_token()?;
     if !node.liveness.beat(&host_id, Instant::now()) {
         return Err(not_registered(&host_id));
     }
@@ -127,19 +125,18 @@ pub async fn heartbeat(
 
 pub async fn claim(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
     idempotency: IdempotencyKey,
     Path(host_id): Path<String>,
     body: JsonBody<Claim>,
 ) -> Result<Json<Claimed>, ApiError> {
-    principal.require_token()?;
     let Claim { max_jobs, wait_ms } = body.value;
     if max_jobs == 0 || max_jobs > MAX_CLAIM_JOBS {
         return Err(ApiError::BadRequest(format!(
             "max_jobs must be between 1 and {MAX_CLAIM_JOBS}"
         )));
     }
-    let record = idempotency.record(&principal, &body.request_hash, now_ms());
+    let record = idempotency.record(&Principal::Token, &body.request_hash, now_ms());
     if let Some(replayed) = replay(&node, record.as_ref())? {
         return Ok(Json(replayed));
     }
@@ -258,9 +255,8 @@ fn new_lease_token() -> String {
 
 pub async fn list(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
 ) -> Result<Json<HostList>, ApiError> {
-    principal.require_token()?;
     let (rows, counts) = node
         .store
         .read(|c| Ok((read::hosts(c)?, read::running_counts(c)?)))?;

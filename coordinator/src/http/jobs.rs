@@ -13,7 +13,7 @@ use skyclaw_api::hosts::Complete;
 use skyclaw_api::jobs::{DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE};
 use skyclaw_api::now_ms;
 
-use super::auth::Principal;
+use super::auth::{ClusterToken, Principal};
 use super::extract::{ApiQuery, IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -54,10 +54,9 @@ fn new_job_id() -> String {
 
 pub async fn list(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
     ApiQuery(query): ApiQuery<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    principal.require_token()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(
@@ -151,12 +150,11 @@ pub async fn cancel(
 
 pub async fn complete(
     State(node): State<Arc<Node>>,
-    principal: Principal,
+    _token: ClusterToken,
     idempotency: IdempotencyKey,
     Path(id): Path<String>,
     body: JsonBody<Complete>,
 ) -> Result<Json<Job>, ApiError> {
-    principal.require_token()?;
     let now = now_ms();
     let Complete {
         lease_token,
@@ -170,7 +168,7 @@ pub async fn complete(
         result,
         now,
     };
-    let record = idempotency.record(&principal, &body.request_hash, now);
+    let record = idempotency.record(&Principal::Token, &body.request_hash, now);
     Ok(Json(expect_job(node.execute(command, record).await?)?))
 }
 

@@ -1,0 +1,300 @@
+//! Benchmarks that start a real coordinator and real hosts on 127.0.0.1 (in
+//! this process, on their own ports and temp dirs) and print figures.
+//!
+//! `cargo run --release -p skyclaw-bench -- jobs` measures durable enqueue
+//! throughput, end-to-end throughput of no-op shell jobs with two hosts, and
+//! submit-to-succeeded latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use skyclaw_api::jobs::{JobQuery, JobSpec, JobStatus};
+use skyclaw_api::{Client, Credentials};
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+#[derive(Parser)]
+#[command(about = "Skyclaw benchmarks: start real nodes on 127.0.0.1 and print figures")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Enqueue throughput, end-to-end shell job throughput, and latency.
+    Jobs {
+        /// Concurrent client connections for the enqueue phase.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Length of the enqueue phase, in seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// No-op jobs pushed through two hosts in the end-to-end phase.
+        #[arg(long, default_value_t = 5000)]
+        jobs: usize,
+        /// Parallel job slots per host.
+        #[arg(long, default_value_t = 32)]
+        max_parallel: u32,
+        /// Jobs whose submit-to-succeeded latency is sampled, one at a time.
+        #[arg(long, default_value_t = 300)]
+        latency_samples: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Args::parse().bench {
+        Bench::Jobs {
+            connections,
+            seconds,
+            jobs,
+            max_parallel,
+            latency_samples,
+        } => {
+            let tmp = tempfile::tempdir()?;
+            let coordinator = start_coordinator(tmp.path()).await?;
+            let client = Client::new(
+                std::slice::from_ref(&coordinator.url),
+                Credentials::Token(TOKEN.into()),
+            )?;
+            println!("skyclaw jobs benchmark ({} cores)", cores());
+            enqueue_phase(&client, connections, Duration::from_secs(seconds)).await?;
+            let hosts = start_hosts(&coordinator.url, tmp.path(), max_parallel, &client).await?;
+            cancel_backlog(&client).await?;
+            end_to_end_phase(&client, jobs, connections).await?;
+            latency_phase(&client, latency_samples).await?;
+            for host in hosts {
+                host.stop().await;
+            }
+            coordinator.stop().await;
+            Ok(())
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A node running in this process until stopped.
+struct Running {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn start_coordinator(dir: &std::path::Path) -> Result<Running> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = skyclaw_coordinator::Config::new(dir.join("coordinator"), TOKEN.into());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = skyclaw_coordinator::run(config, listener, shutdown).await {
+            eprintln!("coordinator failed: {e}");
+        }
+    });
+    Ok(Running { url, stop, task })
+}
+
+async fn start_hosts(
+    url: &str,
+    dir: &std::path::Path,
+    max_parallel: u32,
+    client: &Client,
+) -> Result<Vec<Running>> {
+    let mut hosts = Vec::new();
+    for n in 0..2 {
+        let config = skyclaw_runtime::HostConfig {
+            coordinators: vec![url.to_string()],
+            token: TOKEN.into(),
+            data_dir: dir.join(format!("host{n}")),
+            name: format!("bench-{n}"),
+            allowed_commands: vec!["true".into()],
+            max_parallel,
+            max_output_bytes: skyclaw_runtime::DEFAULT_MAX_OUTPUT_BYTES,
+            openclaw_command: "openclaw".into(),
+            pass_env: Vec::new(),
+            shutdown_grace: skyclaw_runtime::DEFAULT_SHUTDOWN_GRACE,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = skyclaw_runtime::run(config, shutdown).await {
+                eprintln!("host failed: {e}");
+            }
+        });
+        hosts.push(Running {
+            url: url.to_string(),
+            stop,
+            task,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.list_hosts().await?.hosts.len() < 2 {
+        if Instant::now() > deadline {
+            bail!("hosts did not register within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(hosts)
+}
+
+fn noop_job() -> JobSpec {
+    serde_json::from_value(serde_json::json!({"kind": "shell", "command": "true"}))
+        .expect("valid spec")
+}
+
+/// Clients submit as fast as they can for `length`; every 2xx is durable.
+async fn enqueue_phase(client: &Client, connections: usize, length: Duration) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let spec = noop_job();
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..connections {
+        let (client, stop, accepted, spec) =
+            (client.clone(), stop.clone(), accepted.clone(), spec.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if client.submit_job(&spec, None).await.is_ok() {
+                    latencies.push(t.elapsed());
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = accepted.load(Ordering::Relaxed);
+    println!(
+        "enqueue (durable, {connections} connections): {n} jobs in {elapsed:.1} s = {:.0} jobs/s; latency p50 {} p99 {}",
+        n as f64 / elapsed,
+        fmt(percentile(&mut latencies, 0.50)),
+        fmt(percentile(&mut latencies, 0.99)),
+    );
+    Ok(())
+}
+
+/// Cancels what the enqueue phase left queued, so later phases start empty.
+async fn cancel_backlog(client: &Client) -> Result<()> {
+    loop {
+        let page = client
+            .list_jobs(&JobQuery {
+                status: Some(JobStatus::Queued),
+                limit: Some(1000),
+                after: None,
+            })
+            .await?;
+        if page.jobs.is_empty() {
+            return Ok(());
+        }
+        for job in page.jobs {
+            let _ = client.cancel_job(&job.id).await;
+        }
+    }
+}
+
+/// Submits `jobs` no-op shell jobs and waits until all have succeeded.
+async fn end_to_end_phase(client: &Client, jobs: usize, connections: usize) -> Result<()> {
+    let spec = noop_job();
+    let start = Instant::now();
+    let per_task = jobs.div_ceil(connections);
+    let mut tasks = Vec::new();
+    for t in 0..connections {
+        let (client, spec) = (client.clone(), spec.clone());
+        let count = per_task.min(jobs.saturating_sub(t * per_task));
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                ids.push(client.submit_job(&spec, None).await?.id);
+            }
+            Ok::<_, skyclaw_api::ClientError>(ids)
+        }));
+    }
+    let mut ids = Vec::with_capacity(jobs);
+    for task in tasks {
+        ids.extend(task.await??);
+    }
+    let submitted = start.elapsed();
+    let mut failed = 0;
+    for id in &ids {
+        loop {
+            let job = client.wait_job_once(id, Duration::from_secs(30)).await?;
+            if job.status.is_terminal() {
+                failed += usize::from(job.status != JobStatus::Succeeded);
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if failed > 0 {
+        bail!("{failed} of {jobs} no-op jobs did not succeed");
+    }
+    println!(
+        "end to end (2 hosts, `true`): {jobs} jobs succeeded in {elapsed:.2} s = {:.0} jobs/s (all submitted after {:.2} s)",
+        jobs as f64 / elapsed,
+        submitted.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One job at a time: submit, then wait until it has succeeded.
+async fn latency_phase(client: &Client, samples: usize) -> Result<()> {
+    let spec = noop_job();
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let job = client.submit_job(&spec, None).await?;
+        let done = client
+            .wait_job_once(&job.id, Duration::from_secs(30))
+            .await?;
+        if done.status != JobStatus::Succeeded {
+            bail!("latency job {} ended {:?}", done.id, done.status);
+        }
+        latencies.push(t.elapsed());
+    }
+    println!(
+        "submit -> succeeded latency ({samples} sequential jobs): p50 {} p99 {}",
+        fmt(percentile(&mut latencies, 0.50)),
+        fmt(percentile(&mut latencies, 0.99)),
+    );
+    Ok(())
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let index = ((samples.len() - 1) as f64 * p).round() as usize;
+    samples[index]
+}
+
+fn fmt(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,119 @@
+//! `skyclaw apikey`: scoped API keys for CI and other submitters.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use skyclaw_api::Millis;
+use skyclaw_api::apikeys::{ApiKey, CreateApiKey, Scope};
+
+use super::ClientArgs;
+use super::output::{self, NONE};
+
+#[derive(Debug, clap::Args)]
+pub struct ApikeyArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: ApikeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeyCommand {
+    /// Create a key and print its secret on stdout; it is shown only this once.
+    Create {
+        /// A name to recognise the key by, such as `ci`.
+        #[arg(long, env = "SKYCLAW_APIKEY_NAME")]
+        name: String,
+        /// What the key may do (repeatable, or comma-separated): jobs:submit
+        /// (submit and cancel its jobs), jobs:read (read and wait on its jobs).
+        #[arg(
+            long = "scope",
+            env = "SKYCLAW_APIKEY_SCOPES",
+            value_delimiter = ',',
+            required = true,
+            value_name = "SCOPE"
+        )]
+        scopes: Vec<Scope>,
+    },
+    /// List keys (never their secrets).
+    Ls,
+    /// Revoke a key: requests carrying it are refused from now on.
+    Revoke {
+        /// The key's id (not its secret).
+        id: String,
+    },
+}
+
+pub async fn run(args: ApikeyArgs, json: bool) -> Result<ExitCode> {
+    let client = args.client.client()?;
+    match args.command {
+        ApikeyCommand::Create { name, scopes } => {
+            let created = client
+                .create_api_key(&CreateApiKey { name, scopes })
+                .await?;
+            if json {
+                output::print_json(&created)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let Some(secret) = &created.secret else {
+                bail!(
+                    "key {} was created by an earlier request; its secret is not shown again",
+                    created.key.id
+                );
+            };
+            // The secret alone on stdout, so `KEY=$(skyclaw apikey create …)` works.
+            output::out(&format!("{secret}\n"))?;
+            eprintln!(
+                "created API key {} ({}) with scopes {}; its secret above will not be shown again",
+                created.key.id,
+                created.key.name,
+                scope_list(&created.key.scopes)
+            );
+        }
+        ApikeyCommand::Ls => {
+            let list = client.list_api_keys().await?;
+            if json {
+                output::print_json(&list)?;
+            } else {
+                output::out(&keys_table(&list.keys, skyclaw_api::now_ms()))?;
+            }
+        }
+        ApikeyCommand::Revoke { id } => {
+            let key = client.revoke_api_key(&id).await?;
+            if json {
+                output::print_json(&key)?;
+            } else {
+                output::out(&format!("revoked API key {} ({})\n", key.id, key.name))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys_table(keys: &[ApiKey], now: Millis) -> String {
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|key| {
+            vec![
+                key.id.clone(),
+                key.name.clone(),
+                scope_list(&key.scopes),
+                output::age(now.saturating_sub(key.created_at)),
+                key.revoked_at.map_or_else(
+                    || NONE.to_string(),
+                    |at| format!("{} ago", output::age(now.saturating_sub(at))),
+                ),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "NAME", "SCOPES", "AGE", "REVOKED"], &rows)
+}
+
+fn scope_list(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,535 @@
+//! `skyclaw job`: submit shell and openclaw jobs, list and inspect them, wait
+//! for them to end, cancel them.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use clap::builder::PossibleValuesParser;
+use skyclaw_api::jobs::{
+    DEFAULT_OPENCLAW_TIMEOUT_MS, DEFAULT_SHELL_TIMEOUT_MS, Job, JobList, JobQuery, JobSpec,
+    JobStatus, MAX_PAGE, OpenclawSpec, Requirements, ShellSpec, THINKING_LEVELS,
+};
+use skyclaw_api::{Client, Millis, now_ms};
+use tokio::time::Instant;
+
+use super::output::{self, NONE};
+use super::{ClientArgs, EXIT_JOB_FAILED};
+
+/// Attempts of a shell job, as the API defaults them: a shell job is rerun on
+/// another host when its host is lost.
+const DEFAULT_SHELL_ATTEMPTS: u32 = 3;
+/// Attempts of an openclaw job, as the API defaults them: an agent turn may have
+/// side effects, so it is not rerun unless asked.
+const DEFAULT_OPENCLAW_ATTEMPTS: u32 = 1;
+/// The OpenClaw agent a job talks to unless told otherwise.
+const DEFAULT_AGENT: &str = "main";
+/// Longest single long-poll while waiting: short enough that a dead connection
+/// is noticed, long enough to cost nothing.
+const WAIT_POLL: Duration = Duration::from_secs(30);
+/// Consecutive failed polls tolerated while waiting (a coordinator restarting).
+const WAIT_RETRIES: u32 = 5;
+/// Pause before polling again after a failed poll.
+const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Characters of a job's command or message shown in tables.
+const SUMMARY_WIDTH: usize = 48;
+
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+    #[command(subcommand)]
+    command: JobCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Run an allowlisted command on some host: `skyclaw job shell [--wait] -- CMD ARGS...`.
+    ///
+    /// Prints the job id; with --wait, prints the command's output instead and
+    /// exits 0 if the job succeeded, 1 if it failed or was cancelled.
+    Shell(ShellArgs),
+    /// Run a turn of an OpenClaw agent on some host that has OpenClaw.
+    Openclaw(OpenclawArgs),
+    /// Show one job.
+    Get {
+        /// The job's id.
+        id: String,
+    },
+    /// List jobs, oldest first, one page at a time unless --all.
+    Ls(LsArgs),
+    /// Wait for a job to end and print its output; exit 0 if it succeeded, 1 if
+    /// it failed or was cancelled, 2 on errors or when --timeout-ms runs out.
+    Wait(WaitArgs),
+    /// Cancel a job that has not ended.
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ShellArgs {
+    /// Kill the command (its whole process group) after this many milliseconds.
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_SHELL_TIMEOUT_MS, value_name = "N")]
+    timeout_ms: u64,
+    /// Set an environment variable for the command (repeatable); jobs otherwise
+    /// start with a clean environment.
+    #[arg(long = "env", env = "SKYCLAW_JOB_ENV", value_name = "K=V", value_parser = parse_env_pair)]
+    env: Vec<(String, String)>,
+    /// Text given to the command on standard input.
+    #[arg(long, env = "SKYCLAW_JOB_STDIN", value_name = "TEXT")]
+    stdin: Option<String>,
+    /// How many hosts may try the job when one is lost while running it.
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_SHELL_ATTEMPTS, value_name = "N")]
+    max_attempts: u32,
+    #[command(flatten)]
+    submit: SubmitArgs,
+    /// The command (on the host's allowlist) and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct OpenclawArgs {
+    /// What to tell the agent.
+    #[arg(long, env = "SKYCLAW_OPENCLAW_MESSAGE", value_name = "TEXT")]
+    message: String,
+    /// The agent to run.
+    #[arg(long, env = "SKYCLAW_OPENCLAW_AGENT", default_value = DEFAULT_AGENT, value_name = "NAME")]
+    agent: String,
+    /// How much the agent thinks.
+    #[arg(
+        long,
+        env = "SKYCLAW_OPENCLAW_THINKING",
+        value_parser = PossibleValuesParser::new(THINKING_LEVELS.iter().copied()),
+        value_name = "LEVEL"
+    )]
+    thinking: Option<String>,
+    /// The model to use instead of the agent's default.
+    #[arg(long, env = "SKYCLAW_OPENCLAW_MODEL", value_name = "MODEL")]
+    model: Option<String>,
+    /// Run the agent embedded on the host (`openclaw agent --local`).
+    #[arg(long, env = "SKYCLAW_OPENCLAW_LOCAL")]
+    local: bool,
+    /// Stop the agent after this many milliseconds.
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_OPENCLAW_TIMEOUT_MS, value_name = "N")]
+    timeout_ms: u64,
+    /// How many hosts may try the job when one is lost while running it.
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_OPENCLAW_ATTEMPTS, value_name = "N")]
+    max_attempts: u32,
+    #[command(flatten)]
+    submit: SubmitArgs,
+}
+
+/// What every submission takes besides its spec.
+#[derive(Debug, clap::Args)]
+struct SubmitArgs {
+    /// A capability the host must offer beyond what the job's kind needs
+    /// (repeatable, or comma-separated).
+    #[arg(
+        long = "require",
+        env = "SKYCLAW_JOB_REQUIRE",
+        value_delimiter = ',',
+        value_name = "CAP"
+    )]
+    require: Vec<String>,
+    /// Names this submission: submitting again with the same key returns the
+    /// first job instead of starting another.
+    #[arg(long, env = "SKYCLAW_IDEMPOTENCY_KEY", value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// Wait for the job to end, print its output as the command would, and exit
+    /// 0 if it succeeded, 1 if it failed or was cancelled.
+    #[arg(long, env = "SKYCLAW_WAIT")]
+    wait: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct LsArgs {
+    /// Only jobs with this status: queued, running, succeeded, failed or cancelled.
+    #[arg(long, env = "SKYCLAW_JOB_STATUS", value_name = "STATUS")]
+    status: Option<JobStatus>,
+    /// Jobs per page [default: the coordinator's, 100].
+    #[arg(
+        long,
+        env = "SKYCLAW_JOB_LIMIT",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PAGE)),
+        value_name = "N"
+    )]
+    limit: Option<u32>,
+    /// Start after this job id (the last one of the previous page).
+    #[arg(long, env = "SKYCLAW_JOB_AFTER", value_name = "ID")]
+    after: Option<String>,
+    /// Follow the pages to the end.
+    #[arg(long, env = "SKYCLAW_JOB_ALL")]
+    all: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct WaitArgs {
+    /// The job's id.
+    id: String,
+    /// Give up after this many milliseconds [default: wait as long as it takes].
+    #[arg(long, env = "SKYCLAW_WAIT_TIMEOUT_MS", value_name = "N")]
+    timeout_ms: Option<u64>,
+}
+
+pub async fn run(args: JobArgs, json: bool) -> Result<ExitCode> {
+    let client = args.client.client()?;
+    match args.command {
+        JobCommand::Shell(shell) => {
+            let spec = shell.spec();
+            submit(&client, &spec, &shell.submit, json).await
+        }
+        JobCommand::Openclaw(openclaw) => {
+            let spec = openclaw.spec();
+            submit(&client, &spec, &openclaw.submit, json).await
+        }
+        JobCommand::Get { id } => show(&client.get_job(&id).await?, json),
+        JobCommand::Ls(ls) => list(&client, ls, json).await,
+        JobCommand::Wait(wait) => {
+            let timeout = wait.timeout_ms.map(Duration::from_millis);
+            let job = wait_until_ended(&client, &wait.id, timeout).await?;
+            report_end(&job, json)
+        }
+        JobCommand::Cancel { id } => show(&client.cancel_job(&id).await?, json),
+    }
+}
+
+impl ShellArgs {
+    fn spec(&self) -> JobSpec {
+        let (command, args) = self.command.split_first().expect("clap requires a command");
+        JobSpec::Shell(ShellSpec {
+            command: command.clone(),
+            args: args.to_vec(),
+            env: self.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+            stdin: self.stdin.clone().unwrap_or_default(),
+            timeout_ms: self.timeout_ms,
+            max_attempts: self.max_attempts,
+            requirements: self.submit.requirements(),
+        })
+    }
+}
+
+impl OpenclawArgs {
+    fn spec(&self) -> JobSpec {
+        JobSpec::OpenclawRun(OpenclawSpec {
+            message: self.message.clone(),
+            agent: self.agent.clone(),
+            thinking: self.thinking.clone(),
+            model: self.model.clone(),
+            local: self.local,
+            timeout_ms: self.timeout_ms,
+            max_attempts: self.max_attempts,
+            requirements: self.submit.requirements(),
+        })
+    }
+}
+
+impl SubmitArgs {
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            capabilities: self
+                .require
+                .iter()
+                .filter(|c| !c.is_empty())
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, not {text:?}")),
+    }
+}
+
+/// Validates locally (a clear early error), submits, and either prints the job
+/// id or waits for the job and reports how it ended.
+async fn submit(
+    client: &Client,
+    spec: &JobSpec,
+    args: &SubmitArgs,
+    json: bool,
+) -> Result<ExitCode> {
+    spec.validate().context("invalid job")?;
+    let job = client
+        .submit_job(spec, args.idempotency_key.as_deref())
+        .await?;
+    if !args.wait {
+        if json {
+            output::print_json(&job)?;
+        } else {
+            output::out(&format!("{}\n", job.id))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    tracing::info!(job = %job.id, "submitted, waiting for it to end");
+    let job = wait_until_ended(client, &job.id, None).await?;
+    report_end(&job, json)
+}
+
+/// Long-polls until the job is terminal or `timeout` has passed, riding out a
+/// few failed polls (a coordinator restarting or failing over).
+async fn wait_until_ended(client: &Client, id: &str, timeout: Option<Duration>) -> Result<Job> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut failures = 0;
+    loop {
+        let poll = match deadline {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAIT_POLL),
+            None => WAIT_POLL,
+        };
+        match client.wait_job_once(id, poll).await {
+            Ok(job) if job.status.is_terminal() => return Ok(job),
+            Ok(job) => {
+                failures = 0;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    bail!("job {id} is still {} after the wait timeout", job.status);
+                }
+            }
+            Err(e) if e.is_transient() && failures < WAIT_RETRIES => {
+                failures += 1;
+                tracing::warn!(job = %id, error = %e, "waiting for the job failed; retrying");
+                tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("waiting for job {id}"))),
+        }
+    }
+}
+
+/// Prints how an ended job went (its output, or the JSON) and picks the exit code.
+fn report_end(job: &Job, json: bool) -> Result<ExitCode> {
+    if json {
+        output::print_json(job)?;
+    } else {
+        print_job_output(job)?;
+    }
+    Ok(match job.status {
+        JobStatus::Succeeded => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_JOB_FAILED),
+    })
+}
+
+/// The job's stdout on stdout and stderr on stderr, as if the command had run
+/// here, then a line on stderr if output was cut or the job did not succeed.
+fn print_job_output(job: &Job) -> Result<()> {
+    if let Some(result) = &job.result {
+        output::out(&result.stdout)?;
+        eprint!("{}", result.stderr);
+        if result.stdout_truncated {
+            eprintln!(
+                "skyclaw: job {} stdout was truncated ({} bytes dropped)",
+                job.id, result.stdout_dropped_bytes
+            );
+        }
+        if result.stderr_truncated {
+            eprintln!(
+                "skyclaw: job {} stderr was truncated ({} bytes dropped)",
+                job.id, result.stderr_dropped_bytes
+            );
+        }
+    }
+    match job.status {
+        JobStatus::Failed => eprintln!("error: job {} failed: {}", job.id, failure_reason(job)),
+        JobStatus::Cancelled => eprintln!("error: job {} was cancelled", job.id),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn failure_reason(job: &Job) -> String {
+    let Some(result) = &job.result else {
+        return "no result was reported".to_string();
+    };
+    match (&result.error, result.exit_code) {
+        (Some(error), _) => error.clone(),
+        (None, Some(code)) => format!("exited with code {code}"),
+        (None, None) => "no reason was reported".to_string(),
+    }
+}
+
+/// One job: its table row, then how it ended if it has.
+fn show(job: &Job, json: bool) -> Result<ExitCode> {
+    if json {
+        output::print_json(job)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = jobs_table(std::slice::from_ref(job), now_ms());
+    if let Some(result) = &job.result {
+        let exit = result
+            .exit_code
+            .map_or_else(|| "no exit code".to_string(), |c| format!("exit code {c}"));
+        text.push_str(&format!("\n{exit} after {} ms\n", result.duration_ms));
+        if let Some(error) = &result.error {
+            text.push_str(&format!("error: {error}\n"));
+        }
+    }
+    output::out(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(client: &Client, args: LsArgs, json: bool) -> Result<ExitCode> {
+    let query = JobQuery {
+        status: args.status,
+        limit: args.limit,
+        after: args.after,
+    };
+    let page = if args.all {
+        list_all(client, query).await?
+    } else {
+        client.list_jobs(&query).await?
+    };
+    if json {
+        output::print_json(&page)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::out(&jobs_table(&page.jobs, now_ms()))?;
+    if let Some(after) = &page.next_after {
+        eprintln!("more jobs: add --after {after}, or --all");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every page from `query.after` on, as one list.
+async fn list_all(client: &Client, mut query: JobQuery) -> Result<JobList> {
+    let mut jobs = Vec::new();
+    loop {
+        let mut page = client.list_jobs(&query).await?;
+        jobs.append(&mut page.jobs);
+        match page.next_after {
+            Some(after) if Some(&after) != query.after.as_ref() => query.after = Some(after),
+            Some(after) => bail!("the coordinator returned the same page twice (after {after})"),
+            None => {
+                return Ok(JobList {
+                    jobs,
+                    next_after: None,
+                });
+            }
+        }
+    }
+}
+
+fn jobs_table(jobs: &[Job], now: Millis) -> String {
+    let rows: Vec<Vec<String>> = jobs.iter().map(|job| job_row(job, now)).collect();
+    output::table(
+        &["ID", "STATUS", "KIND", "COMMAND", "HOST", "ATTEMPTS", "AGE"],
+        &rows,
+    )
+}
+
+fn job_row(job: &Job, now: Millis) -> Vec<String> {
+    vec![
+        job.id.clone(),
+        job.status.to_string(),
+        job.spec.kind().to_string(),
+        summary(&job.spec),
+        job.host_id.clone().unwrap_or_else(|| NONE.to_string()),
+        format!("{}/{}", job.attempts, job.spec.max_attempts()),
+        output::age(now.saturating_sub(job.created_at)),
+    ]
+}
+
+/// What the job runs, in a few words: the command line, or the quoted message.
+fn summary(spec: &JobSpec) -> String {
+    match spec {
+        JobSpec::Shell(shell) => {
+            let line = std::iter::once(&shell.command)
+                .chain(&shell.args)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" ");
+            output::ellipsize(&line, SUMMARY_WIDTH)
+        }
+        JobSpec::OpenclawRun(openclaw) => {
+            format!("{:?}", output::ellipsize(&openclaw.message, SUMMARY_WIDTH))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Harness {
+        #[command(subcommand)]
+        command: JobCommand,
+    }
+
+    fn parse(args: &[&str]) -> JobCommand {
+        Harness::try_parse_from(std::iter::once("job").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn shell_takes_everything_after_the_command() {
+        let JobCommand::Shell(shell) = parse(&[
+            "shell",
+            "--wait",
+            "--env",
+            "A=1=2",
+            "--require",
+            "gpu",
+            "--",
+            "ls",
+            "-la",
+            "--json",
+        ]) else {
+            panic!("not shell")
+        };
+        assert!(shell.submit.wait);
+        let JobSpec::Shell(spec) = shell.spec() else {
+            panic!("not a shell spec")
+        };
+        assert_eq!(spec.command, "ls");
+        assert_eq!(spec.args, ["-la", "--json"]);
+        assert_eq!(spec.env.get("A").map(String::as_str), Some("1=2"));
+        assert_eq!(spec.timeout_ms, DEFAULT_SHELL_TIMEOUT_MS);
+        assert_eq!(spec.requirements.capabilities, ["gpu"]);
+    }
+
+    #[test]
+    fn defaults_match_the_api() {
+        let JobCommand::Shell(shell) = parse(&["shell", "true"]) else {
+            panic!("not shell")
+        };
+        let from_api: JobSpec =
+            serde_json::from_str(r#"{"kind":"shell","command":"true"}"#).unwrap();
+        assert_eq!(shell.spec(), from_api);
+        let JobCommand::Openclaw(openclaw) = parse(&["openclaw", "--message", "hi"]) else {
+            panic!("not openclaw")
+        };
+        let from_api: JobSpec =
+            serde_json::from_str(r#"{"kind":"openclaw-run","message":"hi"}"#).unwrap();
+        assert_eq!(openclaw.spec(), from_api);
+    }
+
+    #[test]
+    fn bad_env_pair_and_thinking_level_are_usage_errors() {
+        let harness = |args: &[&str]| {
+            Harness::try_parse_from(std::iter::once("job").chain(args.iter().copied()))
+        };
+        assert!(harness(&["shell", "--env", "NOEQUALS", "--", "true"]).is_err());
+        assert!(harness(&["openclaw", "--message", "m", "--thinking", "loud"]).is_err());
+    }
+
+    #[test]
+    fn summary_shows_command_line_or_message() {
+        let JobCommand::Shell(shell) = parse(&["shell", "echo", "hello", "world"]) else {
+            panic!("not shell")
+        };
+        assert_eq!(summary(&shell.spec()), "echo hello world");
+        let JobCommand::Openclaw(openclaw) = parse(&["openclaw", "--message", "hi\nthere"]) else {
+            panic!("not openclaw")
+        };
+        assert_eq!(summary(&openclaw.spec()), "\"hi…\"");
+    }
+}

@@ -1,0 +1,405 @@
+//! The node commands: `coordinator`, `host`, and `dev` (one of each in one
+//! process). They parse flags into the libraries' configs, bind the listener,
+//! and stop cleanly on Ctrl-C or SIGTERM.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use skyclaw_coordinator::{DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_BODY_BYTES};
+use skyclaw_runtime::{
+    DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND,
+    DEFAULT_SHUTDOWN_GRACE, HostConfig,
+};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use super::{DEFAULT_COORDINATOR_URL, devtoken, non_empty};
+
+/// Where a coordinator listens unless told otherwise: loopback only, so nothing
+/// is exposed by accident, on the port client commands try first.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// The port `skyclaw dev` listens on (loopback only): the one client commands
+/// try first.
+const DEFAULT_DEV_PORT: u16 = 8787;
+/// Commands the dev host allows: harmless tools plus `sh` for trying things on
+/// one's own machine.
+const DEV_ALLOWED_COMMANDS: &str = "echo,true,false,sh,cat,ls,uname,date,sleep,env";
+/// The dev coordinator's data, under the dev data directory.
+const DEV_COORDINATOR_DIR: &str = "coordinator";
+/// The dev host's data, under the dev data directory.
+const DEV_HOST_DIR: &str = "host";
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// Address to listen on, `IP:PORT` (port 0 picks a free one).
+    #[arg(long, env = "SKYCLAW_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: String,
+    /// Directory for the coordinator's database; created if missing.
+    #[arg(long, env = "SKYCLAW_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The cluster's shared token, required: it guards the private routes
+    /// (hosts, API keys). Prefer the environment variable.
+    #[arg(long, env = "SKYCLAW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A host silent for this many milliseconds is marked down and its jobs
+    /// are requeued.
+    #[arg(long, env = "SKYCLAW_HOST_TTL_MS", default_value_t = millis(DEFAULT_HOST_TTL), value_parser = positive_u64(), value_name = "N")]
+    host_ttl_ms: u64,
+    /// How long a job lease lasts, in milliseconds, unless the host renews it
+    /// by heartbeat.
+    #[arg(long = "lease-ms", env = "SKYCLAW_LEASE_MS", default_value_t = millis(DEFAULT_LEASE_DURATION), value_parser = positive_u64(), value_name = "N")]
+    lease_ms: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SKYCLAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "N")]
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HostArgs {
+    /// Coordinator URLs, comma-separated; the host fails over between them.
+    #[arg(
+        long = "coordinator",
+        env = "SKYCLAW_COORDINATOR_URLS",
+        default_value = DEFAULT_COORDINATOR_URL,
+        value_name = "URL[,URL...]"
+    )]
+    coordinators: String,
+    /// The cluster's shared token, required to register. Prefer the
+    /// environment variable.
+    #[arg(long, env = "SKYCLAW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Directory for the host's id and working files; created if missing.
+    #[arg(long, env = "SKYCLAW_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The only commands shell jobs may run, comma-separated: bare names
+    /// looked up on PATH, or absolute paths.
+    #[arg(
+        long,
+        env = "SKYCLAW_ALLOWED_COMMANDS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "CMD[,CMD...]"
+    )]
+    allow_commands: Vec<String>,
+    /// Jobs run at once.
+    #[arg(long, env = "SKYCLAW_MAX_PARALLEL", default_value_t = DEFAULT_MAX_PARALLEL, value_parser = positive_u32(), value_name = "N")]
+    max_parallel: u32,
+    /// The name the host registers under [default: the machine's host name].
+    #[arg(long, env = "SKYCLAW_HOST_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// Bytes of a job's stdout and of its stderr kept; the rest is dropped
+    /// and counted.
+    #[arg(long, env = "SKYCLAW_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES, value_name = "N")]
+    max_output_bytes: usize,
+    /// The OpenClaw command openclaw-run jobs use.
+    #[arg(long, env = "SKYCLAW_OPENCLAW_COMMAND", default_value = DEFAULT_OPENCLAW_COMMAND, value_name = "CMD")]
+    openclaw_command: String,
+    /// A variable of the host's environment passed to jobs (repeatable, or
+    /// comma-separated); jobs otherwise start with a clean environment.
+    #[arg(
+        long,
+        env = "SKYCLAW_PASS_ENV",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pass_env: Vec<String>,
+    /// On shutdown, how many milliseconds running jobs get to finish before
+    /// they are killed and handed back.
+    #[arg(long, env = "SKYCLAW_SHUTDOWN_GRACE_MS", default_value_t = millis(DEFAULT_SHUTDOWN_GRACE), value_name = "N")]
+    shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Directory for the dev cluster's data, token and URL; kept between runs.
+    #[arg(long, env = "SKYCLAW_DEV_DIR", default_value = devtoken::DEFAULT_DEV_DIR, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Port the coordinator listens on, on 127.0.0.1 only (0 picks a free one).
+    #[arg(long, env = "SKYCLAW_DEV_PORT", default_value_t = DEFAULT_DEV_PORT, value_name = "PORT")]
+    port: u16,
+    /// The only commands the dev host runs, comma-separated.
+    #[arg(
+        long,
+        env = "SKYCLAW_ALLOWED_COMMANDS",
+        value_delimiter = ',',
+        default_value = DEV_ALLOWED_COMMANDS,
+        value_name = "CMD[,CMD...]"
+    )]
+    allow_commands: Vec<String>,
+    /// Jobs the dev host runs at once.
+    #[arg(long, env = "SKYCLAW_MAX_PARALLEL", default_value_t = DEFAULT_MAX_PARALLEL, value_parser = positive_u32(), value_name = "N")]
+    max_parallel: u32,
+    /// The OpenClaw command openclaw-run jobs use.
+    #[arg(long, env = "SKYCLAW_OPENCLAW_COMMAND", default_value = DEFAULT_OPENCLAW_COMMAND, value_name = "CMD")]
+    openclaw_command: String,
+}
+
+/// `skyclaw coordinator`: serves until Ctrl-C or SIGTERM.
+pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
+    let Some(token) = non_empty(&args.token) else {
+        bail!(
+            "a coordinator needs the cluster token (--token or SKYCLAW_TOKEN): \
+             without it anyone could register hosts and create API keys"
+        );
+    };
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut config = skyclaw_coordinator::Config::new(args.data_dir, token);
+    config.host_ttl = Duration::from_millis(args.host_ttl_ms);
+    config.lease_duration = Duration::from_millis(args.lease_ms);
+    config.max_body_bytes = args.max_body_bytes;
+    skyclaw_coordinator::run(config, listener, shutdown_signal()?)
+        .await
+        .context("coordinator failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `skyclaw host`: runs jobs until Ctrl-C or SIGTERM, then hands back what it
+/// could not finish within the grace period.
+pub async fn host(args: HostArgs) -> Result<ExitCode> {
+    let Some(token) = non_empty(&args.token) else {
+        bail!("a host needs the cluster token (--token or SKYCLAW_TOKEN) to register");
+    };
+    create_dir(&args.data_dir)?;
+    let coordinators = skyclaw_api::Client::split_urls(&args.coordinators);
+    let mut config = HostConfig::new(coordinators, token, args.data_dir);
+    if let Some(name) = non_empty(&args.name) {
+        config.name = name;
+    }
+    config.allowed_commands = without_empty(args.allow_commands);
+    config.max_parallel = args.max_parallel;
+    config.max_output_bytes = args.max_output_bytes;
+    config.openclaw_command = args.openclaw_command;
+    config.pass_env = without_empty(args.pass_env);
+    config.shutdown_grace = Duration::from_millis(args.shutdown_grace_ms);
+    skyclaw_runtime::run(config, shutdown_signal()?)
+        .await
+        .context("host failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `skyclaw dev`: a coordinator on loopback and a host using it, sharing a
+/// token kept in the data directory. On Ctrl-C the host stops first, so it can
+/// hand its jobs back while the coordinator still listens.
+pub async fn dev(args: DevArgs) -> Result<ExitCode> {
+    let coordinator_dir = args.data_dir.join(DEV_COORDINATOR_DIR);
+    let host_dir = args.data_dir.join(DEV_HOST_DIR);
+    create_dir(&coordinator_dir)?;
+    create_dir(&host_dir)?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let token = devtoken::load_or_create_token(&args.data_dir)?;
+    devtoken::write_url(&args.data_dir, &url)?;
+
+    let coordinator_config = skyclaw_coordinator::Config::new(coordinator_dir, token.clone());
+    let mut host_config = HostConfig::new(vec![url.clone()], token, host_dir);
+    host_config.allowed_commands = without_empty(args.allow_commands);
+    host_config.max_parallel = args.max_parallel;
+    host_config.openclaw_command = args.openclaw_command;
+    super::output::out(&dev_banner(&url, &args.data_dir, &host_config))?;
+
+    let (stop_coordinator, coordinator_stop) = watch::channel(false);
+    let mut coordinator = tokio::spawn(skyclaw_coordinator::run(
+        coordinator_config,
+        listener,
+        until_true(coordinator_stop),
+    ));
+    let host = skyclaw_runtime::run(host_config, shutdown_signal()?);
+    tokio::select! {
+        host = host => {
+            // Ignored send error: the coordinator has already stopped, which
+            // awaiting it reports.
+            let _ = stop_coordinator.send(true);
+            let coordinator = coordinator.await.context("coordinator task failed")?;
+            host.context("host failed")?;
+            coordinator.context("coordinator failed")?;
+        }
+        coordinator = &mut coordinator => {
+            coordinator.context("coordinator task failed")?.context("coordinator failed")?;
+            bail!("the coordinator stopped on its own");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `skyclaw dev` prints once it is up: where things are and what to try.
+fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
+    let program = program_name();
+    let mut setup = String::new();
+    if url != DEFAULT_COORDINATOR_URL {
+        setup.push_str(&format!("  export SKYCLAW_COORDINATOR_URLS={url}\n"));
+    }
+    if data_dir != Path::new(devtoken::DEFAULT_DEV_DIR) {
+        let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        setup.push_str(&format!(
+            "  export SKYCLAW_DEV_DIR={}\n",
+            absolute.display()
+        ));
+    }
+    format!(
+        "skyclaw dev is running\n\
+         \x20 coordinator  {url} (data in {coordinator})\n\
+         \x20 host         {name}: runs {allowed}; {parallel} jobs at once\n\
+         \x20 token        {token}, used by commands run in this directory or below\n\
+         \n\
+         Try, in another terminal in this directory:\n\
+         {setup}\
+         \x20 {program} job shell --wait -- echo hello\n\
+         \x20 {program} job shell --wait -- sh -c 'echo oops >&2; exit 3'\n\
+         \x20 {program} job shell -- sleep 30 && {program} job ls\n\
+         \x20 {program} hosts ls\n\
+         \x20 {program} apikey create --name ci --scope jobs:submit --scope jobs:read\n\
+         \n\
+         Ctrl-C stops; running dev again keeps the jobs and the token.\n",
+        coordinator = data_dir.join(DEV_COORDINATOR_DIR).display(),
+        name = host.name,
+        allowed = host.allowed_commands.join(", "),
+        parallel = host.max_parallel,
+        token = devtoken::token_path(data_dir).display(),
+    )
+}
+
+/// How this program was invoked, relative to the current directory when it
+/// lies below it (`target/release/skyclaw` under `cargo run`).
+fn program_name() -> String {
+    let argv0 = std::env::args()
+        .next()
+        .unwrap_or_else(|| "skyclaw".to_string());
+    let relative = std::env::current_dir().ok().and_then(|cwd| {
+        Path::new(&argv0)
+            .strip_prefix(cwd)
+            .ok()
+            .map(Path::to_path_buf)
+    });
+    relative.map_or(argv0.clone(), |p| p.display().to_string())
+}
+
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM.
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+}
+
+/// Resolves once the flag is set, or its sender is gone.
+async fn until_true(mut flag: watch::Receiver<bool>) {
+    // An error means the sender was dropped: stopping is then right too.
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// Drops empty items, so `--allow-commands ''` means "none".
+fn without_empty(items: Vec<String>) -> Vec<String> {
+    items
+        .into_iter()
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .collect()
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn positive_u64() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
+}
+
+fn positive_u32() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Harness {
+        #[command(subcommand)]
+        command: Node,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Node {
+        Host(HostArgs),
+        Dev(DevArgs),
+    }
+
+    #[test]
+    fn dev_allows_the_default_commands() {
+        let Node::Dev(dev) = Harness::try_parse_from(["x", "dev"]).unwrap().command else {
+            panic!("not dev")
+        };
+        assert_eq!(dev.allow_commands.join(","), DEV_ALLOWED_COMMANDS);
+        assert_eq!(dev.data_dir, Path::new(devtoken::DEFAULT_DEV_DIR));
+    }
+
+    #[test]
+    fn host_needs_an_allowlist() {
+        assert!(Harness::try_parse_from(["x", "host", "--data-dir", "d"]).is_err());
+        let Node::Host(host) = Harness::try_parse_from([
+            "x",
+            "host",
+            "--data-dir",
+            "d",
+            "--allow-commands",
+            "echo, true,",
+            "--max-parallel",
+            "2",
+            "--pass-env",
+            "HOME",
+            "--pass-env",
+            "LANG",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not host")
+        };
+        assert_eq!(without_empty(host.allow_commands), ["echo", "true"]);
+        assert_eq!(host.pass_env, ["HOME", "LANG"]);
+        assert!(
+            Harness::try_parse_from([
+                "x",
+                "host",
+                "--data-dir",
+                "d",
+                "--allow-commands",
+                "echo",
+                "--max-parallel",
+                "0"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn banner_mentions_non_default_places() {
+        let mut host = HostConfig::new(vec![], String::new(), PathBuf::new());
+        host.allowed_commands = vec!["echo".into()];
+        let plain = dev_banner(DEFAULT_COORDINATOR_URL, Path::new(".skyclaw"), &host);
+        assert!(!plain.contains("export"), "{plain}");
+        assert!(plain.contains("job shell --wait -- echo hello"), "{plain}");
+        let moved = dev_banner("http://127.0.0.1:4000", Path::new("/tmp/d"), &host);
+        assert!(moved.contains("SKYCLAW_COORDINATOR_URLS=http://127.0.0.1:4000"));
+        assert!(moved.contains("SKYCLAW_DEV_DIR=/tmp/d"));
+    }
+}

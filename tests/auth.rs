@@ -1,0 +1,223 @@
+//! Authentication, scopes and input validation, through raw HTTP as any client
+//! would send it.
+
+mod common;
+
+use common::{Coordinator, TOKEN};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Every private route, with a body where it takes one.
+const PRIVATE_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/jobs"),
+    ("POST", "/v1/jobs/j-x/complete"),
+    ("GET", "/v1/hosts"),
+    ("POST", "/v1/hosts/register"),
+    ("POST", "/v1/hosts/h-x/heartbeat"),
+    ("POST", "/v1/hosts/h-x/claim"),
+    ("POST", "/v1/apikeys"),
+    ("GET", "/v1/apikeys"),
+    ("DELETE", "/v1/apikeys/k-x"),
+];
+/// Public routes: the token or a scoped key.
+const PUBLIC_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs/j-x"),
+    ("GET", "/v1/jobs/j-x/wait"),
+    ("POST", "/v1/jobs/j-x/cancel"),
+];
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<(&str, &str)>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some((name, value)) = auth {
+            req = req.header(name, value);
+        }
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    async fn token(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        self.send(method, path, Some(("x-skyclaw-token", TOKEN)), body)
+            .await
+    }
+
+    async fn key(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let bearer = format!("Bearer {key}");
+        self.send(method, path, Some(("authorization", &bearer)), body)
+            .await
+    }
+
+    async fn create_key(&self, scopes: &[&str]) -> (String, String) {
+        let body = json!({"name": "t", "scopes": scopes}).to_string();
+        let (status, created) = self.token("POST", "/v1/apikeys", Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        (
+            created["key"]["id"].as_str().unwrap().to_string(),
+            created["secret"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+async fn api() -> (tempfile::TempDir, Coordinator, Api) {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(tmp.path(), &["--max-body-bytes", "65536"]).await;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: coordinator.url.clone(),
+    };
+    (tmp, coordinator, api)
+}
+
+const ECHO: &str = r#"{"kind":"shell","command":"echo","args":["hi"]}"#;
+
+#[tokio::test]
+async fn every_private_route_needs_the_token() {
+    let (_tmp, _c, api) = api().await;
+    let (_, secret) = api.create_key(&["jobs:submit", "jobs:read"]).await;
+    for (method, path) in PRIVATE_ROUTES.iter().chain(PUBLIC_ROUTES) {
+        let (status, body) = api.send(method, path, None, Some("{}")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
+        let wrong = api
+            .send(method, path, Some(("x-skyclaw-token", "nope")), Some("{}"))
+            .await;
+        assert_eq!(
+            wrong.0,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a wrong token"
+        );
+    }
+    for (method, path) in PRIVATE_ROUTES {
+        let (status, _) = api.key(&secret, method, path, Some("{}")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "a key on {method} {path}");
+    }
+    let (status, _) = api.send("GET", "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn keys_are_scoped_revocable_and_see_only_their_jobs() {
+    let (_tmp, _c, api) = api().await;
+    let (_, read_only) = api.create_key(&["jobs:read"]).await;
+    let (status, body) = api.key(&read_only, "POST", "/v1/jobs", Some(ECHO)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    let (a_id, a) = api.create_key(&["jobs:submit", "jobs:read"]).await;
+    let (_, b) = api.create_key(&["jobs:submit", "jobs:read"]).await;
+    let (status, job) = api.key(&a, "POST", "/v1/jobs", Some(ECHO)).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    assert_eq!(api.key(&a, "GET", &path, None).await.0, StatusCode::OK);
+    assert_eq!(
+        api.key(&b, "GET", &path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let cancel = format!("{path}/cancel");
+    assert_eq!(
+        api.key(&b, "POST", &cancel, Some("{}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(api.token("GET", &path, None).await.0, StatusCode::OK);
+
+    let (status, _) = api
+        .token("DELETE", &format!("/v1/apikeys/{a_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        api.key(&a, "GET", &path, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, keys) = api.token("GET", "/v1/apikeys", None).await;
+    let listed = keys["keys"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|k| k.get("secret").is_none() && k.get("key_hash").is_none())
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let (_tmp, _c, api) = api().await;
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        (
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid request body",
+        ),
+        (
+            r#"{"kind":"shell","command":"echo","bogus":1}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bogus",
+        ),
+        (
+            r#"{"kind":"teleport"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "teleport",
+        ),
+        (
+            r#"{"kind":"shell","command":""}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "command must not be empty",
+        ),
+        (
+            r#"{"kind":"shell","command":"echo","timeout_ms":999999999999}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "timeout_ms",
+        ),
+        (
+            json!({"kind":"shell","command":"echo","args": vec!["a"; 2000]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "too many args",
+        ),
+        (
+            json!({"kind":"shell","command":"echo","stdin": "x".repeat(100_000)}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too large",
+        ),
+    ];
+    for (body, want, needle) in cases {
+        let (status, answer) = api.token("POST", "/v1/jobs", Some(&body)).await;
+        assert_eq!(status, want, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
+    }
+    let (status, body) = api.token("GET", "/v1/jobs?status=sleeping", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = api.token("GET", "/v1/nothing", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}

@@ -1,0 +1,216 @@
+//! Jobs end to end: a coordinator and a host as real processes, driven through
+//! the CLI and the client, running real commands.
+
+mod common;
+
+use common::{Network, eventually, process_gone, run_job};
+use serde_json::json;
+use skyclaw_api::jobs::JobStatus;
+
+#[tokio::test]
+async fn shell_job_prints_its_stdout_through_the_cli() {
+    let net = Network::start("echo,false", &[]).await;
+    let out = net.cli(&["job", "shell", "--wait", "--", "echo", "hello"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+
+    let out = net.cli(&["job", "shell", "--wait", "--", "false"]);
+    assert_eq!(out.status.code(), Some(1), "a failed job exits 1: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exited with code 1"));
+
+    let out = net.cli(&["job", "shell", "--wait", "--json", "--", "echo", "hi"]);
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json job");
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["result"]["stdout"], "hi\n");
+    assert_eq!(job["host_id"], net.host_id.as_str());
+
+    let out = net.cli(&["job", "ls", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json list");
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn disallowed_command_fails_and_never_runs() {
+    let net = Network::start("echo", &[]).await;
+    let marker = net.tmp.path().join("touched");
+    let job = run_job(
+        &net.client(),
+        json!({"kind": "shell", "command": "touch", "args": [marker]}),
+    )
+    .await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.result.unwrap().error.unwrap();
+    assert!(error.starts_with("command not allowed on host"), "{error}");
+    assert!(error.ends_with(": touch"), "{error}");
+    assert!(!marker.exists(), "the command must never be spawned");
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let net = Network::start("sh", &[]).await;
+    let pidfile = net.tmp.path().join("grandchild.pid");
+    let script = "sleep 300 & echo $! > \"$PIDFILE\"; sleep 300";
+    let job = run_job(
+        &net.client(),
+        json!({"kind": "shell", "command": "sh", "args": ["-c", script],
+               "env": {"PIDFILE": pidfile}, "timeout_ms": 700}),
+    )
+    .await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(
+        job.result.unwrap().error.as_deref(),
+        Some("timed out after 700 ms")
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually("the grandchild to be killed", || async {
+        process_gone(pid).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn output_beyond_the_limit_is_cut_and_counted() {
+    let net = Network::start("sh", &["--max-output-bytes", "1000"]).await;
+    let job = run_job(
+        &net.client(),
+        json!({"kind": "shell", "command": "sh",
+               "args": ["-c", "head -c 5000 /dev/zero | tr '\\0' a; echo err >&2"]}),
+    )
+    .await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    let result = job.result.unwrap();
+    assert_eq!(result.stdout.len(), 1000);
+    assert!(result.stdout_truncated);
+    assert_eq!(result.stdout_dropped_bytes, 4000);
+    assert_eq!(result.stderr, "err\n");
+    assert!(!result.stderr_truncated);
+}
+
+#[tokio::test]
+async fn jobs_get_a_clean_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = common::Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    let host_dir = tmp.path().join("host");
+    let mut cmd = common::skyclaw();
+    cmd.args([
+        "host",
+        "--coordinator",
+        &coordinator.url,
+        "--token",
+        common::TOKEN,
+    ])
+    .args([
+        "--allow-commands",
+        "env",
+        "--pass-env",
+        "PASSED",
+        "--data-dir",
+    ])
+    .arg(&host_dir)
+    .env("HOST_SECRET", "do-not-leak")
+    .env("PASSED", "yes");
+    let mut child = cmd.spawn().unwrap();
+    let job = run_job(
+        &coordinator.client(),
+        json!({"kind": "shell", "command": "env", "env": {"MINE": "1"}}),
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stdout = job.result.unwrap().stdout;
+    assert!(stdout.contains("MINE=1"), "{stdout}");
+    assert!(stdout.contains("PASSED=yes"), "{stdout}");
+    assert!(stdout.contains("PATH="), "{stdout}");
+    assert!(!stdout.contains("do-not-leak"), "{stdout}");
+    assert!(
+        !stdout.contains(common::TOKEN),
+        "the host's token leaked: {stdout}"
+    );
+}
+
+#[tokio::test]
+async fn openclaw_run_calls_the_configured_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("openclaw");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'openclaw 9.9.9'; exit 0; fi\n\
+         printf '{\"args\":['; sep=''; for a in \"$@\"; do printf '%s\"%s\"' \"$sep\" \"$a\"; sep=','; done; printf ']}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let net = Network::start("echo", &["--openclaw-command", fake.to_str().unwrap()]).await;
+    let hosts = net.client().list_hosts().await.unwrap();
+    assert!(
+        hosts.hosts[0]
+            .capabilities
+            .contains(&"openclaw".to_string())
+    );
+    assert_eq!(
+        hosts.hosts[0].openclaw_version.as_deref(),
+        Some("openclaw 9.9.9")
+    );
+
+    let out = net.cli(&[
+        "job",
+        "openclaw",
+        "--wait",
+        "--json",
+        "--agent",
+        "ops",
+        "--message",
+        "summarise the inbox",
+        "--thinking",
+        "low",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = &job["result"]["output"]["args"];
+    assert_eq!(
+        args,
+        &json!([
+            "agent",
+            "--message",
+            "summarise the inbox",
+            "--agent",
+            "ops",
+            "--json",
+            "--thinking",
+            "low"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job() {
+    let net = Network::start("sh", &[]).await;
+    let client = net.client();
+    let pidfile = net.tmp.path().join("job.pid");
+    let spec = serde_json::from_value(json!({"kind": "shell", "command": "sh",
+        "args": ["-c", "echo $$ > \"$PIDFILE\"; exec sleep 300"], "env": {"PIDFILE": pidfile}}))
+    .unwrap();
+    let job = client.submit_job(&spec, None).await.unwrap();
+    let pid: i32 = eventually("the job to start", || async {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    })
+    .await;
+    let out = net.cli(&["job", "cancel", &job.id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = net.cli(&["job", "wait", &job.id]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled job exits 1: {out:?}"
+    );
+    // The host learns of the cancel from its next heartbeat and kills the job.
+    eventually("the cancelled job's process to be killed", || async {
+        process_gone(pid).then_some(())
+    })
+    .await;
+    let again = client.cancel_job(&job.id).await.unwrap_err();
+    assert_eq!(again.code(), Some(skyclaw_api::ErrorCode::Conflict));
+}
