@@ -23,6 +23,7 @@ use crate::config::{DEFAULT_PATH, HostConfig};
 use crate::leases::Leases;
 use crate::native::{Runner, StopReason};
 use crate::report::{REPORT_DEADLINE, answer_was_lost, is_retryable, report};
+use crate::workdir::WorkDirs;
 use crate::{HostError, identity};
 
 /// How long one claim waits for work: long enough to keep idle hosts quiet,
@@ -71,7 +72,7 @@ pub async fn run(
             host_env: read_env(&config.pass_env),
             pass_env: config.pass_env.clone(),
             max_output_bytes: config.max_output_bytes,
-            work_root,
+            work_dirs: Arc::new(WorkDirs::new(work_root, config.max_parallel as usize)),
             openclaw_command: config.openclaw_command.clone(),
             openclaw_version: None,
         };

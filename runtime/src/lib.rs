@@ -18,6 +18,7 @@ mod leases;
 mod native;
 mod openclaw;
 mod report;
+mod workdir;
 
 pub use config::{
     DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND, DEFAULT_PATH,

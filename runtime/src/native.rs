@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -20,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{debug, warn};
+
+use crate::workdir::WorkDirs;
 
 /// Bytes read from an output pipe at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -89,7 +92,7 @@ pub(crate) struct Runner {
     /// Bytes kept of each of stdout and stderr.
     pub(crate) max_output_bytes: usize,
     /// Parent of the jobs' working directories.
-    pub(crate) work_root: PathBuf,
+    pub(crate) work_dirs: Arc<WorkDirs>,
     pub(crate) openclaw_command: String,
     /// What `openclaw --version` answered; `None` when OpenClaw is unavailable.
     pub(crate) openclaw_version: Option<String>,
@@ -177,7 +180,7 @@ impl Runner {
         mut stop: StopSignal,
     ) -> Run {
         let started = Instant::now();
-        let work_dir = match self.make_work_dir(job_id).await {
+        let work_dir = match self.work_dirs.take() {
             Ok(dir) => dir,
             Err(e) => {
                 return Run::refused(format!(
@@ -186,12 +189,13 @@ impl Runner {
                 ));
             }
         };
+        debug!(job_id, dir = %work_dir.display(), "job working directory");
         let run = self
             .execute_in(&work_dir, &invocation, &mut stop, started)
             .await;
-        if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
-            warn!(job_id, dir = %work_dir.display(), error = %e, "cannot remove job working directory");
-        }
+        let work_dirs = Arc::clone(&self.work_dirs);
+        // Emptying may remove many files; it must not stall the runtime.
+        let _ = tokio::task::spawn_blocking(move || work_dirs.give_back(work_dir)).await;
         run
     }
 
@@ -331,29 +335,6 @@ impl Runner {
             env.insert(name.clone(), OsString::from(value));
         }
         env
-    }
-
-    /// `<work_root>/<job-id>-<random>`, private to the host's user.
-    async fn make_work_dir(&self, job_id: &str) -> io::Result<PathBuf> {
-        tokio::fs::create_dir_all(&self.work_root).await?;
-        let safe_id: String = job_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let dir = self
-            .work_root
-            .join(format!("{safe_id}-{:08x}", rand::random::<u32>()));
-        tokio::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .await?;
-        Ok(dir)
     }
 }
 

@@ -27,8 +27,10 @@ const BEATS_PER_TTL: u32 = 5;
 /// live host can run sit in the queue; past this many of them, younger jobs
 /// wait until the old ones are cancelled or a host that can run them appears.
 const SCHEDULING_WINDOW: usize = 4096;
-/// Queued jobs read per step of that scan.
+/// Most queued jobs read per step of that scan.
 const SCHEDULING_PAGE: usize = 256;
+/// Fewest queued jobs read by the first step.
+const FIRST_PAGE_MIN: usize = 8;
 /// Longest accepted host id or name.
 const MAX_HOST_NAME: usize = 128;
 /// Highest `max_parallel` a host may claim.
@@ -199,11 +201,14 @@ async fn lease_some(
     let mut picked = Vec::new();
     let mut after_seq = 0;
     let mut scanned = 0;
-    // Page through the queue: usually the first page has enough.
+    // Page through the queue, starting small: a host with one free slot
+    // usually finds its job among the first few, and every row read is parsed.
+    let mut page_size = (max * 2).clamp(FIRST_PAGE_MIN, SCHEDULING_PAGE);
     while picked.len() < max && scanned < SCHEDULING_WINDOW {
         let page = node
             .store
-            .read(|c| read::queued_jobs(c, after_seq, SCHEDULING_PAGE))?;
+            .read(|c| read::queued_jobs(c, after_seq, page_size))?;
+        page_size = (page_size * 2).min(SCHEDULING_PAGE);
         let Some((last_seq, _)) = page.last() else {
             break;
         };

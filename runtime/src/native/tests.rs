@@ -22,7 +22,7 @@ fn runner(dir: &Path, allowed: &[&str]) -> Runner {
         host_env: BTreeMap::new(),
         pass_env: Vec::new(),
         max_output_bytes: crate::DEFAULT_MAX_OUTPUT_BYTES,
-        work_root: dir.join("work"),
+        work_dirs: std::sync::Arc::new(crate::workdir::WorkDirs::new(dir.join("work"), 4)),
         openclaw_command: "openclaw".to_string(),
         openclaw_version: None,
     }
@@ -73,10 +73,15 @@ async fn read_pid(path: &Path) -> i32 {
     text.trim().parse().expect("a pid")
 }
 
-fn work_dirs_left(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("work"))
-        .map(|entries| entries.count())
-        .unwrap_or(0)
+/// Files left inside the job working directories (kept, emptied directories
+/// themselves do not count).
+fn files_left_in_work_dirs(dir: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(dir.join("work")) else {
+        return 0;
+    };
+    dirs.flatten()
+        .map(|d| std::fs::read_dir(d.path()).map_or(0, |entries| entries.count()))
+        .sum()
 }
 
 #[tokio::test]
@@ -90,7 +95,11 @@ async fn runs_a_command_and_keeps_its_stdout() {
     assert_eq!(run.result.stderr, "");
     assert!(!run.result.stdout_truncated);
     assert_eq!(run.stopped, None);
-    assert_eq!(work_dirs_left(dir.path()), 0, "working directory removed");
+    assert_eq!(
+        files_left_in_work_dirs(dir.path()),
+        0,
+        "working directory emptied"
+    );
 }
 
 #[tokio::test]
@@ -227,7 +236,7 @@ async fn jobs_see_a_clean_environment() {
     assert_eq!(vars.get("PATH"), Some(&r.path.as_str()));
     let home = vars.get("HOME").expect("HOME is set");
     assert!(
-        home.starts_with(r.work_root.to_str().unwrap()) && home.contains("job-1-"),
+        home.starts_with(r.work_dirs.root().to_str().unwrap()),
         "{home}"
     );
     let names: Vec<&str> = vars.keys().copied().collect();
