@@ -214,3 +214,32 @@ async fn cancel_stops_a_running_job() {
     let again = client.cancel_job(&job.id).await.unwrap_err();
     assert_eq!(again.code(), Some(skyclaw_api::ErrorCode::Conflict));
 }
+
+#[tokio::test]
+async fn hosts_and_clients_fail_over_to_a_coordinator_that_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = common::Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    // Nothing listens on the first URL: a port bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let urls = format!("{dead_url},{}", coordinator.url);
+    let host = common::Host::start(&urls, &tmp.path().join("host"), "echo", &[]);
+    common::host_up(&coordinator.client(), &host.id().await).await;
+    let out = common::skyclaw()
+        .args([
+            "job",
+            "shell",
+            "--wait",
+            "--coordinator",
+            &urls,
+            "--",
+            "echo",
+            "failover",
+        ])
+        .env("SKYCLAW_TOKEN", common::TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "failover\n");
+}
