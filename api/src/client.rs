@@ -5,8 +5,8 @@
 //! per call), so trying the same request on another coordinator after a lost
 //! response can never apply it twice.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -20,11 +20,14 @@ use crate::hosts::{
     Claim, Claimed, Complete, Heartbeat, HeartbeatAck, HostList, RegisterHost, Registered,
 };
 use crate::jobs::{Job, JobList, JobQuery, JobSpec};
+use crate::network::{Join, PeerList};
 
 /// How long an ordinary request may take before the next coordinator is tried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take: coordinators are expected nearby.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a membership change may take: a joining node first catches up.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slack added to a long-poll's own wait before the client gives up on it.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(5);
 
@@ -100,7 +103,8 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
-    urls: Vec<String>,
+    /// Known coordinators; refreshed from `/v1/network/peers`.
+    urls: RwLock<Vec<String>>,
     /// Index of the URL that answered last: tried first next time.
     preferred: AtomicUsize,
     credentials: Credentials,
@@ -142,7 +146,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                urls,
+                urls: RwLock::new(urls),
                 preferred: AtomicUsize::new(0),
                 credentials,
             }),
@@ -158,8 +162,54 @@ impl Client {
             .collect()
     }
 
-    pub fn urls(&self) -> &[String] {
-        &self.inner.urls
+    /// The coordinator URLs the client knows now.
+    pub fn urls(&self) -> Vec<String> {
+        self.inner.urls.read().expect("urls lock").clone()
+    }
+
+    /// Learns every coordinator from `/v1/network/peers` and uses them from now
+    /// on, keeping the one that answered first in line. Returns the new list.
+    pub async fn refresh_urls(&self) -> Result<Vec<String>, ClientError> {
+        let peers = self.peers().await?;
+        let answered = self.urls().get(self.inner.preferred.load(Ordering::Relaxed)).cloned();
+        let mut urls: Vec<String> = peers
+            .peers
+            .iter()
+            .map(|p| p.url.trim_end_matches('/').to_string())
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .collect();
+        if urls.is_empty() {
+            return Ok(self.urls());
+        }
+        urls.sort();
+        urls.dedup();
+        if let Some(first) = answered.and_then(|a| urls.iter().position(|u| *u == a)) {
+            urls.swap(0, first);
+        }
+        *self.inner.urls.write().expect("urls lock") = urls.clone();
+        self.inner.preferred.store(0, Ordering::Relaxed);
+        Ok(urls)
+    }
+
+    /// `GET /v1/network/peers`: every coordinator in the cluster.
+    pub async fn peers(&self) -> Result<PeerList, ClientError> {
+        self.call(Call::get("/v1/network/peers")).await
+    }
+
+    /// `POST /v1/network/join`: adds a coordinator, or updates its address.
+    pub async fn join(&self, join: &Join) -> Result<PeerList, ClientError> {
+        let mut call = Call::post("/v1/network/join", join, None);
+        // Adding a learner waits until it has caught up with the log.
+        call.timeout = JOIN_TIMEOUT;
+        self.call(call).await
+    }
+
+    /// `DELETE /v1/network/peers/{id}`: removes a coordinator for good.
+    pub async fn remove_peer(&self, id: u64) -> Result<PeerList, ClientError> {
+        let mut call = Call::get(&format!("/v1/network/peers/{id}"));
+        call.method = Method::DELETE;
+        call.timeout = JOIN_TIMEOUT;
+        self.call(call).await
     }
 
     /// `GET /health` on the preferred coordinator (or the next that answers).
@@ -280,7 +330,7 @@ impl Client {
             }
             None => None,
         };
-        let urls = &self.inner.urls;
+        let urls = self.urls();
         let start = self.inner.preferred.load(Ordering::Relaxed) % urls.len();
         let mut attempts = Vec::new();
         for offset in 0..urls.len() {

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Timeout,
     /// The server cannot take writes right now (503).
     Unavailable,
+    /// The coordinator cluster has no quorum: writes cannot commit (503).
+    NoQuorum,
     /// A bug or an IO failure on the server (500).
     Internal,
 }
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::Internal => "internal",
         }
     }

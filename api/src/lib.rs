@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod hosts;
 pub mod jobs;
+pub mod network;
 
 pub use client::{Client, ClientError, Credentials};
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};

@@ -27,6 +27,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    NoQuorum(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -46,6 +48,7 @@ impl ApiError {
                 ErrorCode::IdempotencyConflict
             }
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::NoQuorum(_) => ErrorCode::NoQuorum,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -61,7 +64,7 @@ impl ApiError {
             }
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable | ErrorCode::NoQuorum => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -28,8 +28,15 @@ pub const DEFAULT_HOST_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
 /// Largest request body: a job spec with its stdin fits with room to spare.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-/// The database file inside the data directory.
+/// The state machine's database file inside the data directory.
 pub const DB_FILE: &str = "coordinator.db";
+/// Voters a cluster grows to by default; further coordinators stay learners.
+pub const DEFAULT_VOTERS: usize = 3;
+/// Largest voter count accepted: every write waits for a majority of voters.
+pub const MAX_VOTERS: usize = 7;
+/// Log entries between snapshots; a lagging node further behind than the kept
+/// log catches up from a snapshot.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 20_000;
 /// Where `run` writes the URL it serves on, once bound (tests and tools read it).
 pub const URL_FILE: &str = "coordinator.url";
 
@@ -42,6 +49,19 @@ pub struct Config {
     pub host_ttl: Duration,
     pub lease_duration: Duration,
     pub max_body_bytes: usize,
+    /// This coordinator's id in the cluster; chosen at random and kept in the
+    /// data directory when not given.
+    pub node_id: Option<u64>,
+    /// The URL peers, hosts and clients reach this coordinator at; defaults to
+    /// `http://` and the listener's address.
+    pub advertise_url: Option<String>,
+    /// Coordinators of an existing cluster to join; empty starts a new cluster
+    /// (or resumes the one in the data directory).
+    pub bootstrap: Vec<String>,
+    /// Voters the cluster grows to as coordinators join.
+    pub voters: usize,
+    /// Log entries between snapshots.
+    pub snapshot_logs: u64,
 }
 
 impl Config {
@@ -53,6 +73,11 @@ impl Config {
             host_ttl: DEFAULT_HOST_TTL,
             lease_duration: DEFAULT_LEASE_DURATION,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            node_id: None,
+            advertise_url: None,
+            bootstrap: Vec::new(),
+            voters: DEFAULT_VOTERS,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
         }
     }
 }
