@@ -171,7 +171,10 @@ impl Client {
     /// on, keeping the one that answered first in line. Returns the new list.
     pub async fn refresh_urls(&self) -> Result<Vec<String>, ClientError> {
         let peers = self.peers().await?;
-        let answered = self.urls().get(self.inner.preferred.load(Ordering::Relaxed)).cloned();
+        let answered = self
+            .urls()
+            .get(self.inner.preferred.load(Ordering::Relaxed))
+            .cloned();
         let mut urls: Vec<String> = peers
             .peers
             .iter()

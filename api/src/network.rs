@@ -49,4 +49,9 @@ pub struct PeerList {
 pub struct Join {
     pub node_id: u64,
     pub url: String,
+    /// The node already holds this cluster's state (it restarted with its data
+    /// directory) and only announces its address. A new node whose id is taken
+    /// by another address is refused; a rejoining one updates its address.
+    #[serde(default)]
+    pub rejoin: bool,
 }

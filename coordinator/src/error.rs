@@ -10,7 +10,7 @@ use crate::state::CommandError;
 use crate::store::StoreError;
 
 /// Everything a handler can answer besides success.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
@@ -72,13 +72,8 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        match e {
-            StoreError::Closed => ApiError::Unavailable("the coordinator is shutting down".into()),
-            other => {
-                tracing::error!(error = %other, "store fault");
-                ApiError::Internal(format!("storage fault: {other}"))
-            }
-        }
+        tracing::error!(error = %e, "store fault");
+        ApiError::Internal(format!("storage fault: {e}"))
     }
 }
 

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod error;
 mod http;
 mod liveness;
@@ -37,6 +38,8 @@ pub const MAX_VOTERS: usize = 7;
 /// Log entries between snapshots; a lagging node further behind than the kept
 /// log catches up from a snapshot.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 20_000;
+/// How long connecting to a peer coordinator may take.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Where `run` writes the URL it serves on, once bound (tests and tools read it).
 pub const URL_FILE: &str = "coordinator.url";
 
@@ -96,9 +99,12 @@ pub enum CoordinatorError {
     Store(#[from] StoreError),
     #[error("serving http: {0}")]
     Serve(std::io::Error),
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
-/// Serves the coordinator on an already bound listener until `shutdown` fires.
+/// Serves the coordinator on an already bound listener until `shutdown` fires:
+/// starts Raft, serves HTTP, then forms or joins the cluster.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -110,27 +116,61 @@ pub async fn run(
         source,
     };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
-    let store = Store::open(&config.data_dir.join(DB_FILE))?;
-    let url = format!(
-        "http://{}",
-        listener.local_addr().map_err(CoordinatorError::Serve)?
-    );
-    let node = Arc::new(node::Node::new(config.clone(), store)?);
-    write_url_file(&config.data_dir, &url).map_err(data_dir_error)?;
-    tracing::info!(%url, data_dir = %config.data_dir.display(), "coordinator listening");
+    let local = listener.local_addr().map_err(CoordinatorError::Serve)?;
+    let url = match &config.advertise_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => format!("http://{local}"),
+    };
+    let store = Arc::new(Store::open(&config.data_dir.join(DB_FILE))?);
+    let http = reqwest::Client::builder()
+        .connect_timeout(PEER_CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| CoordinatorError::Config(format!("http client: {e}")))?;
+    let cluster =
+        cluster::Cluster::start(&config, store.clone(), url.clone(), http.clone()).await?;
+    let node = Arc::new(node::Node::new(config.clone(), store, cluster, http)?);
+    write_url_file(&config.data_dir, &format!("http://{local}")).map_err(data_dir_error)?;
+    tracing::info!(%url, node_id = node.cluster.id, data_dir = %config.data_dir.display(), "coordinator listening");
 
     let sweeper = tokio::spawn(sweep::run(node.clone()));
     let stopping = node.clone();
-    let result = axum::serve(listener, http::router(node.clone(), config.max_body_bytes))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.begin_shutdown();
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<CoordinatorError>();
+    let server = tokio::spawn(
+        axum::serve(listener, http::router(node.clone(), config.max_body_bytes))
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = stopping.shutting_down() => {}
+                }
+                stopping.begin_shutdown();
+            })
+            .into_future(),
+    );
+    let joiner = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node
+                .cluster
+                .bootstrap(&node.config.bootstrap, &node.config.token)
+                .await
+            {
+                node.begin_shutdown();
+                let _ = fatal_tx.send(e);
+            }
         })
+    };
+    let served = server
         .await
+        .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))?
         .map_err(CoordinatorError::Serve);
+    joiner.abort();
     sweeper.abort();
+    let _ = node.cluster.raft.shutdown().await;
     tracing::info!("coordinator stopped");
-    result
+    if let Ok(fatal) = fatal_rx.await {
+        return Err(fatal);
+    }
+    served
 }
 
 fn validate(config: &Config) -> Result<(), CoordinatorError> {
@@ -138,6 +178,18 @@ fn validate(config: &Config) -> Result<(), CoordinatorError> {
         return Err(CoordinatorError::Config(
             "the cluster token must be at least 16 characters".into(),
         ));
+    }
+    if config.voters == 0 || config.voters > MAX_VOTERS {
+        return Err(CoordinatorError::Config(format!(
+            "voters must be between 1 and {MAX_VOTERS}"
+        )));
+    }
+    if let Some(url) = &config.advertise_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(CoordinatorError::Config(format!(
+            "the advertised url must start with http:// or https://, not {url:?}"
+        )));
     }
     if config.host_ttl < Duration::from_millis(100) || config.lease_duration < config.host_ttl {
         return Err(CoordinatorError::Config(

@@ -41,6 +41,12 @@ impl Liveness {
         }
     }
 
+    /// Forgets every host and tracks `up` instead, each as if just heard.
+    pub fn reset(&self, up: Vec<RegisterHost>, now: Instant) {
+        let fresh = Liveness::new(self.ttl, up, now);
+        *self.lock() = fresh.hosts.into_inner().expect("liveness lock");
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
     }

@@ -1,26 +1,33 @@
-//! A running coordinator's shared state: the store, host liveness, scheduling
-//! reservations and the shutdown signal, with the operations handlers share.
+//! A running coordinator's shared state: the store, its place in the cluster,
+//! host liveness (kept by the leader), scheduling reservations and the
+//! shutdown signal, with the operations handlers share.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use skyclaw_api::hosts::HostStatus;
 use tokio::sync::watch;
 
 use crate::Config;
+use crate::cluster::Cluster;
+use crate::cluster::types::Response;
 use crate::error::ApiError;
 use crate::liveness::Liveness;
 use crate::state::read::{self, JobRow};
-use crate::state::{Applied, Command, IdempotencyRecord, Output, Proposal};
+use crate::state::{Command, IdempotencyRecord, Output, Proposal};
 use crate::store::{Store, StoreError};
 
 pub struct Node {
     pub config: Config,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub cluster: Cluster,
+    /// Host liveness: meaningful on the leader, which alone receives heartbeats.
     pub liveness: Liveness,
     /// sha256 of the cluster token; compared in constant time.
     pub token_hash: [u8; 32],
+    /// For forwarding writes to the leader.
+    pub http: reqwest::Client,
     /// Jobs picked for a lease that is being proposed, so two concurrent
     /// claims do not pick the same jobs.
     reserved: Mutex<HashSet<String>>,
@@ -28,35 +35,51 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, store: Store) -> Result<Node, StoreError> {
-        let up = store.read(read::hosts)?;
-        let up = up
-            .into_iter()
-            .filter(|h| h.status == HostStatus::Up)
-            .map(|h| h.registration)
-            .collect();
-        let liveness = Liveness::new(config.host_ttl, up, Instant::now());
+    pub fn new(
+        config: Config,
+        store: Arc<Store>,
+        cluster: Cluster,
+        http: reqwest::Client,
+    ) -> Result<Node, StoreError> {
+        let liveness = Liveness::new(config.host_ttl, Vec::new(), Instant::now());
         Ok(Node {
             token_hash: crate::http::auth::sha256(config.token.as_bytes()),
             config,
             store,
+            cluster,
             liveness,
+            http,
             reserved: Mutex::new(HashSet::new()),
             shutdown: watch::channel(false).0,
         })
     }
 
-    /// Applies a command, durably, and returns its outcome.
+    /// Starts tracking every host that is up as if just heard: a new leader
+    /// gives each host one full TTL of grace.
+    pub fn take_over_liveness(&self) -> Result<(), StoreError> {
+        let up = self
+            .store
+            .read(read::hosts)?
+            .into_iter()
+            .filter(|h| h.status == HostStatus::Up)
+            .map(|h| h.registration)
+            .collect();
+        self.liveness.reset(up, Instant::now());
+        Ok(())
+    }
+
+    /// Commits a command through the cluster log and returns what applying it
+    /// answered.
     pub async fn propose(
         &self,
         command: Command,
         idempotency: Option<IdempotencyRecord>,
-    ) -> Result<Applied, ApiError> {
+    ) -> Result<Response, ApiError> {
         let proposal = Proposal::new(command).with_idempotency(idempotency);
-        Ok(self.store.propose(proposal).await?)
+        self.cluster.write(proposal).await
     }
 
-    /// Applies a command and returns its output, or the reason it was refused.
+    /// Commits a command and returns its output, or the reason it was refused.
     pub async fn execute(
         &self,
         command: Command,

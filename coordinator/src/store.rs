@@ -1,26 +1,18 @@
-//! The durable store: one writer thread applies proposals in batches (group
-//! commit: many proposals, one transaction, one fsync) and a pool of read
-//! connections serves queries concurrently (SQLite WAL).
-//!
-//! A proposal's answer is sent only after its transaction committed with
-//! `synchronous=FULL`, so a 2xx built from it means the change is on disk.
+//! The state machine's database: one writer connection that applies committed
+//! log entries in transactions, a pool of read connections that serve queries
+//! concurrently (SQLite WAL), consistent copies for snapshots, and the events
+//! that wake waiters once a change is committed.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use tokio::sync::{Notify, mpsc, oneshot};
+use rusqlite::{Connection, DatabaseName, OpenFlags, Transaction, TransactionBehavior};
+use tokio::sync::{Notify, oneshot};
 
+use crate::state::Effects;
 use crate::state::schema::{self, SchemaError};
-use crate::state::{Applied, Effects, Proposal, apply};
 
-/// Most proposals committed in one transaction: bounds the latency a proposal
-/// can add to the others in its batch.
-pub const MAX_BATCH: usize = 1024;
-/// Proposals waiting for the writer; past this, proposers wait (backpressure)
-/// instead of growing memory without bound.
-pub const PROPOSAL_QUEUE: usize = 16 * 1024;
 /// Read connections kept open; more are opened on demand and dropped after.
 const READ_POOL: usize = 8;
 /// How long a connection waits on a lock before SQLite reports busy.
@@ -33,53 +25,70 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Schema(#[from] SchemaError),
-    #[error("commit failed: {0}")]
-    Commit(String),
-    #[error("the store is shutting down")]
-    Closed,
-}
-
-struct Pending {
-    proposal: Proposal,
-    reply: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
 /// The coordinator's state on disk.
 pub struct Store {
-    proposals: mpsc::Sender<Pending>,
+    writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    path: std::path::PathBuf,
-    events: Arc<Events>,
+    path: PathBuf,
+    events: Events,
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database, and starts the writer.
+    /// Opens (creating if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut writer = open_connection(path, false)?;
         schema::migrate(&mut writer)?;
-        let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        let events = Arc::new(Events::default());
-        let writer_events = events.clone();
-        std::thread::Builder::new()
-            .name("skyclaw-writer".into())
-            .spawn(move || write_loop(writer, queue, &writer_events))
-            .map_err(|e| StoreError::Commit(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
-            proposals,
+            writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
-            events,
+            events: Events::default(),
         })
     }
 
-    /// Applies a proposal and returns once it is durable.
-    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.proposals
-            .send(Pending { proposal, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+    /// Runs `f` in one write transaction, commits it, then wakes what waits on
+    /// the effects `f` reports. Blocking: call it off the async runtime.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<(T, Effects)>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer.lock().expect("writer lock");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (value, effects) = f(&tx)?;
+        tx.commit()?;
+        drop(conn);
+        self.events.publish(effects);
+        Ok(value)
+    }
+
+    /// Copies the whole database to `dst` while no write runs, and returns
+    /// what `f` read in the same moment. Blocking.
+    pub fn copy_to<T>(
+        &self,
+        dst: &Path,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let conn = self.writer.lock().expect("writer lock");
+        let value = f(&conn)?;
+        conn.backup(DatabaseName::Main, dst, None)?;
+        Ok(value)
+    }
+
+    /// Replaces the whole database with the copy at `src`, then wakes every
+    /// waiter: anything may have changed. Blocking.
+    pub fn replace_with(&self, src: &Path) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().expect("writer lock");
+        conn.restore(
+            DatabaseName::Main,
+            src,
+            None::<fn(rusqlite::backup::Progress)>,
+        )?;
+        schema::migrate(&mut conn)?;
+        drop(conn);
+        self.events.wake_all();
+        Ok(())
     }
 
     /// Runs a read on a pooled connection. Reads are short index lookups, so
@@ -118,59 +127,16 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     conn.busy_timeout(BUSY_TIMEOUT)?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is fsynced before its proposers are answered.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // NORMAL: the Raft log is fsynced before an entry commits; what a
+        // power cut takes from here is applied again from the log, and the
+        // applied log id commits with the effects, so nothing applies twice.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
-/// Takes whatever proposals are waiting (up to [`MAX_BATCH`]), applies them in
-/// one transaction with the applied index, commits, then answers them.
-fn write_loop(mut conn: Connection, mut queue: mpsc::Receiver<Pending>, events: &Events) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        match commit_batch(&mut conn, &batch) {
-            Ok(applied) => {
-                let mut effects = Effects::default();
-                for a in &applied {
-                    effects.merge(a.effects.clone());
-                }
-                events.publish(effects);
-                for (pending, applied) in batch.drain(..).zip(applied) {
-                    let _ = pending.reply.send(Ok(applied));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, proposals = batch.len(), "commit failed");
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(StoreError::Commit(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
-fn commit_batch(conn: &mut Connection, batch: &[Pending]) -> rusqlite::Result<Vec<Applied>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut applied = Vec::with_capacity(batch.len());
-    for pending in batch {
-        applied.push(apply(&tx, &pending.proposal)?);
-    }
-    tx.prepare_cached("UPDATE meta SET value = value + ?1 WHERE key = 'applied_index'")?
-        .execute([batch.len() as i64])?;
-    tx.commit()?;
-    Ok(applied)
-}
-
-/// Wakes what waits on state changes, once they are durable.
+/// Wakes what waits on state changes, once they are committed.
 #[derive(Default)]
 pub struct Events {
     /// Notified when jobs become claimable.
@@ -213,6 +179,16 @@ impl Events {
         let mut waiters = self.finished.lock().expect("waiters lock");
         for id in effects.finished {
             for tx in waiters.remove(&id).unwrap_or_default() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Wakes every waiter so each looks again (after a snapshot was installed).
+    fn wake_all(&self) {
+        self.jobs_queued.notify_waiters();
+        for (_, list) in self.finished.lock().expect("waiters lock").drain() {
+            for tx in list {
                 let _ = tx.send(());
             }
         }

@@ -1,5 +1,6 @@
-//! Background duties of a coordinator: marking silent hosts down, requeueing
-//! jobs whose leases expired, and forgetting old idempotency records.
+//! Background duties of the leader: taking over host liveness when it is
+//! elected, marking silent hosts down, requeueing jobs whose leases expired,
+//! and forgetting old idempotency records. Followers only watch for election.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// Runs until the task is aborted.
 pub async fn run(node: Arc<Node>) {
+    let mut metrics = node.cluster.raft.metrics();
+    let mut leading = false;
     // Check hosts several times per TTL so one is marked down soon after it ends.
     let mut hosts = tokio::time::interval(node.liveness.ttl() / 4);
     let mut leases = tokio::time::interval(LEASE_SWEEP);
@@ -28,12 +31,26 @@ pub async fn run(node: Arc<Node>) {
     }
     loop {
         let result = tokio::select! {
-            _ = hosts.tick() => mark_silent_hosts_down(&node).await,
-            _ = leases.tick() => expire_leases(&node).await,
-            _ = prune.tick() => prune_idempotency(&node).await,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return; // raft stopped
+                }
+                let now_leading = node.cluster.is_leader();
+                let took_over = now_leading && !leading;
+                leading = now_leading;
+                if took_over {
+                    tracing::info!(node = node.cluster.id, "elected leader; tracking host liveness");
+                    node.take_over_liveness().map_err(crate::ApiError::from)
+                } else {
+                    Ok(())
+                }
+            }
+            _ = hosts.tick(), if leading => mark_silent_hosts_down(&node).await,
+            _ = leases.tick(), if leading => expire_leases(&node).await,
+            _ = prune.tick(), if leading => prune_idempotency(&node).await,
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, "background sweep failed; retrying on the next tick");
+            tracing::warn!(error = %e, "background duty failed; retrying on the next tick");
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The coordinator's HTTP API: routes, and the layers every route shares
-//! (body limit, timeout, tracing, JSON 404/405).
+//! (forwarding to the leader, body limits, timeout, tracing, JSON 404/405).
 
 mod apikeys;
 pub mod auth;
 mod extract;
+mod forward;
 mod hosts;
 mod jobs;
+mod network;
+mod raft;
 mod system;
 
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{delete, get, post};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -23,9 +27,17 @@ use crate::node::Node;
 
 /// Longest any request may take. Long-polls cap their own waits well below it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// Largest Raft RPC body: a batch of log entries or one snapshot chunk (JSON
+/// spells snapshot bytes as numbers, several characters a byte).
+const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
-    Router::new()
+    let raft = Router::new()
+        .route(crate::cluster::network::APPEND_PATH, post(raft::append))
+        .route(crate::cluster::network::VOTE_PATH, post(raft::vote))
+        .route(crate::cluster::network::SNAPSHOT_PATH, post(raft::snapshot))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
+    let api = Router::new()
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
         .route("/v1/hosts", get(hosts::list))
@@ -39,9 +51,17 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/v1/jobs/{id}/complete", post(jobs::complete))
         .route("/v1/apikeys", post(apikeys::create).get(apikeys::list))
         .route("/v1/apikeys/{id}", delete(apikeys::revoke))
+        .route("/v1/network/peers", get(network::peers))
+        .route("/v1/network/peers/{id}", delete(network::remove))
+        .route("/v1/network/join", post(network::join))
+        .layer(DefaultBodyLimit::max(max_body_bytes));
+    api.merge(raft)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            forward::to_leader,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             REQUEST_TIMEOUT,

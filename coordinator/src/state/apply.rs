@@ -53,20 +53,21 @@ pub fn apply(conn: &Connection, proposal: &Proposal) -> rusqlite::Result<Applied
             effects: Effects::default(),
         });
     }
-    conn.execute_batch("SAVEPOINT command")?;
+    savepoint(conn, "SAVEPOINT command")?;
     let mut effects = Effects::default();
     let outcome = match apply_command(conn, &proposal.command, &mut effects) {
         Ok(outcome) => outcome,
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO command; RELEASE command")?;
+            savepoint(conn, "ROLLBACK TO command")?;
+            savepoint(conn, "RELEASE command")?;
             return Err(e);
         }
     };
     if outcome.is_err() {
-        conn.execute_batch("ROLLBACK TO command")?;
+        savepoint(conn, "ROLLBACK TO command")?;
         effects = Effects::default();
     }
-    conn.execute_batch("RELEASE command")?;
+    savepoint(conn, "RELEASE command")?;
     if let Some(record) = &proposal.idempotency {
         remember(conn, record, &outcome)?;
     }
@@ -75,6 +76,12 @@ pub fn apply(conn: &Connection, proposal: &Proposal) -> rusqlite::Result<Applied
         replayed: false,
         effects,
     })
+}
+
+/// Runs a savepoint statement; prepared once, as it runs for every command.
+fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// The recorded outcome of an idempotency key, or a conflict when the key was

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 /// The schema version this build writes. A database with a newer version was
 /// written by a newer skyclaw and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = "
 CREATE TABLE meta (
@@ -61,6 +61,15 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_by_age ON idempotency (created_at);
 ";
 
+/// Version 2: the Raft state machine's own state (last applied log id and
+/// membership), committed with the effects of the entries it describes.
+const V2: &str = "
+CREATE TABLE raft_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+";
+
 /// Errors opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -84,6 +93,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     let tx = conn.transaction()?;
     if found < 1 {
         tx.execute_batch(V1)?;
+    }
+    if found < 2 {
+        tx.execute_batch(V2)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

@@ -1,0 +1,532 @@
+//! The coordinator cluster: a Raft group (openraft) whose state machine is
+//! `state::apply` over SQLite. Starting, initialising or joining it, proposing
+//! commands through it, changing membership, and the peers view.
+//!
+//! Architecture invariant: a single coordinator is a one-voter cluster. Every
+//! write goes through `Cluster::write`; there is no path around the log.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use skyclaw_api::network::{Join, Peer, PeerList, PeerRole};
+use skyclaw_api::{Client, ClientError, Credentials, ErrorCode};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::state::Proposal;
+use crate::store::Store;
+use crate::{Config, CoordinatorError};
+use log_store::LogStore;
+use network::{Contacts, Network};
+use state_machine::StateMachine;
+use types::{Batch, NodeId, Raft, Response};
+
+/// A write that has not committed in this time answers 503 `no_quorum`: a
+/// majority of voters did not acknowledge it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits to learn who leads (an election takes about one
+/// election timeout) before it answers 503 `no_quorum`.
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// Most proposals gathered into one log entry: bounds an entry's size and the
+/// latency one batch adds to the proposals in it.
+const MAX_BATCH: usize = 1024;
+/// Batches being committed at once: while some are fsynced and replicated,
+/// the next one gathers proposals.
+const MAX_IN_FLIGHT: usize = 4;
+/// Proposals waiting for a batch; past this, proposers wait (backpressure)
+/// instead of growing memory without bound.
+const PROPOSAL_QUEUE: usize = 16 * 1024;
+/// Raft heartbeats between coordinators, in milliseconds: coordinators are
+/// expected to be near each other.
+const HEARTBEAT_MS: u64 = 100;
+/// Election timeout range, in milliseconds: a dead leader is replaced within
+/// about a second.
+const ELECTION_MIN_MS: u64 = 500;
+const ELECTION_MAX_MS: u64 = 1000;
+/// A leader whose followers have not acknowledged it for this long has lost
+/// its quorum: it answers writes with `no_quorum` at once instead of timing out.
+const QUORUM_ACK_STALE_MS: u64 = 2 * ELECTION_MAX_MS;
+/// Log entries kept after a snapshot, so a briefly lagging follower catches up
+/// from the log rather than a whole snapshot.
+const LOG_KEPT_AFTER_SNAPSHOT: u64 = 1000;
+/// Entries sent in one append request.
+const MAX_PAYLOAD_ENTRIES: u64 = 512;
+/// Snapshot bytes sent per install request.
+const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Pauses between attempts to join through the bootstrap peers.
+const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// The file in the data directory that remembers this node's id.
+const NODE_ID_FILE: &str = "node-id";
+/// The Raft log's database file in the data directory.
+const LOG_FILE: &str = "raft-log.db";
+/// Largest generated node id: ids stay exact in JSON numbers.
+const MAX_GENERATED_ID: u64 = (1 << 53) - 1;
+
+/// This coordinator's membership in the cluster.
+pub struct Cluster {
+    pub raft: Raft,
+    pub id: NodeId,
+    pub url: String,
+    /// Voters the cluster grows to as coordinators join.
+    voters: usize,
+    contacts: Arc<Contacts>,
+    proposals: mpsc::Sender<Pending>,
+}
+
+/// A proposal waiting to be batched, with where its answer goes.
+type Pending = (Proposal, oneshot::Sender<Result<Response, ApiError>>);
+
+impl Cluster {
+    /// Opens the log and state machine and starts Raft. The cluster is formed
+    /// (or joined) by [`Cluster::bootstrap`], once the RPC routes are served.
+    pub async fn start(
+        config: &Config,
+        store: Arc<Store>,
+        url: String,
+        http: reqwest::Client,
+    ) -> Result<Cluster, CoordinatorError> {
+        let id = node_id(&config.data_dir, config.node_id)?;
+        let raft_config = openraft::Config {
+            cluster_name: "skyclaw".into(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MIN_MS,
+            election_timeout_max: ELECTION_MAX_MS,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| CoordinatorError::Config(format!("raft: {e}")))?;
+        let log = LogStore::open(&config.data_dir.join(LOG_FILE))
+            .map_err(|e| CoordinatorError::Store(e.into()))?;
+        let state_machine = StateMachine::new(store, &config.data_dir);
+        let contacts = Arc::new(Contacts::default());
+        let network = Network::new(http, config.token.clone(), contacts.clone());
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, state_machine)
+            .await
+            .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+        let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(batch_loop(raft.clone(), queue));
+        Ok(Cluster {
+            raft,
+            id,
+            url,
+            voters: config.voters,
+            contacts,
+            proposals,
+        })
+    }
+
+    /// Forms a new cluster, joins one through `bootstrap`, or (on restart)
+    /// announces this node's address if it changed. Retries until a peer
+    /// answers; a refusal (such as a node id taken by another address) is final.
+    pub async fn bootstrap(
+        &self,
+        bootstrap: &[String],
+        token: &str,
+    ) -> Result<(), CoordinatorError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+        if initialized {
+            let known = self.membership_url(self.id);
+            if known.as_deref() == Some(self.url.as_str()) {
+                return Ok(());
+            }
+            // Announce the new address through any peer; this node's own URL
+            // comes last, for a cluster of one (it forwards to itself once
+            // elected).
+            let peers: Vec<String> = self
+                .member_urls()
+                .into_iter()
+                .chain(bootstrap.iter().cloned())
+                .chain([self.url.clone()])
+                .collect();
+            return self.join_through(&peers, token, true).await;
+        }
+        if bootstrap.is_empty() {
+            let members = BTreeMap::from([(self.id, BasicNode::new(&self.url))]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+            tracing::info!(node = self.id, "initialised a new cluster");
+            return Ok(());
+        }
+        self.join_through(bootstrap, token, false).await
+    }
+
+    async fn join_through(
+        &self,
+        peers: &[String],
+        token: &str,
+        rejoin: bool,
+    ) -> Result<(), CoordinatorError> {
+        let client = Client::new(peers, Credentials::Token(token.to_string()))
+            .map_err(|e| CoordinatorError::Config(format!("bootstrap peers: {e}")))?;
+        let join = Join {
+            node_id: self.id,
+            url: self.url.clone(),
+            rejoin,
+        };
+        let mut delay = JOIN_BACKOFF_MIN;
+        loop {
+            match client.join(&join).await {
+                Ok(_) => {
+                    tracing::info!(node = self.id, url = %self.url, rejoin, "joined the cluster");
+                    return Ok(());
+                }
+                Err(e) if is_final(&e) => {
+                    return Err(CoordinatorError::Config(format!(
+                        "joining the cluster was refused: {e}"
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot join yet")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(JOIN_BACKOFF_MAX);
+        }
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    fn membership_url(&self, id: NodeId) -> Option<String> {
+        let metrics = self.metrics();
+        let url = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone());
+        url
+    }
+
+    fn member_urls(&self) -> Vec<String> {
+        self.metrics()
+            .membership_config
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader's id and URL, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let url = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .addr
+            .clone();
+        Some((id, url))
+    }
+
+    /// Waits up to `timeout` for a leader to be known.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
+        let mut metrics = self.raft.metrics();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(leader) = self.leader() {
+                    return leader;
+                }
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        found.ok()
+    }
+
+    /// Commits a proposal through the log, batched with concurrent ones, and
+    /// returns what applying it answered. Only the leader can; others forward
+    /// writes to it.
+    pub async fn write(&self, proposal: Proposal) -> Result<Response, ApiError> {
+        if self.quorum_lost() {
+            return Err(no_quorum());
+        }
+        let stopping = || ApiError::Unavailable("the coordinator is shutting down".into());
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send((proposal, reply))
+            .await
+            .map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
+    }
+
+    /// True when this leader has not heard from a majority for a while.
+    fn quorum_lost(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters = metrics.membership_config.membership().voter_ids().count();
+        metrics.state == ServerState::Leader
+            && voters > 1
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms > QUORUM_ACK_STALE_MS)
+    }
+
+    /// Adds a coordinator (as a learner, promoted while voters are missing),
+    /// or updates the address of one that rejoins. Leader only.
+    pub async fn join(&self, join: Join) -> Result<(), ApiError> {
+        if !(join.url.starts_with("http://") || join.url.starts_with("https://")) {
+            return Err(ApiError::BadRequest(format!(
+                "url must be http://HOST:PORT or https://HOST:PORT, not {:?}",
+                join.url
+            )));
+        }
+        let node = BasicNode::new(&join.url);
+        match self.membership_url(join.node_id) {
+            Some(url) if url == join.url => {}
+            Some(url) if !join.rejoin => {
+                return Err(ApiError::Command(crate::state::CommandError::Conflict(
+                    format!(
+                        "node id {} is already taken by the coordinator at {url}; give this one another --node-id",
+                        join.node_id
+                    ),
+                )));
+            }
+            Some(_) => {
+                let change = ChangeMembers::SetNodes(BTreeMap::from([(join.node_id, node)]));
+                self.change(change).await?;
+            }
+            None => {
+                self.raft
+                    .add_learner(join.node_id, node, true)
+                    .await
+                    .map_err(membership_error)?;
+                tracing::info!(node = join.node_id, url = %join.url, "coordinator added as a learner");
+            }
+        }
+        self.promote_learners().await
+    }
+
+    /// Removes a coordinator for good and promotes a learner in its place.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ApiError> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "no coordinator {id} in the cluster"
+            )));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
+        }
+        // A voter removed without `retain` is gone already; a learner is not.
+        if self.membership_url(id).is_some() {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await?;
+        }
+        tracing::info!(node = id, "coordinator removed");
+        self.promote_learners().await
+    }
+
+    /// Makes learners voters, lowest id first, until the cluster has the
+    /// configured number of voters.
+    async fn promote_learners(&self) -> Result<(), ApiError> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters = membership.voter_ids().count();
+        let wanted = self.voters.saturating_sub(voters);
+        let promote: BTreeSet<NodeId> = membership.learner_ids().take(wanted).collect();
+        if promote.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(nodes = ?promote, "promoting learners to voters");
+        self.change(ChangeMembers::AddVoterIds(promote)).await
+    }
+
+    async fn change(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), ApiError> {
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(drop)
+            .map_err(membership_error)
+    }
+
+    /// Every coordinator with its role; progress figures come from the leader.
+    pub fn peers(&self) -> PeerList {
+        let metrics = self.metrics();
+        let leading = metrics.state == ServerState::Leader;
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let peers = membership
+            .nodes()
+            .map(|(&id, node)| {
+                let role = if metrics.current_leader == Some(id) {
+                    PeerRole::Leader
+                } else if voters.contains(&id) {
+                    PeerRole::Voter
+                } else {
+                    PeerRole::Learner
+                };
+                let (last_contact_ms, applied_index) = if id == self.id {
+                    (leading.then_some(0), metrics.last_applied.map(|l| l.index))
+                } else if leading {
+                    let matched = metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .map(|l| l.index);
+                    (
+                        self.contacts.since(id).map(|d| d.as_millis() as u64),
+                        matched,
+                    )
+                } else {
+                    (None, None)
+                };
+                Peer {
+                    id,
+                    url: node.addr.clone(),
+                    role,
+                    last_contact_ms,
+                    applied_index,
+                }
+            })
+            .collect();
+        PeerList {
+            leader_id: metrics.current_leader,
+            peers,
+        }
+    }
+}
+
+/// Gathers waiting proposals into batches and commits up to
+/// [`MAX_IN_FLIGHT`] batches at once: one log entry and one fsync per batch.
+async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // Waiting for a slot first lets the batch grow meanwhile.
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the batch semaphore is never closed");
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commits one batch and hands each proposer its answer.
+async fn commit(raft: &Raft, batch: Vec<Pending>) {
+    let (proposals, replies): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
+    let count = proposals.len();
+    let written =
+        match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Batch(proposals))).await {
+            Err(_) => Err(no_quorum()),
+            Ok(Ok(written)) if written.data.len() == count => Ok(written.data),
+            Ok(Ok(written)) => Err(ApiError::Internal(format!(
+                "a batch of {count} proposals answered {} times",
+                written.data.len()
+            ))),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
+                ApiError::Unavailable("leadership moved while writing; retry the request".into()),
+            ),
+            Ok(Err(e)) => Err(ApiError::Unavailable(format!("cannot write: {e}"))),
+        };
+    match written {
+        Ok(responses) => {
+            for (reply, response) in replies.into_iter().zip(responses) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn no_quorum() -> ApiError {
+    ApiError::NoQuorum(format!(
+        "no quorum: a majority of coordinators did not acknowledge the write within {} s",
+        WRITE_TIMEOUT.as_secs()
+    ))
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            ApiError::Unavailable("leadership moved during the membership change; retry".into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ApiError::Command(crate::state::CommandError::Conflict(e.to_string()))
+        }
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+/// A join answer that retrying cannot change.
+fn is_final(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            ErrorCode::Conflict
+                | ErrorCode::BadRequest
+                | ErrorCode::Unauthorized
+                | ErrorCode::Forbidden
+        )
+    )
+}
+
+/// This node's id: the one given, or the one kept in the data directory, or a
+/// new random one, which is then kept. A data directory never changes owner.
+fn node_id(data_dir: &Path, given: Option<NodeId>) -> Result<NodeId, CoordinatorError> {
+    let path = data_dir.join(NODE_ID_FILE);
+    let kept = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().parse::<NodeId>().map_err(|_| {
+            CoordinatorError::Config(format!("{} does not hold a node id", path.display()))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(CoordinatorError::DataDir { path, source }),
+    };
+    let id = match (kept, given) {
+        (Some(kept), Some(given)) if kept != given => {
+            return Err(CoordinatorError::Config(format!(
+                "the data directory {} belongs to node {kept}, not {given}",
+                data_dir.display()
+            )));
+        }
+        (Some(kept), _) => return Ok(kept),
+        (None, Some(0)) => return Err(CoordinatorError::Config("node id 0 is reserved".into())),
+        (None, Some(given)) => given,
+        (None, None) => rand::random::<u64>() % MAX_GENERATED_ID + 1,
+    };
+    std::fs::write(&path, id.to_string())
+        .map_err(|source| CoordinatorError::DataDir { path, source })?;
+    Ok(id)
+}
