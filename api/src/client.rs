@@ -65,7 +65,12 @@ pub enum ClientError {
     },
     /// No coordinator could be reached or all answered that they are unavailable.
     #[error("no coordinator answered: {}", .attempts.join("; "))]
-    Unavailable { attempts: Vec<String> },
+    Unavailable {
+        attempts: Vec<String>,
+        /// The error code of the last coordinator that answered at all (such
+        /// as `no_quorum`), when one did.
+        last_code: Option<ErrorCode>,
+    },
     /// A coordinator answered with something that is not the expected JSON.
     #[error("unexpected answer from {url}: {detail}")]
     Decode { url: String, detail: String },
@@ -79,6 +84,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Api { code, .. } => Some(*code),
+            ClientError::Unavailable { last_code, .. } => *last_code,
             _ => None,
         }
     }
@@ -186,8 +192,11 @@ impl Client {
         }
         urls.sort();
         urls.dedup();
-        if let Some(first) = answered.and_then(|a| urls.iter().position(|u| *u == a)) {
-            urls.swap(0, first);
+        // The URL that answered stays first, even when the cluster advertises
+        // it under another name (a tunnel, localhost for 127.0.0.1).
+        if let Some(answered) = answered {
+            urls.retain(|u| *u != answered);
+            urls.insert(0, answered);
         }
         *self.inner.urls.write().expect("urls lock") = urls.clone();
         self.inner.preferred.store(0, Ordering::Relaxed);
@@ -336,6 +345,7 @@ impl Client {
         let urls = self.urls();
         let start = self.inner.preferred.load(Ordering::Relaxed) % urls.len();
         let mut attempts = Vec::new();
+        let mut last_code = None;
         for offset in 0..urls.len() {
             let index = (start + offset) % urls.len();
             let url = format!("{}{}", urls[index], call.path);
@@ -343,7 +353,8 @@ impl Client {
                 Ok(response) => {
                     let status = response.status();
                     if is_unavailable(status) {
-                        let detail = error_detail(response).await;
+                        let (code, detail) = error_detail(response).await;
+                        last_code = code.or(last_code);
                         attempts.push(format!("{url}: HTTP {status}: {detail}"));
                         continue;
                     }
@@ -355,7 +366,10 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Unavailable { attempts })
+        Err(ClientError::Unavailable {
+            attempts,
+            last_code,
+        })
     }
 
     async fn send_once(
@@ -445,10 +459,10 @@ fn describe_transport(e: &reqwest::Error) -> String {
     }
 }
 
-async fn error_detail(response: reqwest::Response) -> String {
+async fn error_detail(response: reqwest::Response) -> (Option<ErrorCode>, String) {
     match response.json::<ErrorEnvelope>().await {
-        Ok(env) => env.error.message,
-        Err(_) => "no error envelope".to_string(),
+        Ok(env) => (Some(env.error.code), env.error.message),
+        Err(_) => (None, "no error envelope".to_string()),
     }
 }
 

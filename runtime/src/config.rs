@@ -28,7 +28,8 @@ pub const FALLBACK_HOST_NAME: &str = "skyclaw-host";
 /// variables and the defaults above.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Coordinator base URLs, tried in this order when one fails.
+    /// Coordinator base URLs to start from, tried in this order when one
+    /// fails; the rest of the cluster is learned from them once registered.
     pub coordinators: Vec<String>,
     /// The cluster token, sent as `x-skyclaw-token`.
     pub token: String,

@@ -1,7 +1,7 @@
-//! The daemon's loops: register, heartbeat (renewing leases, stopping revoked
-//! jobs), claim work into free slots, run each job on its own task and report
-//! it, and on shutdown stop claiming, give running jobs their grace, then
-//! abandon the rest so coordinators requeue them.
+//! The daemon's loops: register, keep the coordinator list fresh, heartbeat
+//! (renewing leases, stopping revoked jobs), claim work into free slots, run
+//! each job on its own task and report it, and on shutdown stop claiming, give
+//! running jobs their grace, then abandon the rest so coordinators requeue them.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{DEFAULT_PATH, HostConfig};
+use crate::discovery;
 use crate::leases::Leases;
 use crate::native::{Runner, StopReason};
 use crate::report::{REPORT_DEADLINE, answer_was_lost, is_retryable, report};
@@ -144,12 +145,16 @@ impl Host {
                 .heartbeat_loop(heartbeat_interval(&registered))
                 .in_current_span(),
         );
+        let discovery =
+            tokio::spawn(discovery::refresh_loop(self.client.clone()).in_current_span());
         let mut tasks = JoinSet::new();
         self.claim_loop(&mut tasks, &mut shutdown).await;
         self.drain(tasks, grace).await;
-        // Heartbeats went on through the drain so that leases stayed valid
-        // while jobs finished and were reported.
+        // Heartbeats (and the coordinator list they use) went on through the
+        // drain so that leases stayed valid while jobs finished and were
+        // reported.
         heartbeat.abort();
+        discovery.abort();
         info!("host stopped");
         Ok(())
     }

@@ -11,6 +11,7 @@
 
 mod backoff;
 mod config;
+mod discovery;
 mod error;
 mod host;
 mod identity;

@@ -1,6 +1,6 @@
-//! The host daemon against a fake coordinator on a real port: registration
-//! retries, claim and completion idempotency keys, revocation, re-registration
-//! and shutdown.
+//! The host daemon against fake coordinators on real ports: registration
+//! retries, claim and completion idempotency keys, revocation, re-registration,
+//! shutdown, and failover to coordinators learned from the peer list.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use skyclaw_api::hosts::{
     Claim, Claimed, Complete, Heartbeat, HeartbeatAck, LeasedJob, Outcome, RegisterHost, Registered,
 };
 use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
+use skyclaw_api::network::{Peer, PeerList, PeerRole};
 use skyclaw_api::{ErrorCode, ErrorEnvelope, headers};
 use skyclaw_runtime::HostConfig;
 use tokio::sync::{Notify, oneshot};
@@ -34,6 +36,11 @@ struct Fake {
 
 #[derive(Default)]
 struct FakeState {
+    /// Answer every request with 503, as a coordinator cut off from its cluster.
+    down: bool,
+    /// The coordinator URLs `/v1/network/peers` lists; the first leads.
+    peers: Vec<String>,
+    peer_reads: u32,
     /// Answer this many registrations with 503 first.
     register_failures: u32,
     registrations: Vec<RegisterHost>,
@@ -75,6 +82,45 @@ impl Fake {
         });
         self.work.notify_waiters();
     }
+
+    /// Stops answering, long-polling claims included.
+    fn go_down(&self) {
+        self.lock().down = true;
+        self.work.notify_waiters();
+    }
+}
+
+async fn unless_down(State(fake): State<Arc<Fake>>, request: Request, next: Next) -> Response {
+    let down = fake.lock().down;
+    if down {
+        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
+    }
+    next.run(request).await
+}
+
+async fn peers(State(fake): State<Arc<Fake>>) -> Json<PeerList> {
+    let mut s = fake.lock();
+    s.peer_reads += 1;
+    let peers = s
+        .peers
+        .iter()
+        .zip(1..)
+        .map(|(url, id)| Peer {
+            id,
+            url: url.clone(),
+            role: if id == 1 {
+                PeerRole::Leader
+            } else {
+                PeerRole::Voter
+            },
+            last_contact_ms: Some(0),
+            applied_index: Some(0),
+        })
+        .collect();
+    Json(PeerList {
+        leader_id: Some(1),
+        peers,
+    })
 }
 
 fn error(status: StatusCode, code: ErrorCode) -> Response {
@@ -133,6 +179,9 @@ async fn claim(
         notified.as_mut().enable();
         {
             let mut s = fake.lock();
+            if s.down {
+                return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
+            }
             if let Some(jobs) = s.leased.get(&key) {
                 return Json(Claimed { jobs: jobs.clone() }).into_response();
             }
@@ -196,6 +245,11 @@ async fn start_fake(fake: Arc<Fake>) -> String {
         .route("/v1/hosts/{id}/heartbeat", post(heartbeat))
         .route("/v1/hosts/{id}/claim", post(claim))
         .route("/v1/jobs/{id}/complete", post(complete))
+        .route("/v1/network/peers", get(peers))
+        .layer(axum::middleware::from_fn_with_state(
+            fake.clone(),
+            unless_down,
+        ))
         .with_state(fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -418,4 +472,44 @@ async fn a_forgotten_host_registers_again_with_the_same_id() {
     })
     .await;
     host.shut_down().await;
+}
+
+#[tokio::test]
+async fn learns_the_cluster_from_one_coordinator_and_fails_over_to_the_others() {
+    let first = Arc::new(Fake::default());
+    let second = Arc::new(Fake::default());
+    let first_url = start_fake(first.clone()).await;
+    let second_url = start_fake(second.clone()).await;
+    for fake in [&first, &second] {
+        fake.lock().peers = vec![first_url.clone(), second_url.clone()];
+    }
+    let data = tempfile::tempdir().unwrap();
+    // The host is given the first coordinator only.
+    let host = start_host(config(&first_url, data.path()));
+    wait_until("registration", || {
+        (!first.lock().registrations.is_empty()).then_some(())
+    })
+    .await;
+    wait_until("the host to read the peer list", || {
+        (first.lock().peer_reads > 0).then_some(())
+    })
+    .await;
+
+    first.go_down();
+    second.enqueue(
+        "elsewhere",
+        serde_json::json!({"kind": "shell", "command": "echo", "args": ["hi"]}),
+    );
+    let done = wait_until("the job through the second coordinator", || {
+        second.lock().completions.get("elsewhere").cloned()
+    })
+    .await;
+    assert_eq!(done.outcome, Outcome::Succeeded);
+    assert_eq!(done.result.stdout, "hi\n");
+    wait_until("heartbeats to the second coordinator", || {
+        (!second.lock().heartbeats.is_empty()).then_some(())
+    })
+    .await;
+    host.shut_down().await;
+    assert!(first.lock().completions.is_empty());
 }

@@ -46,7 +46,7 @@ enum ApikeyCommand {
 }
 
 pub async fn run(args: ApikeyArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client()?;
+    let client = args.client.client().await?;
     match args.command {
         ApikeyCommand::Create { name, scopes } => {
             let created = client

@@ -24,7 +24,7 @@ enum HostsCommand {
 }
 
 pub async fn run(args: HostsArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client()?;
+    let client = args.client.client().await?;
     match args.command {
         HostsCommand::Ls => {
             let list = client.list_hosts().await?;

@@ -177,7 +177,7 @@ struct WaitArgs {
 }
 
 pub async fn run(args: JobArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client()?;
+    let client = args.client.client().await?;
     match args.command {
         JobCommand::Shell(shell) => {
             let spec = shell.spec();

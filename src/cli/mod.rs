@@ -5,6 +5,7 @@ mod apikey;
 mod devtoken;
 mod hosts;
 mod job;
+mod network;
 mod node;
 mod output;
 
@@ -68,6 +69,9 @@ enum Command {
     Hosts(hosts::HostsArgs),
     /// Create, list and revoke scoped API keys (needs the cluster token).
     Apikey(apikey::ApikeyArgs),
+    /// List the coordinators of the cluster, or remove one (needs the cluster
+    /// token).
+    Network(network::NetworkArgs),
 }
 
 impl Command {
@@ -88,8 +92,9 @@ impl Command {
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Connection")]
 struct ClientArgs {
-    /// Coordinator URLs, comma-separated; a request that finds one unreachable
-    /// is tried on the next.
+    /// Coordinator URLs, comma-separated; one is enough, as the rest of the
+    /// cluster is learned from it. A request that finds one unreachable is
+    /// tried on the next.
     #[arg(
         long = "coordinator",
         global = true,
@@ -114,9 +119,11 @@ struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// A client for the coordinators with the chosen credentials. Every route
-    /// a client command uses needs some, so having none is an early error.
-    fn client(&self) -> Result<Client> {
+    /// A client for the coordinators with the chosen credentials, which has
+    /// learned every coordinator of the cluster, so a command started with one
+    /// URL fails over to the others. Every route a client command uses needs
+    /// credentials, so having none is an early error.
+    async fn client(&self) -> Result<Client> {
         let urls = Client::split_urls(&self.coordinators);
         let credentials = self.credentials(&urls);
         let no_credentials = matches!(credentials, Credentials::None);
@@ -127,6 +134,11 @@ impl ClientArgs {
                  or run from the directory of a `skyclaw dev` serving {}",
                 client.urls().join(",")
             );
+        }
+        // Best effort: the command itself reports an unreachable cluster, and
+        // the given URLs are still worth trying when the list cannot be read.
+        if let Err(e) = client.refresh_urls().await {
+            tracing::debug!(error = %e, "cannot learn the cluster's coordinators; using the given ones");
         }
         Ok(client)
     }
@@ -202,6 +214,7 @@ async fn dispatch(command: Command, json: bool) -> Result<ExitCode> {
         Command::Job(args) => job::run(args, json).await,
         Command::Hosts(args) => hosts::run(args, json).await,
         Command::Apikey(args) => apikey::run(args, json).await,
+        Command::Network(args) => network::run(args, json).await,
     }
 }
 

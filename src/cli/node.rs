@@ -3,13 +3,16 @@
 //! and stop cleanly on Ctrl-C or SIGTERM.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use skyclaw_coordinator::{DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_BODY_BYTES};
+use anyhow::{Context, Result, anyhow, bail};
+use skyclaw_coordinator::{
+    DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_BODY_BYTES, DEFAULT_SNAPSHOT_LOGS,
+    DEFAULT_VOTERS, MAX_VOTERS,
+};
 use skyclaw_runtime::{
     DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND,
     DEFAULT_SHUTDOWN_GRACE, HostConfig,
@@ -57,6 +60,36 @@ pub struct CoordinatorArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SKYCLAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "N")]
     max_body_bytes: usize,
+    /// This coordinator's id in the cluster, a positive integer no other
+    /// coordinator uses [default: a random id chosen on first start and kept in
+    /// the data directory, so a restart rejoins as the same node].
+    #[arg(long, env = "SKYCLAW_COORDINATOR_NODE_ID", value_parser = positive_u64(), value_name = "ID")]
+    node_id: Option<u64>,
+    /// The URL other coordinators, hosts and clients reach this one at, such
+    /// as `http://coord-a:8787` [default: http:// and the listen address].
+    /// Needed when listening on 0.0.0.0 or [::], which no one can connect to.
+    #[arg(long, env = "SKYCLAW_ADVERTISE_URL", value_parser = http_url, value_name = "URL")]
+    advertise: Option<String>,
+    /// Coordinators of an existing cluster to join, comma-separated; the first
+    /// that answers adds this one. Without any, an empty data directory starts
+    /// a new cluster. A restart with the same data directory rejoins as the
+    /// same node.
+    #[arg(
+        long,
+        env = "SKYCLAW_BOOTSTRAP_PEERS",
+        value_delimiter = ',',
+        value_name = "URL[,URL...]"
+    )]
+    bootstrap: Vec<String>,
+    /// Voters the cluster grows to as coordinators join (odd counts tolerate
+    /// the most failures for their size: 3 survive one, 5 two). Coordinators
+    /// beyond it join as learners that serve reads and forward writes.
+    #[arg(long, env = "SKYCLAW_VOTERS", default_value_t = DEFAULT_VOTERS, value_parser = voter_count(), value_name = "N")]
+    voters: usize,
+    /// Raft log entries between snapshots; a coordinator further behind than
+    /// the kept log catches up from a snapshot instead.
+    #[arg(long, env = "SKYCLAW_SNAPSHOT_LOGS", default_value_t = DEFAULT_SNAPSHOT_LOGS, value_parser = positive_u64(), value_name = "N")]
+    snapshot_logs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,17 +180,49 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
              without it anyone could register hosts and create API keys"
         );
     };
+    let bootstrap = bootstrap_urls(args.bootstrap)?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    check_reachable(args.advertise.as_deref(), listener.local_addr()?)?;
     let mut config = skyclaw_coordinator::Config::new(args.data_dir, token);
     config.host_ttl = Duration::from_millis(args.host_ttl_ms);
     config.lease_duration = Duration::from_millis(args.lease_ms);
     config.max_body_bytes = args.max_body_bytes;
+    config.node_id = args.node_id;
+    config.advertise_url = args.advertise;
+    config.bootstrap = bootstrap;
+    config.voters = args.voters;
+    config.snapshot_logs = args.snapshot_logs;
     skyclaw_coordinator::run(config, listener, shutdown_signal()?)
         .await
         .context("coordinator failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses to advertise an address no one can connect to: without
+/// `--advertise`, peers, hosts and clients are told the listen address, and a
+/// wildcard one (0.0.0.0, [::]) would send them nowhere.
+fn check_reachable(advertise: Option<&str>, listening: SocketAddr) -> Result<()> {
+    if advertise.is_none() && listening.ip().is_unspecified() {
+        bail!(
+            "listening on {listening} needs --advertise URL (SKYCLAW_ADVERTISE_URL): \
+             other coordinators, hosts and clients cannot connect to {ip}; pass the URL \
+             they reach this machine at, such as http://coord-a:{port}",
+            ip = listening.ip(),
+            port = listening.port(),
+        );
+    }
+    Ok(())
+}
+
+/// The `--bootstrap` list, checked; empty items are dropped, so an empty
+/// `SKYCLAW_BOOTSTRAP_PEERS` means "start a new cluster".
+fn bootstrap_urls(items: Vec<String>) -> Result<Vec<String>> {
+    without_empty(items)
+        .iter()
+        .map(|item| http_url(item).map_err(|e| anyhow!("--bootstrap: {e}")))
+        .collect()
 }
 
 /// `skyclaw host`: runs jobs until Ctrl-C or SIGTERM, then hands back what it
@@ -326,6 +391,27 @@ fn positive_u32() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..)
 }
 
+fn voter_count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_VOTERS as u64)
+}
+
+/// A coordinator's base URL as peers and clients use it: `http://` or
+/// `https://`, a host, no trailing slash.
+fn http_url(value: &str) -> Result<String, String> {
+    let url = value.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+            Ok(url.to_string())
+        }
+        _ => Err(format!(
+            "{value:?} is not a coordinator URL (expected http://HOST:PORT or https://HOST:PORT)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,8 +425,80 @@ mod tests {
 
     #[derive(Debug, clap::Subcommand)]
     enum Node {
+        Coordinator(CoordinatorArgs),
         Host(HostArgs),
         Dev(DevArgs),
+    }
+
+    fn coordinator(flags: &[&str]) -> Result<CoordinatorArgs, clap::Error> {
+        let args = ["x", "coordinator", "--data-dir", "d"].iter().chain(flags);
+        match Harness::try_parse_from(args)?.command {
+            Node::Coordinator(args) => Ok(args),
+            _ => panic!("not coordinator"),
+        }
+    }
+
+    #[test]
+    fn coordinator_cluster_flags_default_to_a_new_cluster() {
+        let args = coordinator(&[]).unwrap();
+        assert_eq!(args.node_id, None);
+        assert_eq!(args.advertise, None);
+        assert!(args.bootstrap.is_empty());
+        assert_eq!(args.voters, DEFAULT_VOTERS);
+        assert_eq!(args.snapshot_logs, DEFAULT_SNAPSHOT_LOGS);
+    }
+
+    #[test]
+    fn coordinator_cluster_flags_are_validated() {
+        let args = coordinator(&[
+            "--node-id",
+            "2",
+            "--advertise",
+            "http://coord-b:8787/",
+            "--bootstrap",
+            "http://coord-a:8787, https://coord-c:8787",
+            "--voters",
+            "5",
+            "--snapshot-logs",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(args.node_id, Some(2));
+        assert_eq!(args.advertise.as_deref(), Some("http://coord-b:8787"));
+        assert_eq!(
+            bootstrap_urls(args.bootstrap).unwrap(),
+            ["http://coord-a:8787", "https://coord-c:8787"]
+        );
+        assert_eq!(args.voters, 5);
+        assert_eq!(args.snapshot_logs, 100);
+        let max = MAX_VOTERS.to_string();
+        assert!(coordinator(&["--voters", &max]).is_ok());
+        let too_many = (MAX_VOTERS + 1).to_string();
+        for bad in [
+            ["--node-id", "0"],
+            ["--voters", "0"],
+            ["--voters", too_many.as_str()],
+            ["--snapshot-logs", "0"],
+            ["--advertise", "coord-b:8787"],
+            ["--advertise", "http://"],
+        ] {
+            assert!(coordinator(&bad).is_err(), "{bad:?} accepted");
+        }
+        let bootstrap =
+            |list: &str| bootstrap_urls(coordinator(&["--bootstrap", list]).unwrap().bootstrap);
+        assert!(bootstrap("http://a:1,ftp://b:2").is_err());
+        assert_eq!(bootstrap("http://a:1/,").unwrap(), ["http://a:1"]);
+        assert!(bootstrap("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_needs_an_advertised_url() {
+        let any: SocketAddr = "0.0.0.0:8787".parse().unwrap();
+        let err = check_reachable(None, any).unwrap_err().to_string();
+        assert!(err.contains("--advertise"), "{err}");
+        assert!(check_reachable(None, "[::]:8787".parse().unwrap()).is_err());
+        assert!(check_reachable(Some("http://coord-a:8787"), any).is_ok());
+        assert!(check_reachable(None, "127.0.0.1:8787".parse().unwrap()).is_ok());
     }
 
     #[test]

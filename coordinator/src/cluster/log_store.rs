@@ -1,5 +1,5 @@
 //! The Raft log and vote in their own SQLite database, every write fsynced
-//! write fsynced (`synchronous=FULL`) before openraft is told it is durable.
+//! (`synchronous=FULL`) before openraft is told it is durable.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

@@ -209,13 +209,11 @@ impl Cluster {
     }
 
     fn membership_url(&self, id: NodeId) -> Option<String> {
-        let metrics = self.metrics();
-        let url = metrics
+        self.metrics()
             .membership_config
             .membership()
             .get_node(&id)
-            .map(|n| n.addr.clone());
-        url
+            .map(|n| n.addr.clone())
     }
 
     fn member_urls(&self) -> Vec<String> {
@@ -483,6 +481,11 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             ApiError::Unavailable("leadership moved during the membership change; retry".into())
         }
+        // Another change is still committing (coordinators joining at once):
+        // worth retrying, unlike the other refusals.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            openraft::error::ChangeMembershipError::InProgress(e),
+        )) => ApiError::Unavailable(format!("{e}; retry")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ApiError::Command(crate::state::CommandError::Conflict(e.to_string()))
         }
@@ -529,4 +532,43 @@ fn node_id(data_dir: &Path, given: Option<NodeId>) -> Result<NodeId, Coordinator
     std::fs::write(&path, id.to_string())
         .map_err(|source| CoordinatorError::DataDir { path, source })?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::cluster::types::{StorageError, TypeConfig};
+
+    /// Fresh log and state machine databases in a temp dir per case.
+    struct TempStores;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for TempStores {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Arc::new(Store::open(&dir.path().join("state.db")).expect("state db"));
+            let log = LogStore::open(&dir.path().join("log.db")).expect("log db");
+            let state_machine = StateMachine::new(store, dir.path());
+            Ok((dir, log, state_machine))
+        }
+    }
+
+    /// openraft's own conformance suite for log and state machine storage.
+    #[test]
+    fn storage_passes_the_openraft_suite() {
+        Suite::test_all(TempStores).expect("storage suite");
+    }
+
+    #[test]
+    fn a_data_directory_keeps_its_node_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = node_id(dir.path(), None).unwrap();
+        assert_eq!(node_id(dir.path(), None).unwrap(), first);
+        assert_eq!(node_id(dir.path(), Some(first)).unwrap(), first);
+        let err = node_id(dir.path(), Some(first + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("belongs to node {first}")), "{err}");
+    }
 }

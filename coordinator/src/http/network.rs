@@ -6,12 +6,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use skyclaw_api::network::{Join, PeerList};
 
-use super::auth::ClusterToken;
+use super::auth::{ClusterToken, Principal};
 use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::node::Node;
 
-pub async fn peers(State(node): State<Arc<Node>>, _token: ClusterToken) -> Json<PeerList> {
+/// Any valid credential may read the peers: API-key clients (CI) need the
+/// coordinator URLs to fail over, and they reveal nothing else.
+pub async fn peers(State(node): State<Arc<Node>>, _caller: Principal) -> Json<PeerList> {
     Json(node.cluster.peers())
 }
 
