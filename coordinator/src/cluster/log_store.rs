@@ -1,6 +1,7 @@
 //! The Raft log and vote in their own SQLite database, every write fsynced
 //! (`synchronous=FULL`) before openraft is told it is durable.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -26,10 +27,16 @@ CREATE TABLE IF NOT EXISTS state (
 ) STRICT;
 ";
 
-/// The log store; clones share one connection.
+/// Newest entries kept in memory as well: replication to followers reads
+/// what was just appended, and decoding it from disk again costs more than
+/// the copy. Older entries are read from the database.
+const CACHED_ENTRIES: usize = 1024;
+
+/// The log store; clones share one connection and one cache.
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
+    recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
 }
 
 impl LogStore {
@@ -48,6 +55,7 @@ impl LogStore {
         conn.pragma_update(None, "user_version", LOG_SCHEMA_VERSION)?;
         Ok(LogStore {
             conn: Arc::new(Mutex::new(conn)),
+            recent: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
 
@@ -92,6 +100,47 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// The entries `start..=end` if the cache holds all of them that exist.
+    fn cached(&self, start: i64, end: i64) -> Option<Vec<Entry>> {
+        let recent = self.recent.lock().expect("log cache lock");
+        let (&first, _) = recent.first_key_value()?;
+        if start < first as i64 {
+            return None;
+        }
+        if end < start {
+            return Some(Vec::new());
+        }
+        Some(
+            recent
+                .range(start as u64..=end as u64)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        )
+    }
+
+    fn remember(&self, entries: &[Entry]) {
+        let mut recent = self.recent.lock().expect("log cache lock");
+        for entry in entries {
+            recent.insert(entry.log_id.index, entry.clone());
+        }
+        while recent.len() > CACHED_ENTRIES {
+            recent.pop_first();
+        }
+    }
+
+    /// Drops cached entries at or after `from` (truncate) or up to `upto` (purge).
+    fn forget(&self, from: Option<u64>, upto: Option<u64>) {
+        let mut recent = self.recent.lock().expect("log cache lock");
+        if let Some(from) = from {
+            recent.split_off(&from);
+        }
+        if let Some(upto) = upto {
+            *recent = recent.split_off(&(upto + 1));
+        }
+    }
+}
+
 fn decode_error(e: Box<dyn std::error::Error + Send + Sync>) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e)
 }
@@ -116,6 +165,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
+        if let Some(cached) = self.cached(start, end) {
+            return Ok(cached);
+        }
         let conn = self.conn.lock().expect("log lock");
         let read = || -> rusqlite::Result<Vec<Entry>> {
             let mut stmt = conn.prepare_cached(
@@ -185,12 +237,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let rows: Vec<(u64, String)> = entries
-            .into_iter()
+            .iter()
             .map(|e| {
                 (
                     e.log_id.index,
-                    serde_json::to_string(&e).expect("entries serialise"),
+                    serde_json::to_string(e).expect("entries serialise"),
                 )
             })
             .collect();
@@ -212,6 +265,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable now (FULL sync): only then may openraft count the entries.
         match written {
             Ok(()) => {
+                self.remember(&entries);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -223,6 +277,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.forget(Some(log_id.index), None);
         self.blocking(move |conn| {
             conn.execute("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
                 .map(drop)
@@ -232,6 +287,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.forget(None, Some(log_id.index));
         self.blocking(move |conn| {
             let tx = conn.transaction()?;
             Self::put_state(&tx, "last_purged", &log_id)?;
