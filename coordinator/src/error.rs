@@ -29,6 +29,8 @@ pub enum ApiError {
     #[error("{0}")]
     NoQuorum(String),
     #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -49,6 +51,7 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::NoQuorum(_) => ErrorCode::NoQuorum,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -253,6 +253,9 @@ impl Host {
     ) {
         let slots = Arc::new(Semaphore::new(self.max_parallel as usize));
         let mut key = new_claim_key();
+        // A claim whose answer was lost is sent again unchanged under its key:
+        // the same request is what the coordinator replays.
+        let mut lost: Option<Claim> = None;
         let mut backoff = Backoff::new(CLAIM_BACKOFF_MIN, CLAIM_BACKOFF_MAX);
         loop {
             reap(tasks);
@@ -260,11 +263,13 @@ impl Host {
                 () = fired(shutdown) => return,
                 permit = Arc::clone(&slots).acquire_owned() => permit.expect("the slot semaphore is never closed"),
             };
-            let free = (1 + slots.available_permits()).min(MAX_CLAIM_JOBS as usize);
-            let claim = Claim {
-                max_jobs: u32::try_from(free).unwrap_or(MAX_CLAIM_JOBS),
-                wait_ms: CLAIM_WAIT_MS,
-            };
+            let claim = lost.take().unwrap_or_else(|| {
+                let free = (1 + slots.available_permits()).min(MAX_CLAIM_JOBS as usize);
+                Claim {
+                    max_jobs: u32::try_from(free).unwrap_or(MAX_CLAIM_JOBS),
+                    wait_ms: CLAIM_WAIT_MS,
+                }
+            });
             let answer = tokio::select! {
                 () = fired(shutdown) => return,
                 answer = self.client.claim(&self.host_id, &claim, &key) => answer,
@@ -288,7 +293,9 @@ impl Host {
                     // Only a request whose answer was lost is retried under
                     // its key: the coordinator then replays the jobs it
                     // leased. After any answer, the next claim is a new one.
-                    if !answer_was_lost(&error) {
+                    if answer_was_lost(&error) {
+                        lost = Some(claim);
+                    } else {
                         key = new_claim_key();
                     }
                     if error.code() == Some(ErrorCode::HostNotRegistered) {

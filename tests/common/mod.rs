@@ -114,10 +114,38 @@ impl Coordinator {
         }
     }
 
+    /// True while the process started last is running (not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("coordinator running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("sigterm coordinator");
+        child.wait().expect("reap coordinator")
+    }
+
+    /// The applied Raft log index this coordinator reports on `/health`.
+    pub async fn applied_index(&self) -> Option<u64> {
+        let health = self.client().health().await.ok()?;
+        health["applied_index"].as_u64()
+    }
+
     /// Starts the coordinator again on the same address with the same data.
     pub async fn restart(&mut self) {
         let listen = self.url.trim_start_matches("http://").to_string();
         self.spawn(&listen).await;
+    }
+
+    /// Starts the coordinator again with the same data on a new free port;
+    /// [`Coordinator::url`] is the new address afterwards.
+    pub async fn restart_on_new_port(&mut self) {
+        self.spawn("127.0.0.1:0").await;
     }
 }
 
@@ -275,5 +303,168 @@ pub fn process_gone(pid: i32) -> bool {
         Ok(stat) => stat
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// A replicated coordinator cluster: node `i` of [`Cluster::nodes`] runs with
+/// `--node-id i+1`; the first initialises the cluster, the others join it
+/// through the first one's URL, one at a time, so roles are predictable:
+/// the first `voters` nodes become voters, later ones stay learners.
+pub struct Cluster {
+    pub nodes: Vec<Coordinator>,
+    pub tmp: tempfile::TempDir,
+    voters: usize,
+    extra: Vec<String>,
+}
+
+/// A peer as compared across nodes: id, url, and voter or learner.
+pub type PeerView = (u64, String, skyclaw_api::network::PeerRole);
+
+impl Cluster {
+    /// Starts `n` coordinators with `--voters voters` (and `extra` on every
+    /// node) and waits until the peers table shows all of them in their roles.
+    pub async fn start(n: usize, voters: usize, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            tmp: tempfile::tempdir().unwrap(),
+            voters,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for _ in 0..n {
+            cluster.add().await;
+        }
+        cluster
+    }
+
+    /// Starts the next node (bootstrapping from node 1 unless it is node 1)
+    /// and waits until it is listed with the role it should get.
+    pub async fn add(&mut self) -> usize {
+        let index = self.nodes.len();
+        let id = (index + 1).to_string();
+        let voters = self.voters.to_string();
+        let mut args: Vec<&str> = vec!["--node-id", &id, "--voters", &voters];
+        let bootstrap = self.nodes.first().map(|n| n.url.clone());
+        if let Some(url) = &bootstrap {
+            args.extend(["--bootstrap", url.as_str()]);
+        }
+        args.extend(self.extra.iter().map(String::as_str));
+        let dir = self.tmp.path().join(format!("coord{}", index + 1));
+        let node = Coordinator::start(&dir, &args).await;
+        self.nodes.push(node);
+        let expected = self.expected_roles();
+        self.wait_for_peers(&format!("node {} to join", index + 1), |view| {
+            *view == expected
+        })
+        .await;
+        index
+    }
+
+    /// The peers every node should list once all have joined: the first
+    /// `voters` nodes vote (one of them leads), the rest are learners.
+    pub fn expected_roles(&self) -> Vec<(u64, String, bool)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u64 + 1, n.url.clone(), i < self.voters))
+            .collect()
+    }
+
+    /// All node URLs, comma-separated, as hosts and the CLI take them.
+    pub fn urls(&self) -> String {
+        self.url_list().join(",")
+    }
+
+    pub fn url_list(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// A client that knows every node and fails over between them.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url_list(), Credentials::Token(TOKEN.into())).unwrap()
+    }
+
+    /// The nodes still running.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// Asks node `index` (which forwards to the leader) for the peers table.
+    pub async fn peers_of(&self, index: usize) -> Option<skyclaw_api::network::PeerList> {
+        self.nodes[index].client().peers().await.ok()
+    }
+
+    /// Waits until every running node answers the same peers table, with a
+    /// leader, and `check` accepts it as (id, url, is-voter) sorted by id.
+    /// Returns the table.
+    pub async fn wait_for_peers(
+        &self,
+        what: &str,
+        check: impl Fn(&Vec<(u64, String, bool)>) -> bool,
+    ) -> skyclaw_api::network::PeerList {
+        use skyclaw_api::network::PeerRole;
+        eventually(what, || async {
+            let mut agreed: Option<(Option<u64>, Vec<PeerView>)> = None;
+            let mut table = None;
+            for i in self.live() {
+                let list = self.peers_of(i).await?;
+                let mut view: Vec<PeerView> = list
+                    .peers
+                    .iter()
+                    .map(|p| (p.id, p.url.clone(), p.role))
+                    .collect();
+                view.sort_by_key(|p| p.0);
+                let this = (list.leader_id, view);
+                match &agreed {
+                    None => agreed = Some(this),
+                    Some(seen) if *seen != this => return None,
+                    Some(_) => {}
+                }
+                table = Some(list);
+            }
+            let (leader, view) = agreed?;
+            let leader = leader?;
+            let leaders: Vec<u64> = view
+                .iter()
+                .filter(|p| p.2 == PeerRole::Leader)
+                .map(|p| p.0)
+                .collect();
+            if leaders != [leader] {
+                return None;
+            }
+            let roles: Vec<(u64, String, bool)> = view
+                .into_iter()
+                .map(|(id, url, role)| (id, url, role != PeerRole::Learner))
+                .collect();
+            check(&roles).then_some(table?)
+        })
+        .await
+    }
+
+    /// Waits until every running node names the same leader, one that runs,
+    /// and returns its index in [`Cluster::nodes`].
+    pub async fn leader(&self) -> usize {
+        eventually("the running nodes to agree on a running leader", || async {
+            let mut leader = None;
+            for i in self.live() {
+                let id = self.peers_of(i).await?.leader_id?;
+                if leader.is_some_and(|l| l != id) {
+                    return None;
+                }
+                leader = Some(id);
+            }
+            let index = usize::try_from(leader? - 1).ok()?;
+            self.nodes.get(index)?.is_running().then_some(index)
+        })
+        .await
+    }
+
+    /// A running node other than `not`.
+    pub fn follower(&self, not: usize) -> usize {
+        self.live()
+            .into_iter()
+            .find(|&i| i != not)
+            .expect("another running node")
     }
 }

@@ -444,7 +444,7 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
     let count = proposals.len();
     let written =
         match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Batch(proposals))).await {
-            Err(_) => Err(no_quorum()),
+            Err(_) => Err(outcome_unknown()),
             Ok(Ok(written)) if written.data.len() == count => Ok(written.data),
             Ok(Ok(written)) => Err(ApiError::Internal(format!(
                 "a batch of {count} proposals answered {} times",
@@ -469,11 +469,23 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
     }
 }
 
-fn no_quorum() -> ApiError {
-    ApiError::NoQuorum(format!(
-        "no quorum: a majority of coordinators did not acknowledge the write within {} s",
+/// A write that is in the log but did not commit in time may still commit
+/// once a quorum returns: its outcome is unknown, which `no_quorum` (never
+/// written) would misstate.
+fn outcome_unknown() -> ApiError {
+    ApiError::Timeout(format!(
+        "the write was not committed within {} s (no quorum answered) and may still commit \
+         when one returns; retry with the same idempotency key to learn its outcome",
         WRITE_TIMEOUT.as_secs()
     ))
+}
+
+fn no_quorum() -> ApiError {
+    ApiError::NoQuorum(
+        "no quorum: a majority of coordinators has not acknowledged this leader lately; \
+         the write was not made"
+            .into(),
+    )
 }
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {

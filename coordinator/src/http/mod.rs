@@ -20,7 +20,8 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{delete, get, post};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 use crate::error::ApiError;
 use crate::node::Node;
@@ -66,7 +67,9 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
             StatusCode::GATEWAY_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers (no quorum, a leader change) are expected during
+        // failover; they are the caller's to report, not an error here.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .with_state(node)
 }
 
