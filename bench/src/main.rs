@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use skyclaw_api::jobs::{JobQuery, JobSpec, JobStatus};
+use skyclaw_api::jobs::{JobSpec, JobStatus};
 use skyclaw_api::{Client, Credentials};
 use tokio::sync::oneshot;
 
@@ -56,16 +56,18 @@ async fn main() -> Result<()> {
             max_parallel,
             latency_samples,
         } => {
-            let tmp = tempfile::tempdir()?;
-            let coordinator = start_coordinator(tmp.path()).await?;
-            let client = Client::new(
-                std::slice::from_ref(&coordinator.url),
-                Credentials::Token(TOKEN.into()),
-            )?;
             println!("skyclaw jobs benchmark ({} cores)", cores());
+            // Each phase starts from an empty coordinator of its own, so the
+            // enqueue phase's backlog does not weigh on the next.
+            let tmp = tempfile::tempdir()?;
+            let coordinator = start_coordinator(&tmp.path().join("enqueue")).await?;
+            let client = token_client(&coordinator.url)?;
             enqueue_phase(&client, connections, Duration::from_secs(seconds)).await?;
+            coordinator.stop().await;
+
+            let coordinator = start_coordinator(&tmp.path().join("run")).await?;
+            let client = token_client(&coordinator.url)?;
             let hosts = start_hosts(&coordinator.url, tmp.path(), max_parallel, &client).await?;
-            cancel_backlog(&client).await?;
             end_to_end_phase(&client, jobs, connections).await?;
             latency_phase(&client, latency_samples).await?;
             for host in hosts {
@@ -75,6 +77,13 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn token_client(url: &str) -> Result<Client> {
+    Ok(Client::new(
+        &[url.to_string()],
+        Credentials::Token(TOKEN.into()),
+    )?)
 }
 
 fn cores() -> usize {
@@ -198,25 +207,6 @@ async fn enqueue_phase(client: &Client, connections: usize, length: Duration) ->
         fmt(percentile(&mut latencies, 0.99)),
     );
     Ok(())
-}
-
-/// Cancels what the enqueue phase left queued, so later phases start empty.
-async fn cancel_backlog(client: &Client) -> Result<()> {
-    loop {
-        let page = client
-            .list_jobs(&JobQuery {
-                status: Some(JobStatus::Queued),
-                limit: Some(1000),
-                after: None,
-            })
-            .await?;
-        if page.jobs.is_empty() {
-            return Ok(());
-        }
-        for job in page.jobs {
-            let _ = client.cancel_job(&job.id).await;
-        }
-    }
 }
 
 /// Submits `jobs` no-op shell jobs and waits until all have succeeded.
