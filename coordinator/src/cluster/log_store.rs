@@ -11,6 +11,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError, Vote};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::kv;
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig, storage_error};
 
 /// Version of the log database's layout, kept in `PRAGMA user_version`.
@@ -26,6 +27,9 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL
 ) STRICT;
 ";
+
+/// The log database's key/value table (vote, last purged log id).
+const STATE_TABLE: &str = "state";
 
 /// Newest entries kept in memory as well: replication to followers reads
 /// what was just appended, and decoding it from disk again costs more than
@@ -68,35 +72,6 @@ impl LogStore {
         tokio::task::spawn_blocking(move || f(&mut conn.lock().expect("log lock")))
             .await
             .expect("log store task panicked")
-    }
-
-    fn get_state<T: serde::de::DeserializeOwned>(
-        conn: &Connection,
-        key: &str,
-    ) -> rusqlite::Result<Option<T>> {
-        let value: Option<String> = conn
-            .prepare_cached("SELECT value FROM state WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
-        value
-            .map(|v| serde_json::from_str(&v).map_err(|e| decode_error(e.into())))
-            .transpose()
-    }
-
-    fn put_state(
-        conn: &Connection,
-        key: &str,
-        value: &impl serde::Serialize,
-    ) -> rusqlite::Result<()> {
-        conn.prepare_cached(
-            "INSERT INTO state (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = ?2",
-        )?
-        .execute(params![
-            key,
-            serde_json::to_string(value).expect("raft types serialise")
-        ])?;
-        Ok(())
     }
 }
 
@@ -190,7 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let conn = self.conn.lock().expect("log lock");
         let read = || -> rusqlite::Result<LogState<TypeConfig>> {
-            let purged: Option<LogId> = Self::get_state(&conn, "last_purged")?;
+            let purged: Option<LogId> = kv::get(&conn, STATE_TABLE, "last_purged")?;
             let last: Option<String> = conn
                 .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
                     r.get(0)
@@ -218,14 +193,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let vote = *vote;
-        self.blocking(move |conn| Self::put_state(conn, "vote", &vote))
+        self.blocking(move |conn| kv::put(conn, STATE_TABLE, "vote", &vote))
             .await
             .map_err(|e| storage_error(StorageIOError::write_vote, &e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         let conn = self.conn.lock().expect("log lock");
-        Self::get_state(&conn, "vote").map_err(|e| storage_error(StorageIOError::read_vote, &e))
+        kv::get(&conn, STATE_TABLE, "vote")
+            .map_err(|e| storage_error(StorageIOError::read_vote, &e))
     }
 
     async fn append<I>(
@@ -290,7 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.forget(None, Some(log_id.index));
         self.blocking(move |conn| {
             let tx = conn.transaction()?;
-            Self::put_state(&tx, "last_purged", &log_id)?;
+            kv::put(&tx, STATE_TABLE, "last_purged", &log_id)?;
             tx.execute("DELETE FROM log WHERE idx <= ?1", [log_id.index as i64])?;
             tx.commit()
         })

@@ -5,6 +5,7 @@
 //! Architecture invariant: a single coordinator is a one-voter cluster. Every
 //! write goes through `Cluster::write`; there is no path around the log.
 
+mod kv;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

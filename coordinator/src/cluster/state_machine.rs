@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
+use super::kv;
 use super::types::{
     Entry, LogId, NodeId, Response, StorageError, StoredMembership, TypeConfig, storage_error,
 };
@@ -24,6 +25,8 @@ use crate::store::Store;
 /// First line of every snapshot: a format marker and its version. A snapshot
 /// of another version is refused rather than misread.
 const SNAPSHOT_HEADER: &[u8] = b"SKYCLAW-SNAPSHOT 1\n";
+/// The state database's table of Raft bookkeeping (schema version 2).
+const RAFT_TABLE: &str = "raft_state";
 /// The latest snapshot's data, in the data directory.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 /// The latest snapshot's metadata, beside it.
@@ -104,40 +107,11 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-fn read_raft_state<T: serde::de::DeserializeOwned>(
-    conn: &Connection,
-    key: &str,
-) -> rusqlite::Result<Option<T>> {
-    let value: Option<String> = conn
-        .prepare_cached("SELECT value FROM raft_state WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?;
-    value
-        .map(|v| {
-            serde_json::from_str(&v).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-            })
-        })
-        .transpose()
-}
-
-fn write_raft_state(conn: &Connection, key: &str, value: &impl Serialize) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO raft_state (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = ?2",
-    )?
-    .execute(params![
-        key,
-        serde_json::to_string(value).expect("raft types serialise")
-    ])?;
-    Ok(())
-}
-
 /// The last applied log id and membership, as committed in the database.
 fn applied_state(conn: &Connection) -> rusqlite::Result<(Option<LogId>, StoredMembership)> {
     Ok((
-        read_raft_state(conn, "last_applied")?,
-        read_raft_state(conn, "membership")?.unwrap_or_default(),
+        kv::get(conn, RAFT_TABLE, "last_applied")?,
+        kv::get(conn, RAFT_TABLE, "membership")?.unwrap_or_default(),
     ))
 }
 
@@ -165,14 +139,14 @@ fn apply_entries(
             }
             EntryPayload::Membership(membership) => {
                 let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
-                write_raft_state(conn, "membership", &stored)?;
+                kv::put(conn, RAFT_TABLE, "membership", &stored)?;
                 Vec::new()
             }
         };
         responses.push(response);
     }
     if let Some(last) = entries.last() {
-        write_raft_state(conn, "last_applied", &last.log_id)?;
+        kv::put(conn, RAFT_TABLE, "last_applied", &last.log_id)?;
         conn.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'applied_index'")?
             .execute([last.log_id.index as i64])?;
     }
