@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{delete, get, post};
-use tower_http::timeout::TimeoutLayer;
+use tower::ServiceBuilder;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
@@ -63,14 +63,23 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
             node.clone(),
             forward::to_leader,
         ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(request_timed_out))
+                .timeout(REQUEST_TIMEOUT),
+        )
         // 5xx answers (no quorum, a leader change) are expected during
         // failover; they are the caller's to report, not an error here.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .with_state(node)
+}
+
+/// The only error the layers below the timeout raise is the timeout itself.
+async fn request_timed_out(_: tower::BoxError) -> ApiError {
+    ApiError::Timeout(format!(
+        "the request took longer than {} s",
+        REQUEST_TIMEOUT.as_secs()
+    ))
 }
 
 async fn not_found() -> ApiError {
