@@ -10,7 +10,7 @@ mod http;
 mod liveness;
 mod node;
 mod scheduler;
-pub mod state;
+mod state;
 mod store;
 mod sweep;
 
@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ApiError;
-pub use store::{Store, StoreError};
+use store::Store;
+pub use store::StoreError;
 
 /// A host silent this long is marked down and its jobs requeued.
 pub const DEFAULT_HOST_TTL: Duration = Duration::from_secs(10);
@@ -128,7 +129,7 @@ pub async fn run(
         .map_err(|e| CoordinatorError::Config(format!("http client: {e}")))?;
     let cluster =
         cluster::Cluster::start(&config, store.clone(), url.clone(), http.clone()).await?;
-    let node = Arc::new(node::Node::new(config.clone(), store, cluster, http)?);
+    let node = Arc::new(node::Node::new(config.clone(), store, cluster, http));
     write_url_file(&config.data_dir, &format!("http://{local}")).map_err(data_dir_error)?;
     tracing::info!(%url, node_id = node.cluster.id, data_dir = %config.data_dir.display(), "coordinator listening");
 

@@ -19,32 +19,28 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Starts tracking `up` hosts as if each had just been heard: a coordinator
-    /// that (re)starts gives every host one full TTL of grace.
-    pub fn new(ttl: Duration, up: Vec<RegisterHost>, now: Instant) -> Liveness {
-        let hosts = up
-            .into_iter()
-            .map(|registration| {
-                let id = registration.host_id.clone();
-                (
-                    id,
-                    LiveHost {
-                        last_seen: now,
-                        registration,
-                    },
-                )
-            })
-            .collect();
+    /// Tracks no host until this coordinator leads and calls [`Liveness::reset`].
+    pub fn new(ttl: Duration) -> Liveness {
         Liveness {
             ttl,
-            hosts: Mutex::new(hosts),
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Forgets every host and tracks `up` instead, each as if just heard.
+    /// Forgets every host and tracks `up` instead, each as if just heard: a
+    /// newly elected leader gives every host one full TTL of grace.
     pub fn reset(&self, up: Vec<RegisterHost>, now: Instant) {
-        let fresh = Liveness::new(self.ttl, up, now);
-        *self.lock() = fresh.hosts.into_inner().expect("liveness lock");
+        *self.lock() = up
+            .into_iter()
+            .map(|registration| {
+                let id = registration.host_id.clone();
+                let host = LiveHost {
+                    last_seen: now,
+                    registration,
+                };
+                (id, host)
+            })
+            .collect();
     }
 
     pub fn ttl(&self) -> Duration {

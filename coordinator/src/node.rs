@@ -35,23 +35,17 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(
-        config: Config,
-        store: Arc<Store>,
-        cluster: Cluster,
-        http: reqwest::Client,
-    ) -> Result<Node, StoreError> {
-        let liveness = Liveness::new(config.host_ttl, Vec::new(), Instant::now());
-        Ok(Node {
+    pub fn new(config: Config, store: Arc<Store>, cluster: Cluster, http: reqwest::Client) -> Node {
+        Node {
             token_hash: crate::http::auth::sha256(config.token.as_bytes()),
+            liveness: Liveness::new(config.host_ttl),
             config,
             store,
             cluster,
-            liveness,
             http,
             reserved: Mutex::new(HashSet::new()),
             shutdown: watch::channel(false).0,
-        })
+        }
     }
 
     /// Starts tracking every host that is up as if just heard: a new leader

@@ -16,12 +16,13 @@ pub fn get<T: DeserializeOwned>(
         .query_row([key], |r| r.get(0))
         .optional()?;
     value
-        .map(|v| {
-            serde_json::from_str(&v).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-            })
-        })
+        .map(|v| serde_json::from_str(&v).map_err(decode_error))
         .transpose()
+}
+
+/// A stored JSON value that does not decode, as a SQLite conversion error.
+pub fn decode_error(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
 }
 
 /// Sets `key` in `table` to `value`.

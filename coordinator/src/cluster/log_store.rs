@@ -116,10 +116,6 @@ impl LogStore {
     }
 }
 
-fn decode_error(e: Box<dyn std::error::Error + Send + Sync>) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e)
-}
-
 fn bounds(range: &impl RangeBounds<u64>) -> (i64, i64) {
     let start = match range.start_bound() {
         Bound::Included(&s) => s as i64,
@@ -151,7 +147,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let rows = stmt.query_map([start, end], |r| r.get::<_, String>(0))?;
             rows.map(|row| {
                 let text = row?;
-                serde_json::from_str(&text).map_err(|e| decode_error(e.into()))
+                serde_json::from_str(&text).map_err(kv::decode_error)
             })
             .collect()
         };
@@ -174,7 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let last = match last {
                 Some(text) => Some(
                     serde_json::from_str::<Entry>(&text)
-                        .map_err(|e| decode_error(e.into()))?
+                        .map_err(kv::decode_error)?
                         .log_id,
                 ),
                 None => purged,

@@ -278,7 +278,9 @@ impl Cluster {
 
     /// True when this leader has not heard from a majority for a while.
     fn quorum_lost(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs for every write.
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let voters = metrics.membership_config.membership().voter_ids().count();
         metrics.state == ServerState::Leader
             && voters > 1

@@ -11,5 +11,5 @@ pub mod command;
 pub mod read;
 pub mod schema;
 
-pub use apply::{Applied, Effects, apply};
+pub use apply::{Effects, apply};
 pub use command::{Command, CommandError, IdempotencyRecord, Output, Owner, Proposal};
