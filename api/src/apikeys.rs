@@ -13,15 +13,19 @@ pub enum Scope {
     /// Read and wait on the jobs the key submitted.
     #[serde(rename = "jobs:read")]
     JobsRead,
+    /// Upload artifacts, check for them and list them.
+    #[serde(rename = "artifacts:push")]
+    ArtifactsPush,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 2] = [Scope::JobsSubmit, Scope::JobsRead];
+    pub const ALL: [Scope; 3] = [Scope::JobsSubmit, Scope::JobsRead, Scope::ArtifactsPush];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::JobsSubmit => "jobs:submit",
             Scope::JobsRead => "jobs:read",
+            Scope::ArtifactsPush => "artifacts:push",
         }
     }
 }

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Millis;
-use crate::jobs::{Job, JobResult};
+use crate::artifacts::Digest;
+use crate::jobs::{Job, JobResult, WasiCaps};
 
 /// Most jobs one claim may hand out; a host asks for its free slots.
 pub const MAX_CLAIM_JOBS: u32 = 256;
@@ -12,6 +13,9 @@ pub const MAX_CLAIM_JOBS: u32 = 256;
 pub const MAX_CLAIM_WAIT_MS: u64 = 10_000;
 /// Most entries in a host's allowlist or capability list.
 pub const MAX_HOST_LIST: usize = 256;
+/// Most artifact digests a heartbeat reports: a host holding more reports its
+/// most recently used ones (each digest is 71 bytes, so a beat stays < 1 MiB).
+pub const MAX_REPORTED_ARTIFACTS: usize = 8192;
 
 /// `POST /v1/hosts/register`. Registering again with the same id updates the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +31,13 @@ pub struct RegisterHost {
     pub openclaw_version: Option<String>,
     /// The skyclaw version the host runs.
     pub version: String,
+    /// The owner allows only sandboxed (WASI) work on this host: it is never
+    /// offered native jobs and refuses any it receives.
+    #[serde(default)]
+    pub sandbox_only: bool,
+    /// What the host grants WASI jobs; `None` when it runs none.
+    #[serde(default)]
+    pub wasi: Option<WasiCaps>,
 }
 
 /// What a coordinator tells a host on registration.
@@ -73,6 +84,10 @@ pub struct Host {
     pub last_heartbeat_ms_ago: Option<u64>,
     /// Jobs currently leased to the host.
     pub running_jobs: u32,
+    pub sandbox_only: bool,
+    pub wasi: Option<WasiCaps>,
+    /// Artifacts the host last reported holding in its cache.
+    pub artifacts: Vec<Digest>,
 }
 
 /// `GET /v1/hosts`.
@@ -95,6 +110,10 @@ pub struct HeldLease {
 pub struct Heartbeat {
     #[serde(default)]
     pub running: Vec<HeldLease>,
+    /// Every artifact the host holds (up to [`MAX_REPORTED_ARTIFACTS`]), so
+    /// the scheduler can send jobs where their artifact already is.
+    #[serde(default)]
+    pub artifacts: Vec<Digest>,
 }
 
 /// The coordinator's answer to a heartbeat.

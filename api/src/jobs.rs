@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::Millis;
+use crate::artifacts::Digest;
 
 /// More arguments than this is almost certainly a mistake, and each is stored.
 pub const MAX_ARGS: usize = 1024;
@@ -32,6 +33,14 @@ pub const MAX_CAPABILITIES: usize = 32;
 pub const CAP_SHELL: &str = "shell";
 /// The capability a host advertises when its OpenClaw command answers.
 pub const CAP_OPENCLAW: &str = "openclaw";
+/// The capability every host advertises: it runs WASI jobs in wasmtime.
+pub const CAP_WASI: &str = "wasi";
+
+/// Largest memory a WASI job may ask for: a 32-bit linear memory holds 4 GiB.
+pub const MAX_WASI_MEMORY_MB: u32 = 4096;
+/// Default attempts of a WASI job: a sandboxed job has no effects outside its
+/// own output, so running it again on another host is safe.
+pub const DEFAULT_WASI_ATTEMPTS: u32 = 3;
 
 /// Thinking levels `openclaw agent --thinking` accepts.
 pub const THINKING_LEVELS: &[&str] = &["off", "minimal", "low", "medium", "high"];
@@ -45,6 +54,134 @@ pub enum JobSpec {
     Shell(ShellSpec),
     /// A turn of the host's OpenClaw agent.
     OpenclawRun(OpenclawSpec),
+    /// A WASI command (component or preview 1 module) run in wasmtime.
+    Wasi(WasiSpec),
+}
+
+/// A WASI program, named by the digest of an uploaded artifact, run in a
+/// sandbox: no filesystem, no network, only its args, env and stdin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasiSpec {
+    pub artifact: Digest,
+    /// Arguments after the program name (`argv[0]` is the artifact digest).
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stdin: String,
+    #[serde(default)]
+    pub limits: WasiLimits,
+    #[serde(default = "default_wasi_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub requirements: Requirements,
+}
+
+/// Resource limits of one WASI job. Each one left out takes the running host's
+/// default; each one given is capped at the host's maximum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasiLimits {
+    /// Units of wasmtime fuel (roughly one per wasm instruction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Largest size any one linear memory may grow to, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// Wall-clock limit of the run, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl WasiLimits {
+    /// True when every limit given is within `caps` (absent ones always are:
+    /// they take the host's default, which is within its caps).
+    pub fn within(&self, caps: &WasiCaps) -> bool {
+        self.fuel.is_none_or(|f| f <= caps.max_fuel)
+            && self.memory_mb.is_none_or(|m| m <= caps.max_memory_mb)
+            && self.timeout_ms.is_none_or(|t| t <= caps.max_timeout_ms)
+    }
+
+    /// The first limit above `caps`, described for an error message.
+    pub fn excess(&self, caps: &WasiCaps) -> Option<String> {
+        if let Some(f) = self.fuel.filter(|f| *f > caps.max_fuel) {
+            return Some(format!("fuel {f} is above {}", caps.max_fuel));
+        }
+        if let Some(m) = self.memory_mb.filter(|m| *m > caps.max_memory_mb) {
+            return Some(format!("memory_mb {m} is above {}", caps.max_memory_mb));
+        }
+        if let Some(t) = self.timeout_ms.filter(|t| *t > caps.max_timeout_ms) {
+            return Some(format!("timeout_ms {t} is above {}", caps.max_timeout_ms));
+        }
+        None
+    }
+}
+
+/// What a host allows WASI jobs: its defaults for limits a job leaves out, and
+/// the most it grants any job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasiCaps {
+    pub default_fuel: u64,
+    pub default_memory_mb: u32,
+    pub default_timeout_ms: u64,
+    pub max_fuel: u64,
+    pub max_memory_mb: u32,
+    pub max_timeout_ms: u64,
+}
+
+impl WasiCaps {
+    /// The limits a job gets on this host: its own, or the defaults, each
+    /// capped at the maximum.
+    pub fn apply(&self, limits: &WasiLimits) -> EffectiveLimits {
+        EffectiveLimits {
+            fuel: limits.fuel.unwrap_or(self.default_fuel).min(self.max_fuel),
+            memory_mb: limits
+                .memory_mb
+                .unwrap_or(self.default_memory_mb)
+                .min(self.max_memory_mb),
+            timeout_ms: limits
+                .timeout_ms
+                .unwrap_or(self.default_timeout_ms)
+                .min(self.max_timeout_ms),
+        }
+    }
+
+    /// Checks that defaults are within maxima and every value is usable.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        if self.max_fuel == 0 || self.default_fuel == 0 || self.default_fuel > self.max_fuel {
+            return invalid("fuel: the default must be at least 1 and at most the maximum");
+        }
+        if self.max_memory_mb == 0
+            || self.max_memory_mb > MAX_WASI_MEMORY_MB
+            || self.default_memory_mb == 0
+            || self.default_memory_mb > self.max_memory_mb
+        {
+            return invalid(format!(
+                "memory_mb: the maximum must be 1 to {MAX_WASI_MEMORY_MB} and the default at least 1 and at most the maximum"
+            ));
+        }
+        if self.max_timeout_ms == 0
+            || self.max_timeout_ms > MAX_TIMEOUT_MS
+            || self.default_timeout_ms == 0
+            || self.default_timeout_ms > self.max_timeout_ms
+        {
+            return invalid(format!(
+                "timeout_ms: the maximum must be 1 to {MAX_TIMEOUT_MS} and the default at least 1 and at most the maximum"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The limits a WASI job actually runs under on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveLimits {
+    pub fuel: u64,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
 }
 
 /// A native command run in its own process group on a host that allows it.
@@ -111,6 +248,9 @@ fn default_shell_attempts() -> u32 {
 fn default_openclaw_attempts() -> u32 {
     1
 }
+fn default_wasi_attempts() -> u32 {
+    DEFAULT_WASI_ATTEMPTS
+}
 fn default_agent() -> String {
     "main".to_string()
 }
@@ -130,13 +270,21 @@ impl JobSpec {
         match self {
             JobSpec::Shell(_) => "shell",
             JobSpec::OpenclawRun(_) => "openclaw-run",
+            JobSpec::Wasi(_) => "wasi",
         }
     }
 
-    pub fn timeout_ms(&self) -> u64 {
+    /// True for kinds that run as native processes on the host, which
+    /// sandbox-only hosts never take.
+    pub fn is_native(&self) -> bool {
+        !matches!(self, JobSpec::Wasi(_))
+    }
+
+    /// The artifact the job runs, for kinds that run one.
+    pub fn artifact(&self) -> Option<&Digest> {
         match self {
-            JobSpec::Shell(s) => s.timeout_ms,
-            JobSpec::OpenclawRun(s) => s.timeout_ms,
+            JobSpec::Wasi(w) => Some(&w.artifact),
+            JobSpec::Shell(_) | JobSpec::OpenclawRun(_) => None,
         }
     }
 
@@ -144,6 +292,7 @@ impl JobSpec {
         match self {
             JobSpec::Shell(s) => s.max_attempts,
             JobSpec::OpenclawRun(s) => s.max_attempts,
+            JobSpec::Wasi(s) => s.max_attempts,
         }
     }
 
@@ -152,6 +301,7 @@ impl JobSpec {
         let (own, extra) = match self {
             JobSpec::Shell(s) => (CAP_SHELL, &s.requirements.capabilities),
             JobSpec::OpenclawRun(s) => (CAP_OPENCLAW, &s.requirements.capabilities),
+            JobSpec::Wasi(s) => (CAP_WASI, &s.requirements.capabilities),
         };
         let mut caps = vec![own.to_string()];
         for cap in extra {
@@ -164,22 +314,18 @@ impl JobSpec {
 
     /// Checks every bound; the first violation is returned, naming its field.
     pub fn validate(&self) -> Result<(), InvalidSpec> {
-        validate_timeout(self.timeout_ms())?;
         validate_attempts(self.max_attempts())?;
         match self {
             JobSpec::Shell(s) => {
+                validate_timeout(s.timeout_ms)?;
                 validate_command(&s.command)?;
                 validate_args(&s.args)?;
                 validate_env(&s.env)?;
-                if s.stdin.len() > MAX_STDIN_BYTES {
-                    return invalid(format!(
-                        "stdin is {} bytes; the limit is {MAX_STDIN_BYTES}",
-                        s.stdin.len()
-                    ));
-                }
+                validate_stdin(&s.stdin)?;
                 validate_requirements(&s.requirements)
             }
             JobSpec::OpenclawRun(s) => {
+                validate_timeout(s.timeout_ms)?;
                 if s.message.trim().is_empty() {
                     return invalid("message must not be empty");
                 }
@@ -203,8 +349,42 @@ impl JobSpec {
                 }
                 validate_requirements(&s.requirements)
             }
+            JobSpec::Wasi(s) => {
+                validate_args(&s.args)?;
+                validate_env(&s.env)?;
+                validate_stdin(&s.stdin)?;
+                validate_wasi_limits(&s.limits)?;
+                validate_requirements(&s.requirements)
+            }
         }
     }
+}
+
+fn validate_stdin(stdin: &str) -> Result<(), InvalidSpec> {
+    if stdin.len() > MAX_STDIN_BYTES {
+        return invalid(format!(
+            "stdin is {} bytes; the limit is {MAX_STDIN_BYTES}",
+            stdin.len()
+        ));
+    }
+    Ok(())
+}
+
+fn validate_wasi_limits(limits: &WasiLimits) -> Result<(), InvalidSpec> {
+    if limits.fuel == Some(0) {
+        return invalid("limits.fuel must be at least 1");
+    }
+    if let Some(m) = limits.memory_mb
+        && (m == 0 || m > MAX_WASI_MEMORY_MB)
+    {
+        return invalid(format!(
+            "limits.memory_mb must be between 1 and {MAX_WASI_MEMORY_MB}, not {m}"
+        ));
+    }
+    if let Some(t) = limits.timeout_ms {
+        validate_timeout(t).map_err(|e| InvalidSpec(format!("limits.{}", e.0)))?;
+    }
+    Ok(())
 }
 
 fn validate_timeout(timeout_ms: u64) -> Result<(), InvalidSpec> {
@@ -395,6 +575,27 @@ pub struct JobResult {
     /// stdout parsed as JSON, for kinds whose output is JSON (openclaw-run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// Fuel a WASI job burned, also when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_consumed: Option<u64>,
+    /// Where a WASI job's machine code came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeSource>,
+    /// The limits a WASI job ran under on its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<EffectiveLimits>,
+}
+
+/// Where the machine code of a WASI job came from on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeSource {
+    /// Compiled from the artifact for this job.
+    Compiled,
+    /// Loaded from the host's on-disk cache of compiled code.
+    DiskCache,
+    /// Already loaded by an earlier job on the same host.
+    Memory,
 }
 
 impl JobResult {
@@ -478,6 +679,50 @@ mod tests {
         s.args = vec![String::new(); MAX_ARGS + 1];
         let err = JobSpec::Shell(s).validate().unwrap_err();
         assert!(err.0.contains("too many args"), "{err}");
+    }
+
+    #[test]
+    fn wasi_spec_parses_and_checks_limits() {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let spec: JobSpec = serde_json::from_str(&format!(
+            r#"{{"kind":"wasi","artifact":"{digest}","args":["a"],"limits":{{"fuel":10}}}}"#
+        ))
+        .unwrap();
+        spec.validate().unwrap();
+        assert!(!spec.is_native());
+        assert_eq!(spec.required_capabilities(), vec![CAP_WASI.to_string()]);
+        assert_eq!(spec.artifact().unwrap().as_str(), digest);
+        let bad: JobSpec = serde_json::from_str(&format!(
+            r#"{{"kind":"wasi","artifact":"{digest}","limits":{{"memory_mb":0}}}}"#
+        ))
+        .unwrap();
+        assert!(bad.validate().unwrap_err().0.contains("memory_mb"));
+        let err = serde_json::from_str::<JobSpec>(r#"{"kind":"wasi","artifact":"sha256:zz"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("digest"), "{err}");
+    }
+
+    #[test]
+    fn host_caps_default_and_cap_limits() {
+        let caps = WasiCaps {
+            default_fuel: 100,
+            default_memory_mb: 16,
+            default_timeout_ms: 1000,
+            max_fuel: 1000,
+            max_memory_mb: 64,
+            max_timeout_ms: 5000,
+        };
+        caps.validate().unwrap();
+        let asked = WasiLimits {
+            fuel: Some(5000),
+            memory_mb: None,
+            timeout_ms: Some(10),
+        };
+        assert!(!asked.within(&caps));
+        assert!(asked.excess(&caps).unwrap().contains("fuel 5000"));
+        let got = caps.apply(&asked);
+        assert_eq!((got.fuel, got.memory_mb, got.timeout_ms), (1000, 16, 10));
     }
 
     #[test]

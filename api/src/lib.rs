@@ -6,6 +6,7 @@
 //! share; nothing else in it does IO except [`client`].
 
 pub mod apikeys;
+pub mod artifacts;
 pub mod client;
 pub mod error;
 pub mod headers;

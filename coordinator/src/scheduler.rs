@@ -38,7 +38,7 @@ fn runnable_on(job: &Job, host: &RegisterHost, live_hosts: &[RegisterHost]) -> b
                     .iter()
                     .any(|h| h.host_id != host.host_id && allows(h, &shell.command))
         }
-        JobSpec::OpenclawRun(_) => true,
+        JobSpec::OpenclawRun(_) | JobSpec::Wasi(_) => true,
     }
 }
 
@@ -60,6 +60,8 @@ mod tests {
             allowed_commands: allowed.iter().map(|s| s.to_string()).collect(),
             openclaw_version: None,
             version: "test".into(),
+            sandbox_only: false,
+            wasi: None,
         }
     }
 

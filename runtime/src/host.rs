@@ -93,6 +93,8 @@ pub async fn run(
             allowed_commands: config.allowed_commands.clone(),
             openclaw_version: runner.openclaw_version.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            sandbox_only: false,
+            wasi: None,
         };
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -225,6 +227,7 @@ impl Host {
             }
             let beat = Heartbeat {
                 running: self.leases.held(),
+                artifacts: Vec::new(),
             };
             match self.client.heartbeat(&self.host_id, &beat).await {
                 Ok(ack) => {

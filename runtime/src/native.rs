@@ -127,6 +127,10 @@ impl Runner {
         match spec {
             JobSpec::Shell(shell) => self.run_shell(job_id, shell, stop).await,
             JobSpec::OpenclawRun(openclaw) => self.run_openclaw(job_id, openclaw, stop).await,
+            JobSpec::Wasi(_) => Run::refused(format!(
+                "host {} does not run WASI jobs yet",
+                self.host_name
+            )),
         }
     }
 
@@ -308,7 +312,7 @@ impl Runner {
                 stderr_dropped_bytes: stderr.dropped,
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 error,
-                output: None,
+                ..JobResult::default()
             },
             stopped,
         }

@@ -449,6 +449,13 @@ fn summary(spec: &JobSpec) -> String {
         JobSpec::OpenclawRun(openclaw) => {
             format!("{:?}", output::ellipsize(&openclaw.message, SUMMARY_WIDTH))
         }
+        JobSpec::Wasi(wasi) => {
+            let line = std::iter::once(&wasi.artifact.as_str()[..19])
+                .chain(wasi.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ");
+            output::ellipsize(&line, SUMMARY_WIDTH)
+        }
     }
 }
 

@@ -292,6 +292,9 @@ pub async fn list(
                 allowed_commands: r.allowed_commands,
                 openclaw_version: r.openclaw_version,
                 version: r.version,
+                sandbox_only: r.sandbox_only,
+                wasi: r.wasi,
+                artifacts: Vec::new(),
             }
         })
         .collect();

@@ -511,6 +511,8 @@ mod tests {
                 allowed_commands: vec!["echo".into()],
                 openclaw_version: None,
                 version: "test".into(),
+                sandbox_only: false,
+                wasi: None,
             },
             now: 1,
         }
