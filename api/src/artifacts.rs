@@ -103,6 +103,13 @@ const WASM_COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
 const TAR_MAGIC_OFFSET: usize = 257;
 
 impl ArtifactKind {
+    pub const ALL: [ArtifactKind; 4] = [
+        ArtifactKind::WasmComponent,
+        ArtifactKind::WasmModule,
+        ArtifactKind::Bundle,
+        ArtifactKind::Blob,
+    ];
+
     /// Classifies a blob by its first bytes (at least [`KIND_SNIFF_BYTES`] of
     /// them when the blob is that long).
     pub fn detect(head: &[u8]) -> ArtifactKind {
@@ -135,6 +142,16 @@ impl ArtifactKind {
     /// True for the kinds a WASI job can run.
     pub fn is_wasm(self) -> bool {
         matches!(self, ArtifactKind::WasmComponent | ArtifactKind::WasmModule)
+    }
+}
+
+impl std::str::FromStr for ArtifactKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ArtifactKind, String> {
+        ArtifactKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| format!("unknown artifact kind {s:?}"))
     }
 }
 
@@ -198,5 +215,13 @@ mod tests {
         assert_eq!(ArtifactKind::detect(&tar), ArtifactKind::Bundle);
         assert_eq!(ArtifactKind::detect(b"hello"), ArtifactKind::Blob);
         assert_eq!(ArtifactKind::detect(b"\0asm\x02\0\0\0"), ArtifactKind::Blob);
+    }
+
+    #[test]
+    fn kinds_parse_from_their_names() {
+        for kind in ArtifactKind::ALL {
+            assert_eq!(kind.as_str().parse::<ArtifactKind>(), Ok(kind));
+        }
+        assert!("wasm".parse::<ArtifactKind>().is_err());
     }
 }

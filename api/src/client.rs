@@ -3,17 +3,25 @@
 //!
 //! Mutating requests always carry an idempotency key (the caller's, or one made
 //! per call), so trying the same request on another coordinator after a lost
-//! response can never apply it twice.
+//! response can never apply it twice. Artifacts travel as streams: files are
+//! never read into memory whole, in either direction.
 
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
 
 use crate::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey};
+use crate::artifacts::{ArtifactInfo, ArtifactList, Digest};
 use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::headers;
 use crate::hosts::{
@@ -30,6 +38,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slack added to a long-poll's own wait before the client gives up on it.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(5);
+/// How long one artifact upload or download may take: the largest blob a
+/// coordinator accepts by default (256 MiB) at about 150 KiB/s.
+pub const ARTIFACT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Bytes read per step when hashing a file: large enough to keep the disk busy,
+/// small enough to never matter for memory.
+const HASH_CHUNK_BYTES: usize = 256 * 1024;
 
 /// What the client presents to coordinators.
 #[derive(Clone, Default)]
@@ -77,6 +91,12 @@ pub enum ClientError {
     /// The client was given no coordinator URLs or an unusable one.
     #[error("invalid coordinator url: {0}")]
     BadUrl(String),
+    /// A local file to send or to write an answer into could not be used.
+    #[error("{}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -121,9 +141,26 @@ struct Call<'a> {
     method: Method,
     path: String,
     query: Vec<(&'static str, String)>,
-    body: Option<Vec<u8>>,
+    body: Payload,
     idempotency_key: Option<&'a str>,
     timeout: Duration,
+}
+
+/// What a call sends.
+enum Payload {
+    None,
+    Json(Vec<u8>),
+    /// A file streamed from disk, opened anew for every attempt so that each
+    /// coordinator tried receives it from the start.
+    File(PathBuf),
+}
+
+/// What became of sending a call to one coordinator.
+enum Attempt<T> {
+    /// The coordinator answered (with success or an error): no other is tried.
+    Answered(Result<T, ClientError>),
+    /// It could not serve the call; the next coordinator is tried.
+    Failed(String),
 }
 
 impl Client {
@@ -330,13 +367,91 @@ impl Client {
         self.call(call).await
     }
 
-    /// Sends the call to each coordinator in turn, starting with the one that
-    /// answered last, until one gives an answer that is not "unavailable".
+    /// Hashes the file, then uploads it (`PUT /v1/artifacts/{digest}`). Returns
+    /// what the coordinator stored and whether this upload stored it first.
+    pub async fn put_artifact(&self, path: &Path) -> Result<(ArtifactInfo, bool), ClientError> {
+        let (digest, _) = digest_file(path).await?;
+        self.upload_artifact(path, &digest).await
+    }
+
+    /// Uploads a file already hashed to `digest`; the coordinator refuses it if
+    /// the bytes it receives hash to anything else.
+    pub async fn upload_artifact(
+        &self,
+        path: &Path,
+        digest: &Digest,
+    ) -> Result<(ArtifactInfo, bool), ClientError> {
+        let mut call = Call::get(&artifact_path(digest));
+        call.method = Method::PUT;
+        call.body = Payload::File(path.to_path_buf());
+        call.timeout = ARTIFACT_TRANSFER_TIMEOUT;
+        self.failover(&call, |url, response| async move {
+            let created = response.status() == StatusCode::CREATED;
+            Attempt::Answered(decode(&url, response).await.map(|info| (info, created)))
+        })
+        .await
+    }
+
+    /// `HEAD /v1/artifacts/{digest}`: the artifact's size, or `None` when the
+    /// cluster does not know it.
+    pub async fn head_artifact(&self, digest: &Digest) -> Result<Option<u64>, ClientError> {
+        let mut call = Call::get(&artifact_path(digest));
+        call.method = Method::HEAD;
+        self.failover(&call, |url, response| async move {
+            Attempt::Answered(head_answer(&url, &response))
+        })
+        .await
+    }
+
+    /// `GET /v1/artifacts/{digest}`, streamed into `dest` (created or
+    /// truncated). Returns the digest of the bytes actually received and their
+    /// count; comparing it with `digest` is the caller's decision. A download
+    /// that breaks off is tried again from the start on the next coordinator.
+    pub async fn download_artifact(
+        &self,
+        digest: &Digest,
+        dest: &Path,
+    ) -> Result<(Digest, u64), ClientError> {
+        let mut call = Call::get(&artifact_path(digest));
+        call.timeout = ARTIFACT_TRANSFER_TIMEOUT;
+        self.failover(&call, |url, response| async move {
+            if !response.status().is_success() {
+                return Attempt::Answered(Err(error_of(&url, response).await));
+            }
+            save_body(response, dest).await
+        })
+        .await
+    }
+
+    /// `GET /v1/artifacts`: every artifact the cluster stores, oldest first.
+    pub async fn list_artifacts(&self) -> Result<ArtifactList, ClientError> {
+        self.call(Call::get("/v1/artifacts")).await
+    }
+
+    /// Sends the call and decodes the JSON answer.
     async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, ClientError> {
+        self.failover(&call, |url, response| async move {
+            Attempt::Answered(decode(&url, response).await)
+        })
+        .await
+    }
+
+    /// Sends the call to each coordinator in turn, starting with the one that
+    /// answered last, until one gives an answer that is not "unavailable";
+    /// `finish` turns that answer into the result, or sends the call on to
+    /// the next coordinator.
+    async fn failover<T, Fut>(
+        &self,
+        call: &Call<'_>,
+        mut finish: impl FnMut(String, reqwest::Response) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = Attempt<T>>,
+    {
         let made_key;
         let idempotency_key = match call.idempotency_key {
             Some(k) => Some(k),
-            None if call.method != Method::GET => {
+            None if call.method != Method::GET && call.method != Method::HEAD => {
                 made_key = uuid::Uuid::now_v7().simple().to_string();
                 Some(made_key.as_str())
             }
@@ -349,7 +464,7 @@ impl Client {
         for offset in 0..urls.len() {
             let index = (start + offset) % urls.len();
             let url = format!("{}{}", urls[index], call.path);
-            match self.send_once(&url, &call, idempotency_key).await {
+            match self.send_once(&url, call, idempotency_key).await? {
                 Ok(response) => {
                     let status = response.status();
                     if is_unavailable(status) {
@@ -358,8 +473,13 @@ impl Client {
                         attempts.push(format!("{url}: HTTP {status}: {detail}"));
                         continue;
                     }
-                    self.inner.preferred.store(index, Ordering::Relaxed);
-                    return decode(&url, response).await;
+                    match finish(url.clone(), response).await {
+                        Attempt::Answered(result) => {
+                            self.inner.preferred.store(index, Ordering::Relaxed);
+                            return result;
+                        }
+                        Attempt::Failed(detail) => attempts.push(format!("{url}: {detail}")),
+                    }
                 }
                 Err(e) => {
                     attempts.push(format!("{url}: {}", describe_transport(&e)));
@@ -372,12 +492,14 @@ impl Client {
         })
     }
 
+    /// Sends the call to one coordinator. The outer error is local (a file to
+    /// send cannot be opened), the inner one the transport's.
     async fn send_once(
         &self,
         url: &str,
         call: &Call<'_>,
         idempotency_key: Option<&str>,
-    ) -> Result<reqwest::Response, reqwest::Error> {
+    ) -> Result<Result<reqwest::Response, reqwest::Error>, ClientError> {
         let mut req = self
             .inner
             .http
@@ -394,13 +516,142 @@ impl Client {
         if let Some(key) = idempotency_key {
             req = req.header(headers::IDEMPOTENCY_KEY, key);
         }
-        if let Some(body) = &call.body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-        }
-        req.send().await
+        req = match &call.body {
+            Payload::None => req,
+            Payload::Json(body) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone()),
+            Payload::File(path) => {
+                let (file, len) = open_with_len(path).await?;
+                req.header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, len)
+                    .body(reqwest::Body::wrap_stream(ReaderStream::new(file)))
+            }
+        };
+        Ok(req.send().await)
     }
+}
+
+/// The sha256 digest and size of a file, read in chunks on a blocking thread.
+pub async fn digest_file(path: &Path) -> Result<(Digest, u64), ClientError> {
+    let owned = path.to_path_buf();
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+        let mut file = std::fs::File::open(&owned)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; HASH_CHUNK_BYTES];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok((Digest::from_sha256(&hasher.finalize().into()), size));
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|hashed| hashed);
+    hashed.map_err(|source| ClientError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Opens a file to send and tells its length, for `content-length`.
+async fn open_with_len(path: &Path) -> Result<(tokio::fs::File, u64), ClientError> {
+    let file_error = |source| ClientError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(file_error)?;
+    let len = file.metadata().await.map_err(file_error)?.len();
+    Ok((file, len))
+}
+
+fn artifact_path(digest: &Digest) -> String {
+    // A digest is `sha256:` and hex: safe in a path as it is.
+    format!("/v1/artifacts/{digest}")
+}
+
+/// A HEAD answer: the size on success, `None` when the artifact is unknown.
+/// HEAD answers carry no body, so errors are told from the status alone.
+fn head_answer(url: &str, response: &reqwest::Response) -> Result<Option<u64>, ClientError> {
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(ClientError::Api {
+            status: status.as_u16(),
+            code: code_of_status(status),
+            message: format!("HEAD {url} answered HTTP {status}"),
+        });
+    }
+    // Read from the header: the body of a HEAD answer is empty, whatever its length.
+    response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ClientError::Decode {
+            url: url.to_string(),
+            detail: "no content-length in the answer".into(),
+        })
+}
+
+/// The error code that goes with a status, for answers without an envelope.
+fn code_of_status(status: StatusCode) -> ErrorCode {
+    match status {
+        StatusCode::BAD_REQUEST => ErrorCode::BadRequest,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::CONFLICT => ErrorCode::Conflict,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ErrorCode::Timeout,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// Streams a successful answer's body into `dest`, hashing it on the way. A
+/// local file error ends the call; a broken transfer tries the next coordinator.
+async fn save_body(mut response: reqwest::Response, dest: &Path) -> Attempt<(Digest, u64)> {
+    let file_error = |source| {
+        Attempt::Answered(Err(ClientError::File {
+            path: dest.to_path_buf(),
+            source,
+        }))
+    };
+    let mut file = match tokio::fs::File::create(dest).await {
+        Ok(file) => file,
+        Err(e) => return file_error(e),
+    };
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                if let Err(e) = file.write_all(&chunk).await {
+                    return file_error(e);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Attempt::Failed(format!(
+                    "the download broke off: {}",
+                    describe_transport(&e)
+                ));
+            }
+        }
+    }
+    if let Err(e) = file.flush().await {
+        return file_error(e);
+    }
+    Attempt::Answered(Ok((Digest::from_sha256(&hasher.finalize().into()), size)))
 }
 
 impl<'a> Call<'a> {
@@ -409,7 +660,7 @@ impl<'a> Call<'a> {
             method: Method::GET,
             path: path.to_string(),
             query: Vec::new(),
-            body: None,
+            body: Payload::None,
             idempotency_key: None,
             timeout: REQUEST_TIMEOUT,
         }
@@ -421,7 +672,7 @@ impl<'a> Call<'a> {
             path: path.to_string(),
             query: Vec::new(),
             // Serialising our own wire types cannot fail.
-            body: Some(serde_json::to_vec(body).expect("wire types serialise")),
+            body: Payload::Json(serde_json::to_vec(body).expect("wire types serialise")),
             idempotency_key,
             timeout: REQUEST_TIMEOUT,
         }
@@ -470,30 +721,44 @@ async fn decode<T: DeserializeOwned>(
     url: &str,
     response: reqwest::Response,
 ) -> Result<T, ClientError> {
-    let status = response.status();
+    if !response.status().is_success() {
+        return Err(error_of(url, response).await);
+    }
     let bytes = response.bytes().await.map_err(|e| ClientError::Decode {
         url: url.to_string(),
         detail: e.to_string(),
     })?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url: url.to_string(),
-            detail: e.to_string(),
-        });
-    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+        url: url.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// The error an unsuccessful answer carries in its envelope.
+async fn error_of(url: &str, response: reqwest::Response) -> ClientError {
+    let status = response.status();
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ClientError::Decode {
+                url: url.to_string(),
+                detail: e.to_string(),
+            };
+        }
+    };
     match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
-        Ok(env) => Err(ClientError::Api {
+        Ok(env) => ClientError::Api {
             status: status.as_u16(),
             code: env.error.code,
             message: env.error.message,
-        }),
-        Err(_) => Err(ClientError::Decode {
+        },
+        Err(_) => ClientError::Decode {
             url: url.to_string(),
             detail: format!(
                 "HTTP {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
             ),
-        }),
+        },
     }
 }
 

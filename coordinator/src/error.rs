@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use skyclaw_api::{ErrorCode, ErrorEnvelope};
 
+use crate::artifacts::BlobError;
 use crate::state::CommandError;
 use crate::store::StoreError;
 
@@ -77,6 +78,21 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store fault");
         ApiError::Internal(format!("storage fault: {e}"))
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> ApiError {
+        match e {
+            BlobError::Mismatch { .. } | BlobError::Transfer(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            BlobError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            BlobError::Io(_) => {
+                tracing::error!(error = %e, "blob store fault");
+                ApiError::Internal(e.to_string())
+            }
+        }
     }
 }
 

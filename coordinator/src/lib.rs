@@ -1,9 +1,11 @@
-//! The Skyclaw coordinator: tracks hosts, jobs and API keys, hands jobs to hosts
-//! under leases, and serves the HTTP API. State changes are typed commands
-//! applied by one deterministic function to SQLite (see [`state`]).
+//! The Skyclaw coordinator: tracks hosts, jobs, artifacts and API keys, hands
+//! jobs to hosts under leases, stores artifact blobs, and serves the HTTP API.
+//! State changes are typed commands applied by one deterministic function to
+//! SQLite (see [`state`]).
 
 #![forbid(unsafe_code)]
 
+mod artifacts;
 mod cluster;
 mod error;
 mod http;
@@ -30,6 +32,9 @@ pub const DEFAULT_HOST_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
 /// Largest request body: a job spec with its stdin fits with room to spare.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest artifact accepted: a big WASI component or a bundled service fits;
+/// a runaway upload cannot fill the coordinators' disks.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 256 * 1024 * 1024;
 /// The state machine's database file inside the data directory.
 pub const DB_FILE: &str = "coordinator.db";
 /// Voters a cluster grows to by default; further coordinators stay learners.
@@ -53,6 +58,8 @@ pub struct Config {
     pub host_ttl: Duration,
     pub lease_duration: Duration,
     pub max_body_bytes: usize,
+    /// Largest artifact blob an upload may store.
+    pub max_artifact_bytes: u64,
     /// This coordinator's id in the cluster; chosen at random and kept in the
     /// data directory when not given.
     pub node_id: Option<u64>,
@@ -77,6 +84,7 @@ impl Config {
             host_ttl: DEFAULT_HOST_TTL,
             lease_duration: DEFAULT_LEASE_DURATION,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             node_id: None,
             advertise_url: None,
             bootstrap: Vec::new(),
@@ -123,13 +131,14 @@ pub async fn run(
         None => format!("http://{local}"),
     };
     let store = Arc::new(Store::open(&config.data_dir.join(DB_FILE))?);
+    let blobs = artifacts::BlobStore::open(&config.data_dir).map_err(data_dir_error)?;
     let http = reqwest::Client::builder()
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .build()
         .map_err(|e| CoordinatorError::Config(format!("http client: {e}")))?;
     let cluster =
         cluster::Cluster::start(&config, store.clone(), url.clone(), http.clone()).await?;
-    let node = Arc::new(node::Node::new(config.clone(), store, cluster, http));
+    let node = Arc::new(node::Node::new(config.clone(), store, blobs, cluster, http));
     write_url_file(&config.data_dir, &format!("http://{local}")).map_err(data_dir_error)?;
     tracing::info!(%url, node_id = node.cluster.id, data_dir = %config.data_dir.display(), "coordinator listening");
 

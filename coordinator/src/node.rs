@@ -1,6 +1,6 @@
-//! A running coordinator's shared state: the store, its place in the cluster,
-//! host liveness (kept by the leader), scheduling reservations and the
-//! shutdown signal, with the operations handlers share.
+//! A running coordinator's shared state: the store, the blob store, its place
+//! in the cluster, host liveness (kept by the leader), scheduling reservations
+//! and the shutdown signal, with the operations handlers share.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use skyclaw_api::hosts::HostStatus;
 use tokio::sync::watch;
 
 use crate::Config;
+use crate::artifacts::BlobStore;
 use crate::cluster::Cluster;
 use crate::cluster::types::Response;
 use crate::error::ApiError;
@@ -21,12 +22,14 @@ use crate::store::{Store, StoreError};
 pub struct Node {
     pub config: Config,
     pub store: Arc<Store>,
+    /// Artifact bytes held by this coordinator.
+    pub blobs: BlobStore,
     pub cluster: Cluster,
     /// Host liveness: meaningful on the leader, which alone receives heartbeats.
     pub liveness: Liveness,
     /// sha256 of the cluster token; compared in constant time.
     pub token_hash: [u8; 32],
-    /// For forwarding writes to the leader.
+    /// For forwarding writes to the leader and fetching blobs from peers.
     pub http: reqwest::Client,
     /// Jobs picked for a lease that is being proposed, so two concurrent
     /// claims do not pick the same jobs.
@@ -35,12 +38,19 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, store: Arc<Store>, cluster: Cluster, http: reqwest::Client) -> Node {
+    pub fn new(
+        config: Config,
+        store: Arc<Store>,
+        blobs: BlobStore,
+        cluster: Cluster,
+        http: reqwest::Client,
+    ) -> Node {
         Node {
             token_hash: crate::http::auth::sha256(config.token.as_bytes()),
             liveness: Liveness::new(config.host_ttl),
             config,
             store,
+            blobs,
             cluster,
             http,
             reserved: Mutex::new(HashSet::new()),

@@ -26,7 +26,8 @@ enum ApikeyCommand {
         #[arg(long, env = "SKYCLAW_APIKEY_NAME")]
         name: String,
         /// What the key may do (repeatable, or comma-separated): jobs:submit
-        /// (submit and cancel its jobs), jobs:read (read and wait on its jobs).
+        /// (submit and cancel its jobs), jobs:read (read and wait on its jobs),
+        /// artifacts:push (upload, check, download and list artifacts).
         #[arg(
             long = "scope",
             env = "SKYCLAW_APIKEY_SCOPES",

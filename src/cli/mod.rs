@@ -2,6 +2,7 @@
 //! per command group.
 
 mod apikey;
+mod artifact;
 mod devtoken;
 mod hosts;
 mod job;
@@ -69,6 +70,9 @@ enum Command {
     Hosts(hosts::HostsArgs),
     /// Create, list and revoke scoped API keys (needs the cluster token).
     Apikey(apikey::ApikeyArgs),
+    /// Upload and list artifacts (WASI binaries, bundles), named by their
+    /// sha256 digest (needs the cluster token or a key with artifacts:push).
+    Artifact(artifact::ArtifactArgs),
     /// List the coordinators of the cluster, or remove one (needs the cluster
     /// token).
     Network(network::NetworkArgs),
@@ -214,6 +218,7 @@ async fn dispatch(command: Command, json: bool) -> Result<ExitCode> {
         Command::Job(args) => job::run(args, json).await,
         Command::Hosts(args) => hosts::run(args, json).await,
         Command::Apikey(args) => apikey::run(args, json).await,
+        Command::Artifact(args) => artifact::run(args, json).await,
         Command::Network(args) => network::run(args, json).await,
     }
 }

@@ -217,7 +217,8 @@ impl Cluster {
             .map(|n| n.addr.clone())
     }
 
-    fn member_urls(&self) -> Vec<String> {
+    /// The URLs of the other coordinators in the cluster.
+    pub fn member_urls(&self) -> Vec<String> {
         self.metrics()
             .membership_config
             .nodes()

@@ -1,7 +1,9 @@
 //! Forwarding to the leader: writes, and the views only the leader has (the
 //! peers table with progress, host liveness), are served by the leader.
 //! Another coordinator passes such a request on and returns the answer as it
-//! came, so callers never need to know who leads.
+//! came, so callers never need to know who leads. Artifact uploads are the
+//! exception: their bodies stay on the coordinator that receives them, which
+//! sends the leader only the record (see `http::artifacts`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +13,17 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use skyclaw_api::headers;
 
 use crate::cluster::LEADER_WAIT;
 use crate::error::ApiError;
 use crate::node::Node;
 
-/// Marks a forwarded request, so it is never forwarded twice.
-const FORWARDED: &str = "x-skyclaw-forwarded-by";
+/// Marks a request one coordinator sends another, so it is never passed on
+/// again: not forwarded twice, and a blob asked of a peer is not fetched from
+/// further peers.
+pub const FORWARDED: &str = "x-skyclaw-forwarded-by";
 /// How long a forwarded request may take: longer than any long-poll.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(100);
 /// The request headers that travel to the leader.
@@ -42,31 +47,69 @@ pub async fn to_leader(State(node): State<Arc<Node>>, req: Request, next: Next) 
         )
         .into_response();
     }
-    let Some((leader, url)) = node.cluster.wait_for_leader(LEADER_WAIT).await else {
-        if req.method() == Method::GET {
-            return next.run(req).await; // a read: this node's own view beats none
-        }
-        return ApiError::NoQuorum(format!(
-            "no leader elected within {} s: a majority of coordinators is unreachable",
-            LEADER_WAIT.as_secs()
-        ))
-        .into_response();
-    };
-    if leader == node.cluster.id {
-        return next.run(req).await;
-    }
-    match forward(&node, &url, req).await {
-        Ok(response) => response,
+    match leader_elsewhere(&node).await {
+        Ok(None) => next.run(req).await,
+        Ok(Some(url)) => match forward(&node, &url, req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
+        // A read: this node's own view beats none.
+        Err(_) if is_read(req.method()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
+/// Where writes go from here: `None` when this node leads, else the leader's
+/// URL. Waits up to [`LEADER_WAIT`] for one to be elected.
+pub async fn leader_elsewhere(node: &Node) -> Result<Option<String>, ApiError> {
+    if node.cluster.is_leader() {
+        return Ok(None);
+    }
+    let Some((leader, url)) = node.cluster.wait_for_leader(LEADER_WAIT).await else {
+        return Err(ApiError::NoQuorum(format!(
+            "no leader elected within {} s: a majority of coordinators is unreachable",
+            LEADER_WAIT.as_secs()
+        )));
+    };
+    Ok((leader != node.cluster.id).then_some(url))
+}
+
+/// Sends the leader a JSON request this node makes itself, with the cluster
+/// token, the way a caller's request is forwarded, and returns the answer as
+/// it came.
+pub async fn post_json(
+    node: &Node,
+    leader_url: &str,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(body).expect("requests serialise");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(headers::TOKEN, &node.config.token)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .map_err(|e| ApiError::Internal(format!("cannot build a request to the leader: {e}")))?;
+    forward(node, leader_url, req).await
+}
+
 /// Writes go to the leader, and so do the reads only the leader can answer.
 fn needs_leader(method: &Method, path: &str) -> bool {
-    if path.starts_with("/raft/") {
+    if path.starts_with("/raft/") || is_artifact_upload(method, path) {
         return false;
     }
-    *method != Method::GET || path == "/v1/network/peers" || path == "/v1/hosts"
+    !is_read(method) || path == "/v1/network/peers" || path == "/v1/hosts"
+}
+
+fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
+/// `PUT /v1/artifacts/{digest}`: stored where it arrives, never buffered to be
+/// forwarded.
+fn is_artifact_upload(method: &Method, path: &str) -> bool {
+    *method == Method::PUT && path.starts_with("/v1/artifacts/")
 }
 
 async fn forward(node: &Node, leader_url: &str, req: Request) -> Result<Response, ApiError> {

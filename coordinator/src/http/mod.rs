@@ -1,7 +1,10 @@
 //! The coordinator's HTTP API: routes, and the layers every route shares
 //! (forwarding to the leader, body limits, timeout, tracing, JSON 404/405).
+//! Artifact transfers have limits of their own instead of the body limit and
+//! the request timeout.
 
 mod apikeys;
+mod artifacts;
 pub mod auth;
 mod extract;
 mod forward;
@@ -18,16 +21,21 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tower::ServiceBuilder;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::error::ApiError;
 use crate::node::Node;
 
-/// Longest any request may take. Long-polls cap their own waits well below it.
+/// Longest any request may take, artifact transfers aside. Long-polls cap
+/// their own waits well below it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest an artifact upload may go without sending more of its body: a big
+/// upload takes as long as it keeps moving, a stalled one is dropped.
+const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest Raft RPC body: a batch of log entries or one snapshot chunk (JSON
 /// spells snapshot bytes as numbers, several characters a byte).
 const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
@@ -55,19 +63,34 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/v1/network/peers", get(network::peers))
         .route("/v1/network/peers/{id}", delete(network::remove))
         .route("/v1/network/join", post(network::join))
+        .route(
+            artifacts::ARTIFACTS_PATH,
+            get(artifacts::list).post(artifacts::record),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes));
+    // Blobs stream through these without a body limit (uploads enforce the
+    // artifact size limit themselves) and without the request timeout.
+    let transfers = Router::new()
+        .route(
+            "/v1/artifacts/{digest}",
+            put(artifacts::upload)
+                .get(artifacts::download)
+                .head(artifacts::head),
+        )
+        .layer(RequestBodyTimeoutLayer::new(UPLOAD_IDLE_TIMEOUT));
     api.merge(raft)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(request_timed_out))
+                .timeout(REQUEST_TIMEOUT),
+        )
+        .merge(transfers)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             node.clone(),
             forward::to_leader,
         ))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(request_timed_out))
-                .timeout(REQUEST_TIMEOUT),
-        )
         // 5xx answers (no quorum, a leader change) are expected during
         // failover; they are the caller's to report, not an error here.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))

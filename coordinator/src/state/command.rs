@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use skyclaw_api::Millis;
 use skyclaw_api::apikeys::{ApiKey, Scope};
+use skyclaw_api::artifacts::{ArtifactInfo, ArtifactKind, Digest};
 use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec};
 
@@ -90,6 +91,14 @@ pub enum Command {
     PruneIdempotency {
         before: Millis,
     },
+    /// Records an artifact whose blob a coordinator stored and verified; an
+    /// artifact already recorded is left as it is.
+    AddArtifact {
+        digest: Digest,
+        size: u64,
+        kind: ArtifactKind,
+        now: Millis,
+    },
 }
 
 /// Binds a command to the idempotency key it was sent with.
@@ -135,6 +144,11 @@ pub enum Output {
     Stop(Vec<String>),
     ApiKey(ApiKey),
     Count(u64),
+    /// The artifact as recorded, and whether this command recorded it.
+    Artifact {
+        info: ArtifactInfo,
+        created: bool,
+    },
 }
 
 /// Why a command changed nothing. These are answers, not faults: they are

@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use skyclaw_api::apikeys::{ApiKey, Scope};
+use skyclaw_api::artifacts::{ArtifactInfo, Digest};
 use skyclaw_api::hosts::{HostStatus, RegisterHost};
 use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
 
@@ -204,6 +205,36 @@ pub fn api_keys(conn: &Connection) -> rusqlite::Result<Vec<ApiKey>> {
         "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
     ))?;
     let rows = stmt.query_map([], key_row)?;
+    rows.collect()
+}
+
+const ARTIFACT_COLUMNS: &str = "digest, size, kind, created_at";
+
+fn artifact_row(row: &Row<'_>) -> rusqlite::Result<ArtifactInfo> {
+    let digest: String = row.get(0)?;
+    let kind: String = row.get(2)?;
+    Ok(ArtifactInfo {
+        digest: digest.parse().map_err(|e: String| corrupt(0, e))?,
+        size: row.get(1)?,
+        kind: kind.parse().map_err(|e: String| corrupt(2, e))?,
+        created_at: row.get(3)?,
+    })
+}
+
+pub fn artifact(conn: &Connection, digest: &Digest) -> rusqlite::Result<Option<ArtifactInfo>> {
+    conn.prepare_cached(&format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE digest = ?1"
+    ))?
+    .query_row([digest.as_str()], artifact_row)
+    .optional()
+}
+
+/// Every artifact, in the order they were recorded.
+pub fn artifacts(conn: &Connection) -> rusqlite::Result<Vec<ArtifactInfo>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts ORDER BY seq"
+    ))?;
+    let rows = stmt.query_map([], artifact_row)?;
     rows.collect()
 }
 

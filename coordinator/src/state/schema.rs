@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 /// The schema version this build writes. A database with a newer version was
 /// written by a newer skyclaw and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const V1: &str = "
 CREATE TABLE meta (
@@ -70,6 +70,18 @@ CREATE TABLE raft_state (
 ) STRICT;
 ";
 
+/// Version 3: artifacts (their metadata; blobs live in files by digest), in
+/// the order they were recorded.
+const V3: &str = "
+CREATE TABLE artifacts (
+    seq        INTEGER PRIMARY KEY,
+    digest     TEXT NOT NULL UNIQUE,
+    size       INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+";
+
 /// Errors opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -96,6 +108,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     }
     if found < 2 {
         tx.execute_batch(V2)?;
+    }
+    if found < 3 {
+        tx.execute_batch(V3)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
