@@ -28,4 +28,7 @@ pub enum HostError {
     /// cannot fix (such as a wrong token).
     #[error("registration refused: {0}")]
     Register(ClientError),
+    /// The WASI engine cannot be built with this configuration.
+    #[error("cannot start the WASI engine: {0}")]
+    Wasi(String),
 }

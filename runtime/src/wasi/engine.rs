@@ -1,0 +1,376 @@
+//! The engine: one wasmtime engine with a pooling allocator sized for the
+//! host's parallel jobs, an admission limit in front of the pool, an epoch
+//! ticker for wall-clock limits, and the caches of compiled programs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use skyclaw_api::artifacts::Digest;
+use skyclaw_api::jobs::{CodeSource, EffectiveLimits, JobResult, WasiSpec};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmBacktraceDetails,
+};
+
+use super::code::{DiskCache, Loaded};
+use super::program::{Code, Linkers, LoadError, Program, WasmKind};
+use super::sandbox::{self, Job, Outcome};
+use super::{MIB, WasiSettings};
+use crate::HostError;
+use crate::native::{Run, StopReason, StopSignal};
+
+/// How often the epoch advances. Deadlines and stop signals take effect
+/// within one tick; 5 ms is precise enough for millisecond limits and costs
+/// one wakeup per tick however many guests run.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Native stack a guest's wasm frames may use. Guests run on tokio blocking
+/// threads (2 MiB stacks by default); wasmtime's default of 512 KiB leaves
+/// the rest for host calls made from deep guest frames.
+pub(super) const MAX_WASM_STACK: usize = 512 * 1024;
+/// Core instances one component may hold. A Rust `wasm32-wasip2` command has
+/// about four (program, WASI adapter, shim, fixup); other toolchains add a
+/// few. Security: bounds what one job takes from the pool.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// Linear memories one component may hold: a Rust command has two (program
+/// and adapter). Security: each reserves address space in the pool.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+/// Tables one component may hold: a Rust command has three or four.
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
+/// Elements any table may hold: large Rust programs have tens of thousands
+/// of indirect-call targets. Security: caps `table.grow`.
+const TABLE_ELEMENTS: usize = 100_000;
+
+/// Runs WASI programs. Cheap to clone: clones share the engine, pool,
+/// ticker and caches.
+#[derive(Clone)]
+pub struct WasiEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linkers: Linkers,
+    settings: WasiSettings,
+    /// One permit per instance slot of the pool, held from before a job
+    /// instantiates until its store is gone: a full pool makes jobs wait,
+    /// never fail.
+    slots: Arc<Semaphore>,
+    loaded: Loaded,
+    disk: DiskCache,
+    /// One lock per artifact being loaded, so that it is compiled once.
+    loading: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Kept for its `Drop`, which stops the ticker thread.
+    _ticker: Ticker,
+}
+
+impl WasiEngine {
+    /// Builds the engine and its pool, starts the epoch ticker and opens the
+    /// on-disk code cache.
+    pub fn new(settings: WasiSettings) -> Result<WasiEngine, HostError> {
+        settings
+            .caps
+            .validate()
+            .map_err(|e| HostError::Wasi(format!("invalid limits: {e}")))?;
+        let engine = Engine::new(&engine_config(&settings)?)
+            .map_err(|e| HostError::Wasi(format!("{e:#}")))?;
+        let linkers = Linkers::new(&engine).map_err(|e| HostError::Wasi(format!("{e:#}")))?;
+        let disk = DiskCache::open(&settings.code_cache_dir, &engine).map_err(|source| {
+            HostError::DataDir {
+                action: "create",
+                path: settings.code_cache_dir.clone(),
+                source,
+            }
+        })?;
+        let ticker = Ticker::start(engine.clone())
+            .map_err(|e| HostError::Wasi(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(WasiEngine {
+            inner: Arc::new(Inner {
+                engine,
+                linkers,
+                slots: Arc::new(Semaphore::new(settings.max_parallel as usize)),
+                settings,
+                loaded: Loaded::default(),
+                disk,
+                loading: Mutex::default(),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The program of an artifact, when it is loaded already.
+    pub fn loaded(&self, digest: &Digest) -> Option<Arc<Program>> {
+        self.inner.loaded.get(digest)
+    }
+
+    /// Makes a program of an artifact whose blob (already checked against
+    /// its digest) is at `blob`: from memory, from compiled code on disk, or
+    /// by compiling it. Concurrent loads of one artifact compile it once.
+    pub async fn load(
+        &self,
+        digest: &Digest,
+        blob: &Path,
+    ) -> Result<(Arc<Program>, CodeSource), String> {
+        if let Some(program) = self.loaded(digest) {
+            return Ok((program, CodeSource::Memory));
+        }
+        let gate = self.inner.gate(digest);
+        let _turn = gate.lock().await;
+        if let Some(program) = self.loaded(digest) {
+            return Ok((program, CodeSource::Memory));
+        }
+        let inner = Arc::clone(&self.inner);
+        let (key, path) = (digest.clone(), blob.to_path_buf());
+        let prepared = tokio::task::spawn_blocking(move || inner.prepare(&key, &path)).await;
+        let prepared = match prepared {
+            Ok(prepared) => prepared.map_err(|e| e.to_string()),
+            Err(e) => Err(format!(
+                "loading {digest} on host {} failed: {e}",
+                self.inner.settings.host_name
+            )),
+        };
+        if let Ok((program, _)) = &prepared {
+            self.inner
+                .loaded
+                .insert(digest.clone(), Arc::clone(program));
+        }
+        self.inner.ungate(digest);
+        prepared
+    }
+
+    /// Runs one job of `program`, waiting for a pool slot first. `code` is
+    /// where the program came from, as `load` or `loaded` said.
+    pub async fn run(
+        &self,
+        program: Arc<Program>,
+        code: CodeSource,
+        spec: &WasiSpec,
+        mut stop: StopSignal,
+    ) -> Run {
+        let started = Instant::now();
+        let limits = self.inner.settings.caps.apply(&spec.limits);
+        let job = Job {
+            argv: std::iter::once(spec.artifact.to_string())
+                .chain(spec.args.iter().cloned())
+                .collect(),
+            env: spec.env.clone(),
+            stdin: spec.stdin.clone().into_bytes(),
+            limits,
+            max_output_bytes: self.inner.settings.max_output_bytes,
+            stop: stop.clone(),
+        };
+        let outcome = match self.admit(&mut stop).await {
+            Ok(slot) => {
+                let inner = Arc::clone(&self.inner);
+                let running = tokio::task::spawn_blocking(move || {
+                    let outcome = sandbox::execute(&inner.engine, &program, job);
+                    drop(slot);
+                    outcome
+                });
+                running.await.unwrap_or_else(|e| {
+                    Outcome::failed(format!(
+                        "the WASI run on host {} failed: {e}",
+                        self.inner.settings.host_name
+                    ))
+                })
+            }
+            Err(refused) => refused,
+        };
+        debug!(artifact = %spec.artifact, error = ?outcome.error, "WASI job ended");
+        finish(outcome, code, limits, started.elapsed())
+    }
+}
+
+impl WasiEngine {
+    /// Waits for a pool slot, unless the job is told to stop first.
+    async fn admit(&self, stop: &mut StopSignal) -> Result<OwnedSemaphorePermit, Outcome> {
+        let slots = Arc::clone(&self.inner.slots);
+        tokio::select! {
+            slot = slots.acquire_owned() => {
+                slot.map_err(|e| Outcome::failed(format!("no WASI slot: {e}")))
+            }
+            reason = stop_order(stop) => Err(Outcome::stopped(reason)),
+        }
+    }
+}
+
+impl Inner {
+    /// The lock that loads of `digest` take turns on.
+    fn gate(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(loading.entry(digest.clone()).or_default())
+    }
+
+    /// Forgets the lock of `digest` once its program is loaded (or failed):
+    /// later loads find the program in memory first.
+    fn ungate(&self, digest: &Digest) {
+        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        loading.remove(digest);
+    }
+
+    /// Compiled code from disk if it is there and sound, else compiled now
+    /// (and written to disk); pre-instantiated either way. Blocking.
+    fn prepare(
+        &self,
+        digest: &Digest,
+        blob: &Path,
+    ) -> Result<(Arc<Program>, CodeSource), LoadError> {
+        let kind = WasmKind::sniff(blob)?;
+        if let Some(code) = self.cached_code(digest, kind) {
+            let program = code.pre_instantiate(&self.linkers)?;
+            return Ok((Arc::new(program), CodeSource::DiskCache));
+        }
+        let wasm = std::fs::read(blob).map_err(|source| LoadError::Read {
+            path: blob.to_path_buf(),
+            source,
+        })?;
+        let code = Code::compile(&self.engine, kind, &wasm)?;
+        let program = code.pre_instantiate(&self.linkers)?;
+        self.keep_code(digest, &code);
+        Ok((Arc::new(program), CodeSource::Compiled))
+    }
+
+    /// The artifact's compiled code from disk; code that fails to load is
+    /// deleted so that it is compiled again.
+    fn cached_code(&self, digest: &Digest, kind: WasmKind) -> Option<Code> {
+        let bytes = self.disk.read(digest)?;
+        match Code::deserialize(&self.engine, kind, &bytes) {
+            Ok(code) => Some(code),
+            Err(e) => {
+                warn!(%digest, error = %format!("{e:#}"), "cannot load compiled code; recompiling");
+                self.disk.discard(digest);
+                None
+            }
+        }
+    }
+
+    /// Writes compiled code to disk; a failure only costs a later compile.
+    fn keep_code(&self, digest: &Digest, code: &Code) {
+        let kept = code
+            .serialize()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|bytes| self.disk.write(digest, &bytes).map_err(|e| e.to_string()));
+        if let Err(error) = kept {
+            warn!(%digest, %error, "cannot keep compiled code on disk");
+        }
+    }
+}
+
+/// The wasmtime configuration: pooled instances for `max_parallel` jobs,
+/// copy-on-write memory images, fuel, epoch interruption and a stack limit.
+fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
+    let slots = settings.max_parallel;
+    if slots == 0 {
+        return Err(HostError::Wasi(
+            "max_parallel must be at least 1".to_string(),
+        ));
+    }
+    let total = |per_component: u32| {
+        slots.checked_mul(per_component).ok_or_else(|| {
+            HostError::Wasi(format!(
+                "max_parallel {slots} is too large for the instance pool"
+            ))
+        })
+    };
+    let max_memory_size = usize::try_from(u64::from(settings.caps.max_memory_mb) * MIB)
+        .map_err(|_| HostError::Wasi("max_memory_mb does not fit this platform".to_string()))?;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_core_instances(total(MAX_CORE_INSTANCES_PER_COMPONENT)?)
+        .total_memories(total(MAX_MEMORIES_PER_COMPONENT)?)
+        .total_tables(total(MAX_TABLES_PER_COMPONENT)?)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .table_elements(TABLE_ELEMENTS)
+        .max_memory_size(max_memory_size);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .memory_init_cow(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .wasm_backtrace_details(WasmBacktraceDetails::Disable);
+    Ok(config)
+}
+
+/// Resolves once the job is told to stop; never if it cannot be any more.
+async fn stop_order(stop: &mut StopSignal) -> StopReason {
+    if let Ok(reason) = stop.wait_for(Option::is_some).await
+        && let Some(reason) = *reason
+    {
+        return reason;
+    }
+    std::future::pending().await
+}
+
+/// The result to report for a run.
+fn finish(outcome: Outcome, code: CodeSource, limits: EffectiveLimits, took: Duration) -> Run {
+    let Outcome {
+        exit_code,
+        error,
+        stopped,
+        fuel_consumed,
+        stdout,
+        stderr,
+    } = outcome;
+    Run {
+        result: JobResult {
+            exit_code,
+            stdout: String::from_utf8_lossy(&stdout.kept).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr.kept).into_owned(),
+            stdout_truncated: stdout.dropped > 0,
+            stderr_truncated: stderr.dropped > 0,
+            stdout_dropped_bytes: stdout.dropped,
+            stderr_dropped_bytes: stderr.dropped,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            error,
+            output: None,
+            fuel_consumed: Some(fuel_consumed),
+            code: Some(code),
+            limits: Some(limits),
+        },
+        stopped,
+    }
+}
+
+/// The thread that advances the engine's epoch every [`EPOCH_TICK`] until
+/// it is dropped.
+struct Ticker {
+    /// Dropping it wakes the thread and ends it.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> std::io::Result<Ticker> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("wasi-epoch".to_string())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Ticker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            warn!("the epoch ticker thread panicked");
+        }
+    }
+}
