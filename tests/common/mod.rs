@@ -178,6 +178,22 @@ impl Host {
         }
     }
 
+    /// Starts a sandbox-only host (WASI jobs only) against `coordinators`.
+    pub fn start_sandboxed(coordinators: &str, dir: &Path, extra: &[&str]) -> Host {
+        let child = skyclaw()
+            .args(["host", "--coordinator", coordinators, "--token", TOKEN])
+            .args(["--sandbox-only", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn host");
+        Host {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("host running").id()
     }
@@ -466,5 +482,86 @@ impl Cluster {
             .into_iter()
             .find(|&i| i != not)
             .expect("another running node")
+    }
+}
+
+#[allow(unused_imports)] // each test binary uses a different part of the harness
+pub use guests::{example, guest};
+
+/// The WASI programs tests run on hosts: the guests in `tests/guests` and the
+/// examples in `examples/`, built on first use in each test process with the
+/// cargo that runs the tests, into `target/guests` (a target directory of
+/// their own, so the build never waits for the outer cargo's lock).
+pub mod guests {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::Mutex;
+
+    /// Guests built for `wasm32-wasip1` (preview 1 core modules); every other
+    /// guest is a `wasm32-wasip2` component.
+    pub const PREVIEW1: &[&str] = &["p1hello"];
+
+    /// Builds done so far in this process, as (manifest, target).
+    static BUILT: Mutex<BTreeSet<(String, &'static str)>> = Mutex::new(BTreeSet::new());
+
+    fn repo() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn target_dir() -> PathBuf {
+        repo().join("target").join("guests")
+    }
+
+    /// The built `.wasm` of guest `name` (a bin of `tests/guests`): a
+    /// component, or a core module for the guests in [`PREVIEW1`].
+    pub fn guest(name: &str) -> PathBuf {
+        let target = if PREVIEW1.contains(&name) {
+            "wasm32-wasip1"
+        } else {
+            "wasm32-wasip2"
+        };
+        built("tests/guests/Cargo.toml", target, name)
+    }
+
+    /// The built `.wasm` component of the example in `examples/<name>`.
+    pub fn example(name: &str) -> PathBuf {
+        built(
+            &format!("examples/{name}/Cargo.toml"),
+            "wasm32-wasip2",
+            name,
+        )
+    }
+
+    /// Builds the project at `manifest` for `target` unless this process
+    /// already did, and returns the path of its program `name`.
+    fn built(manifest: &str, target: &'static str, name: &str) -> PathBuf {
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        if !built.contains(&(manifest.to_string(), target)) {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--release", "--target", target, "--manifest-path"])
+                .arg(repo().join(manifest))
+                .env("CARGO_TARGET_DIR", target_dir())
+                .current_dir(repo());
+            if target == "wasm32-wasip1" {
+                for bin in PREVIEW1 {
+                    cmd.args(["--bin", bin]);
+                }
+            }
+            let out = cmd.output().expect("run cargo to build the guests");
+            assert!(
+                out.status.success(),
+                "building {manifest} for {target} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            built.insert((manifest.to_string(), target));
+        }
+        let path = target_dir()
+            .join(target)
+            .join("release")
+            .join(format!("{name}.wasm"));
+        assert!(path.is_file(), "{manifest} built no {}", path.display());
+        path
     }
 }
