@@ -3,7 +3,9 @@
 //!
 //! `cargo run --release -p skyclaw-bench -- jobs` measures durable enqueue
 //! throughput, end-to-end throughput of no-op shell jobs with two hosts, and
-//! submit-to-succeeded latency.
+//! submit-to-succeeded latency; `-- wasi` measures WASI jobs (see `wasi.rs`).
+
+mod wasi;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +46,9 @@ enum Bench {
         #[arg(long, default_value_t = 300)]
         latency_samples: usize,
     },
+    /// In-host overhead of a warm no-op WASI job, compile vs cached load, and
+    /// end-to-end WASI job throughput.
+    Wasi(wasi::WasiArgs),
 }
 
 #[tokio::main]
@@ -68,7 +73,7 @@ async fn main() -> Result<()> {
             let coordinator = start_coordinator(&tmp.path().join("run")).await?;
             let client = token_client(&coordinator.url)?;
             let hosts = start_hosts(&coordinator.url, tmp.path(), max_parallel, &client).await?;
-            end_to_end_phase(&client, jobs, connections).await?;
+            end_to_end_phase(&client, &noop_job(), jobs, connections, "2 hosts, `true`").await?;
             latency_phase(&client, latency_samples).await?;
             for host in hosts {
                 host.stop().await;
@@ -76,17 +81,18 @@ async fn main() -> Result<()> {
             coordinator.stop().await;
             Ok(())
         }
+        Bench::Wasi(args) => wasi::run(args).await,
     }
 }
 
-fn token_client(url: &str) -> Result<Client> {
+pub(crate) fn token_client(url: &str) -> Result<Client> {
     Ok(Client::new(
         &[url.to_string()],
         Credentials::Token(TOKEN.into()),
     )?)
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -104,7 +110,7 @@ impl Running {
     }
 }
 
-async fn start_coordinator(dir: &std::path::Path) -> Result<Running> {
+pub(crate) async fn start_coordinator(dir: &std::path::Path) -> Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let config = skyclaw_coordinator::Config::new(dir.join("coordinator"), TOKEN.into());
@@ -120,7 +126,7 @@ async fn start_coordinator(dir: &std::path::Path) -> Result<Running> {
     Ok(Running { url, stop, task })
 }
 
-async fn start_hosts(
+pub(crate) async fn start_hosts(
     url: &str,
     dir: &std::path::Path,
     max_parallel: u32,
@@ -128,18 +134,14 @@ async fn start_hosts(
 ) -> Result<Vec<Running>> {
     let mut hosts = Vec::new();
     for n in 0..2 {
-        let config = skyclaw_runtime::HostConfig {
-            coordinators: vec![url.to_string()],
-            token: TOKEN.into(),
-            data_dir: dir.join(format!("host{n}")),
-            name: format!("bench-{n}"),
-            allowed_commands: vec!["true".into()],
-            max_parallel,
-            max_output_bytes: skyclaw_runtime::DEFAULT_MAX_OUTPUT_BYTES,
-            openclaw_command: "openclaw".into(),
-            pass_env: Vec::new(),
-            shutdown_grace: skyclaw_runtime::DEFAULT_SHUTDOWN_GRACE,
-        };
+        let mut config = skyclaw_runtime::HostConfig::new(
+            vec![url.to_string()],
+            TOKEN.into(),
+            dir.join(format!("host{n}")),
+        );
+        config.name = format!("bench-{n}");
+        config.allowed_commands = vec!["true".into()];
+        config.max_parallel = max_parallel;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async move {
@@ -209,9 +211,15 @@ async fn enqueue_phase(client: &Client, connections: usize, length: Duration) ->
     Ok(())
 }
 
-/// Submits `jobs` no-op shell jobs and waits until all have succeeded.
-async fn end_to_end_phase(client: &Client, jobs: usize, connections: usize) -> Result<()> {
-    let spec = noop_job();
+/// Submits `jobs` copies of `spec` over `connections` connections and waits
+/// until all have succeeded.
+pub(crate) async fn end_to_end_phase(
+    client: &Client,
+    spec: &JobSpec,
+    jobs: usize,
+    connections: usize,
+    label: &str,
+) -> Result<()> {
     let start = Instant::now();
     let per_task = jobs.div_ceil(connections);
     let mut tasks = Vec::new();
@@ -246,7 +254,7 @@ async fn end_to_end_phase(client: &Client, jobs: usize, connections: usize) -> R
         bail!("{failed} of {jobs} no-op jobs did not succeed");
     }
     println!(
-        "end to end (2 hosts, `true`): {jobs} jobs succeeded in {elapsed:.2} s = {:.0} jobs/s (all submitted after {:.2} s)",
+        "end to end ({label}): {jobs} jobs succeeded in {elapsed:.2} s = {:.0} jobs/s (all submitted after {:.2} s)",
         jobs as f64 / elapsed,
         submitted.as_secs_f64()
     );
@@ -276,7 +284,7 @@ async fn latency_phase(client: &Client, samples: usize) -> Result<()> {
     Ok(())
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+pub(crate) fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     if samples.is_empty() {
         return Duration::ZERO;
     }
@@ -285,6 +293,6 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index]
 }
 
-fn fmt(d: Duration) -> String {
+pub(crate) fn fmt(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }

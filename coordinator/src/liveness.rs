@@ -1,21 +1,36 @@
 //! Host liveness, kept in memory on purpose: heartbeats are frequent and need
 //! no durability. Only the verdict "this host is down" becomes a command.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use skyclaw_api::artifacts::Digest;
 use skyclaw_api::hosts::RegisterHost;
 
-struct LiveHost {
+use crate::scheduler::LiveHost;
+
+struct Tracked {
     last_seen: Instant,
-    registration: RegisterHost,
+    host: LiveHost,
+}
+
+impl Tracked {
+    fn new(registration: RegisterHost, now: Instant) -> Tracked {
+        Tracked {
+            last_seen: now,
+            host: LiveHost {
+                registration,
+                artifacts: Arc::default(),
+            },
+        }
+    }
 }
 
 /// The hosts this coordinator considers up, with when each was last heard.
 pub struct Liveness {
     ttl: Duration,
-    hosts: Mutex<HashMap<String, LiveHost>>,
+    hosts: Mutex<HashMap<String, Tracked>>,
 }
 
 impl Liveness {
@@ -33,12 +48,10 @@ impl Liveness {
         *self.lock() = up
             .into_iter()
             .map(|registration| {
-                let id = registration.host_id.clone();
-                let host = LiveHost {
-                    last_seen: now,
-                    registration,
-                };
-                (id, host)
+                (
+                    registration.host_id.clone(),
+                    Tracked::new(registration, now),
+                )
             })
             .collect();
     }
@@ -49,13 +62,7 @@ impl Liveness {
 
     pub fn register(&self, registration: RegisterHost, now: Instant) {
         let id = registration.host_id.clone();
-        self.lock().insert(
-            id,
-            LiveHost {
-                last_seen: now,
-                registration,
-            },
-        );
+        self.lock().insert(id, Tracked::new(registration, now));
     }
 
     /// Records a heartbeat; false when the host is not (or no longer) up.
@@ -69,15 +76,27 @@ impl Liveness {
         }
     }
 
-    pub fn get(&self, host_id: &str) -> Option<RegisterHost> {
-        self.lock().get(host_id).map(|h| h.registration.clone())
+    /// Replaces the artifacts a host reports holding; false when the host is
+    /// not (or no longer) up.
+    pub fn set_artifacts(&self, host_id: &str, artifacts: Vec<Digest>) -> bool {
+        match self.lock().get_mut(host_id) {
+            Some(tracked) => {
+                let artifacts: HashSet<Digest> = artifacts.into_iter().collect();
+                if *tracked.host.artifacts != artifacts {
+                    tracked.host.artifacts = Arc::new(artifacts);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
-    pub fn up_hosts(&self) -> Vec<RegisterHost> {
-        self.lock()
-            .values()
-            .map(|h| h.registration.clone())
-            .collect()
+    pub fn get(&self, host_id: &str) -> Option<LiveHost> {
+        self.lock().get(host_id).map(|h| h.host.clone())
+    }
+
+    pub fn up_hosts(&self) -> Vec<LiveHost> {
+        self.lock().values().map(|h| h.host.clone()).collect()
     }
 
     pub fn last_seen_ago(&self, host_id: &str, now: Instant) -> Option<Duration> {
@@ -101,7 +120,7 @@ impl Liveness {
         self.lock().remove(host_id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveHost>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
         self.hosts.lock().expect("liveness lock")
     }
 }

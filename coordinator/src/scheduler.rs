@@ -1,28 +1,79 @@
-//! Which queued jobs a claiming host gets. Pure: the caller reads the queue and
-//! the hosts; this decides.
+//! Which queued jobs a claiming host gets. Pure: the caller reads the queue, the
+//! live hosts and their loads; this decides.
+//!
+//! Hosts pull work, so placement is a matter of which jobs a host is *not*
+//! given: a job is left in the queue for another host when that host is a
+//! better place for it and can take it now. Otherwise whoever asks first (a
+//! host only asks with free slots) gets it, which keeps every slot busy.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use skyclaw_api::artifacts::Digest;
 use skyclaw_api::hosts::RegisterHost;
-use skyclaw_api::jobs::{Job, JobSpec};
+use skyclaw_api::jobs::{CAP_WASI, Job, JobSpec};
 
-/// Picks up to `max` jobs, oldest first, that `host` can run.
+/// A live host as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct LiveHost {
+    pub registration: RegisterHost,
+    /// Artifacts the host last reported holding.
+    pub artifacts: Arc<HashSet<Digest>>,
+}
+
+/// Jobs running per host id; hosts not in the map run none.
+pub type Loads = HashMap<String, u32>;
+
+/// Picks up to `max` jobs, oldest first, that `host` should run now.
 ///
-/// A shell job goes only to hosts whose allowlist has its command, unless no
-/// live host allows it: then any shell host takes it and fails it with a clear
-/// error, rather than leaving it queued forever.
+/// - Native jobs never go to sandbox-only hosts.
+/// - A shell job goes only to hosts whose allowlist has its command, unless no
+///   other live host allows it: then any shell host takes it and fails it with
+///   a clear error, rather than leaving it queued forever.
+/// - A WASI job whose limits exceed this host's caps is left for a live host
+///   whose caps cover them, if there is one (else this host runs it capped).
+/// - A job whose artifact this host lacks is left for a live host that holds
+///   it and has a free slot.
 pub fn pick<'a>(
     queued: &'a [Job],
-    host: &RegisterHost,
-    live_hosts: &[RegisterHost],
+    host: &LiveHost,
+    live: &[LiveHost],
+    loads: &Loads,
     max: usize,
 ) -> Vec<&'a Job> {
+    let others: Vec<&LiveHost> = live
+        .iter()
+        .filter(|h| h.registration.host_id != host.registration.host_id)
+        .collect();
     queued
         .iter()
-        .filter(|job| runnable_on(job, host, live_hosts))
+        .filter(|job| can_run(job, &host.registration))
+        .filter(|job| !better_elsewhere(job, host, &others, loads))
         .take(max)
         .collect()
 }
 
-fn runnable_on(job: &Job, host: &RegisterHost, live_hosts: &[RegisterHost]) -> bool {
+/// True when `loads` is needed to decide for this queue: some other host
+/// holds an artifact that a queued job needs and `host` lacks.
+pub fn needs_loads(queued: &[Job], host: &LiveHost, live: &[LiveHost]) -> bool {
+    queued
+        .iter()
+        .filter_map(|j| j.spec.artifact())
+        .any(|digest| {
+            !host.artifacts.contains(digest)
+                && live.iter().any(|h| {
+                    h.registration.host_id != host.registration.host_id
+                        && h.artifacts.contains(digest)
+                })
+        })
+}
+
+/// Whether the host is able to run the job at all: capabilities, sandbox-only
+/// mode and (for WASI) the runtime being there.
+fn can_run(job: &Job, host: &RegisterHost) -> bool {
+    if job.spec.is_native() && host.sandbox_only {
+        return false;
+    }
     let has_caps = job
         .spec
         .required_capabilities()
@@ -32,14 +83,44 @@ fn runnable_on(job: &Job, host: &RegisterHost, live_hosts: &[RegisterHost]) -> b
         return false;
     }
     match &job.spec {
-        JobSpec::Shell(shell) => {
-            allows(host, &shell.command)
-                || !live_hosts
-                    .iter()
-                    .any(|h| h.host_id != host.host_id && allows(h, &shell.command))
-        }
-        JobSpec::OpenclawRun(_) | JobSpec::Wasi(_) => true,
+        JobSpec::Wasi(_) => host.wasi.is_some() && host.capabilities.iter().any(|c| c == CAP_WASI),
+        JobSpec::Shell(_) | JobSpec::OpenclawRun(_) => true,
     }
+}
+
+/// Whether another live host is a better place for the job than `host`.
+fn better_elsewhere(job: &Job, host: &LiveHost, others: &[&LiveHost], loads: &Loads) -> bool {
+    match &job.spec {
+        JobSpec::Shell(shell) => {
+            !allows(&host.registration, &shell.command)
+                && others.iter().any(|h| {
+                    can_run(job, &h.registration) && allows(&h.registration, &shell.command)
+                })
+        }
+        JobSpec::OpenclawRun(_) => false,
+        JobSpec::Wasi(wasi) => {
+            let covers = |h: &RegisterHost| h.wasi.is_some_and(|caps| wasi.limits.within(&caps));
+            if !covers(&host.registration)
+                && others
+                    .iter()
+                    .any(|h| can_run(job, &h.registration) && covers(&h.registration))
+            {
+                return true;
+            }
+            !host.artifacts.contains(&wasi.artifact)
+                && others.iter().any(|h| {
+                    h.artifacts.contains(&wasi.artifact)
+                        && can_run(job, &h.registration)
+                        && covers(&h.registration) >= covers(&host.registration)
+                        && has_free_slot(h, loads)
+                })
+        }
+    }
+}
+
+fn has_free_slot(host: &LiveHost, loads: &Loads) -> bool {
+    let running = loads.get(&host.registration.host_id).copied().unwrap_or(0);
+    running < host.registration.max_parallel
 }
 
 fn allows(host: &RegisterHost, command: &str) -> bool {
@@ -49,19 +130,33 @@ fn allows(host: &RegisterHost, command: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skyclaw_api::jobs::JobStatus;
+    use skyclaw_api::jobs::{JobStatus, WasiCaps};
 
-    fn host(id: &str, caps: &[&str], allowed: &[&str]) -> RegisterHost {
-        RegisterHost {
-            host_id: id.into(),
-            name: id.into(),
-            capabilities: caps.iter().map(|s| s.to_string()).collect(),
-            max_parallel: 4,
-            allowed_commands: allowed.iter().map(|s| s.to_string()).collect(),
-            openclaw_version: None,
-            version: "test".into(),
-            sandbox_only: false,
-            wasi: None,
+    fn caps(max_fuel: u64) -> WasiCaps {
+        WasiCaps {
+            default_fuel: 10,
+            default_memory_mb: 16,
+            default_timeout_ms: 1000,
+            max_fuel,
+            max_memory_mb: 64,
+            max_timeout_ms: 5000,
+        }
+    }
+
+    fn host(id: &str, caps_: &[&str], allowed: &[&str]) -> LiveHost {
+        LiveHost {
+            registration: RegisterHost {
+                host_id: id.into(),
+                name: id.into(),
+                capabilities: caps_.iter().map(|s| s.to_string()).collect(),
+                max_parallel: 2,
+                allowed_commands: allowed.iter().map(|s| s.to_string()).collect(),
+                openclaw_version: None,
+                version: "test".into(),
+                sandbox_only: false,
+                wasi: caps_.contains(&"wasi").then(|| caps(1000)),
+            },
+            artifacts: Arc::default(),
         }
     }
 
@@ -78,6 +173,21 @@ mod tests {
         }
     }
 
+    fn wasi_job(id: &str, digest: &Digest, fuel: u64) -> Job {
+        job(
+            id,
+            &format!(r#"{{"kind":"wasi","artifact":"{digest}","limits":{{"fuel":{fuel}}}}}"#),
+        )
+    }
+
+    fn digest(byte: u8) -> Digest {
+        Digest::from_sha256(&[byte; 32])
+    }
+
+    fn ids(jobs: Vec<&Job>) -> Vec<String> {
+        jobs.iter().map(|j| j.id.clone()).collect()
+    }
+
     #[test]
     fn capabilities_and_allowlists_route_jobs() {
         let echo = job("1", r#"{"kind":"shell","command":"echo"}"#);
@@ -87,11 +197,62 @@ mod tests {
         let a = host("a", &["shell"], &["echo"]);
         let b = host("b", &["shell", "openclaw"], &["uname"]);
         let live = vec![a.clone(), b.clone()];
-        let ids = |jobs: Vec<&Job>| jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(pick(&queued, &a, &live, 10)), ["1"]);
-        assert_eq!(ids(pick(&queued, &b, &live, 10)), ["2", "3"]);
+        let none = Loads::new();
+        assert_eq!(ids(pick(&queued, &a, &live, &none, 10)), ["1"]);
+        assert_eq!(ids(pick(&queued, &b, &live, &none, 10)), ["2", "3"]);
         // With only `a` alive, nobody else allows uname: `a` takes it to fail it.
-        assert_eq!(ids(pick(&queued, &a, &live[..1], 10)), ["1", "2"]);
-        assert_eq!(ids(pick(&queued, &b, &live, 1)), ["2"]);
+        assert_eq!(ids(pick(&queued, &a, &live[..1], &none, 10)), ["1", "2"]);
+        assert_eq!(ids(pick(&queued, &b, &live, &none, 1)), ["2"]);
+    }
+
+    #[test]
+    fn sandbox_only_hosts_get_only_wasi_jobs() {
+        let d = digest(1);
+        let queued = vec![
+            job("1", r#"{"kind":"shell","command":"echo"}"#),
+            wasi_job("2", &d, 5),
+        ];
+        let mut sandbox = host("s", &["shell", "wasi"], &["echo"]);
+        sandbox.registration.sandbox_only = true;
+        let plain = host("p", &["shell"], &["echo"]);
+        let live = vec![sandbox.clone(), plain.clone()];
+        let none = Loads::new();
+        assert_eq!(ids(pick(&queued, &sandbox, &live, &none, 10)), ["2"]);
+        // Even alone, a sandbox-only host never takes the shell job.
+        assert_eq!(ids(pick(&queued, &sandbox, &live[..1], &none, 10)), ["2"]);
+        // A host without the wasi runtime never gets WASI jobs.
+        assert_eq!(ids(pick(&queued, &plain, &live, &none, 10)), ["1"]);
+    }
+
+    #[test]
+    fn jobs_go_where_their_artifact_is_while_it_has_room() {
+        let d = digest(7);
+        let queued = vec![wasi_job("1", &d, 5)];
+        let mut holder = host("h", &["wasi"], &[]);
+        holder.artifacts = Arc::new(HashSet::from([d.clone()]));
+        let other = host("o", &["wasi"], &[]);
+        let live = vec![holder.clone(), other.clone()];
+        let idle = Loads::new();
+        assert!(needs_loads(&queued, &other, &live));
+        assert!(!needs_loads(&queued, &holder, &live));
+        assert!(pick(&queued, &other, &live, &idle, 10).is_empty());
+        assert_eq!(ids(pick(&queued, &holder, &live, &idle, 10)), ["1"]);
+        let full = Loads::from([("h".to_string(), 2)]);
+        assert_eq!(ids(pick(&queued, &other, &live, &full, 10)), ["1"]);
+    }
+
+    #[test]
+    fn limits_above_a_hosts_caps_go_to_a_host_that_covers_them() {
+        let d = digest(3);
+        let queued = vec![wasi_job("1", &d, 5000)];
+        let small = host("small", &["wasi"], &[]);
+        let mut big = host("big", &["wasi"], &[]);
+        big.registration.wasi = Some(caps(10_000));
+        let live = vec![small.clone(), big.clone()];
+        let none = Loads::new();
+        assert!(pick(&queued, &small, &live, &none, 10).is_empty());
+        assert_eq!(ids(pick(&queued, &big, &live, &none, 10)), ["1"]);
+        // Alone, the small host runs it capped.
+        assert_eq!(ids(pick(&queued, &small, &live[..1], &none, 10)), ["1"]);
     }
 }

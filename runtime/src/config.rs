@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use skyclaw_api::hosts::MAX_HOST_LIST;
+use skyclaw_api::jobs::WasiCaps;
 
 use crate::HostError;
 
@@ -23,6 +24,23 @@ pub const DEFAULT_OPENCLAW_COMMAND: &str = "openclaw";
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The name a host goes by when its hostname cannot be read.
 pub const FALLBACK_HOST_NAME: &str = "skyclaw-host";
+/// Fuel a WASI job gets when it names none: about ten seconds of busy compute,
+/// plenty for a job and a bound on a runaway loop.
+pub const DEFAULT_WASI_FUEL: u64 = 10_000_000_000;
+/// Most fuel a host grants one WASI job by default: about half an hour of compute.
+pub const DEFAULT_WASI_MAX_FUEL: u64 = 1_000_000_000_000;
+/// Memory a WASI job gets when it names none.
+pub const DEFAULT_WASI_MEMORY_MB: u32 = 256;
+/// Most memory a host grants one WASI job by default: leaves room for
+/// several jobs at once on a small machine.
+pub const DEFAULT_WASI_MAX_MEMORY_MB: u32 = 1024;
+/// Wall-clock time a WASI job gets when it names none.
+pub const DEFAULT_WASI_TIMEOUT_MS: u64 = 60_000;
+/// Longest a host lets one WASI job run by default.
+pub const DEFAULT_WASI_MAX_TIMEOUT_MS: u64 = 600_000;
+/// Disk the host's artifact cache may use by default; the least recently used
+/// artifacts are removed past it.
+pub const DEFAULT_ARTIFACT_CACHE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Everything the host daemon needs; built by the CLI from flags, `SKYCLAW_*`
 /// variables and the defaults above.
@@ -48,6 +66,14 @@ pub struct HostConfig {
     pub pass_env: Vec<String>,
     /// How long running jobs may go on after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// Run only sandboxed (WASI) work: no shell or openclaw-run jobs.
+    pub sandbox_only: bool,
+    /// The most fuel, memory (MiB) and time (ms) one WASI job is granted.
+    pub wasi_max_fuel: u64,
+    pub wasi_max_memory_mb: u32,
+    pub wasi_max_timeout_ms: u64,
+    /// Disk the artifact cache may use, in bytes.
+    pub artifact_cache_bytes: u64,
 }
 
 impl HostConfig {
@@ -65,6 +91,24 @@ impl HostConfig {
             openclaw_command: DEFAULT_OPENCLAW_COMMAND.to_string(),
             pass_env: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            sandbox_only: false,
+            wasi_max_fuel: DEFAULT_WASI_MAX_FUEL,
+            wasi_max_memory_mb: DEFAULT_WASI_MAX_MEMORY_MB,
+            wasi_max_timeout_ms: DEFAULT_WASI_MAX_TIMEOUT_MS,
+            artifact_cache_bytes: DEFAULT_ARTIFACT_CACHE_BYTES,
+        }
+    }
+
+    /// What WASI jobs are granted here: the built-in defaults, lowered to the
+    /// host's maxima where those are smaller.
+    pub fn wasi_caps(&self) -> WasiCaps {
+        WasiCaps {
+            default_fuel: DEFAULT_WASI_FUEL.min(self.wasi_max_fuel),
+            default_memory_mb: DEFAULT_WASI_MEMORY_MB.min(self.wasi_max_memory_mb),
+            default_timeout_ms: DEFAULT_WASI_TIMEOUT_MS.min(self.wasi_max_timeout_ms),
+            max_fuel: self.wasi_max_fuel,
+            max_memory_mb: self.wasi_max_memory_mb,
+            max_timeout_ms: self.wasi_max_timeout_ms,
         }
     }
 
@@ -88,6 +132,18 @@ impl HostConfig {
         }
         if self.allowed_commands.iter().any(|c| c.trim().is_empty()) {
             return invalid("allowed_commands must not contain an empty command".into());
+        }
+        if self.sandbox_only && !self.allowed_commands.is_empty() {
+            return invalid(
+                "sandbox_only runs no native commands: leave allowed_commands (--allow) empty"
+                    .into(),
+            );
+        }
+        if let Err(e) = self.wasi_caps().validate() {
+            return invalid(format!("wasi limits: {e}"));
+        }
+        if self.artifact_cache_bytes == 0 {
+            return invalid("artifact_cache_bytes must be at least 1".into());
         }
         if self.openclaw_command.trim().is_empty() {
             return invalid("openclaw_command must not be empty".into());
@@ -146,6 +202,22 @@ mod tests {
         let mut c = config();
         c.pass_env = vec!["A=B".into()];
         assert!(c.validate().unwrap_err().to_string().contains("pass_env"));
+        let mut c = config();
+        c.sandbox_only = true;
+        c.allowed_commands = vec!["echo".into()];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sandbox_only")
+        );
+        let mut c = config();
+        c.wasi_max_memory_mb = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("memory_mb"));
+        let mut c = config();
+        c.wasi_max_fuel = 5;
+        assert_eq!(c.wasi_caps().default_fuel, 5);
+        c.validate().unwrap();
         let mut c = config();
         c.allowed_commands = vec![" ".into()];
         assert!(

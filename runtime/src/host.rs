@@ -11,19 +11,23 @@ use std::time::Duration;
 use skyclaw_api::hosts::{
     Claim, Complete, Heartbeat, LeasedJob, MAX_CLAIM_JOBS, Outcome, RegisterHost, Registered,
 };
-use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL, JobResult};
+use skyclaw_api::jobs::{
+    CAP_OPENCLAW, CAP_SHELL, CAP_WASI, CodeSource, Job, JobResult, JobSpec, WasiSpec,
+};
 use skyclaw_api::{Client, Credentials, ErrorCode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::artifacts::ArtifactCache;
 use crate::backoff::Backoff;
 use crate::config::{DEFAULT_PATH, HostConfig};
 use crate::discovery;
 use crate::leases::Leases;
-use crate::native::{Runner, StopReason};
+use crate::native::{Run, Runner, StopReason, StopSignal};
 use crate::report::{REPORT_DEADLINE, answer_was_lost, is_retryable, report};
+use crate::wasi::{WasiEngine, WasiSettings};
 use crate::workdir::WorkDirs;
 use crate::{HostError, identity};
 
@@ -46,6 +50,10 @@ const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 pub const SHUTDOWN_REPORT_WINDOW: Duration = Duration::from_secs(5);
 /// Directory under the data directory that holds the jobs' working directories.
 const WORK_DIR: &str = "work";
+/// Directory under the data directory that holds downloaded artifacts.
+const ARTIFACT_DIR: &str = "artifacts";
+/// Directory under the data directory that holds compiled wasm code.
+const CODE_CACHE_DIR: &str = "wasm-code";
 
 /// Runs the host daemon until `shutdown` resolves, then stops claiming, lets
 /// running jobs go on for `shutdown_grace`, kills and abandons the rest, and
@@ -77,8 +85,11 @@ pub async fn run(
             openclaw_command: config.openclaw_command.clone(),
             openclaw_version: None,
         };
-        runner.openclaw_version = runner.probe_openclaw().await;
-        let mut capabilities = Vec::new();
+        // A sandbox-only host never starts native programs, not even a probe.
+        if !config.sandbox_only {
+            runner.openclaw_version = runner.probe_openclaw().await;
+        }
+        let mut capabilities = vec![CAP_WASI.to_string()];
         if !runner.allowed_commands.is_empty() {
             capabilities.push(CAP_SHELL.to_string());
         }
@@ -93,9 +104,20 @@ pub async fn run(
             allowed_commands: config.allowed_commands.clone(),
             openclaw_version: runner.openclaw_version.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            sandbox_only: false,
-            wasi: None,
+            sandbox_only: config.sandbox_only,
+            wasi: Some(config.wasi_caps()),
         };
+        let engine = WasiEngine::new(WasiSettings {
+            caps: config.wasi_caps(),
+            max_parallel: config.max_parallel,
+            max_output_bytes: config.max_output_bytes,
+            code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
+            host_name: config.name.clone(),
+        })?;
+        let artifacts = Arc::new(ArtifactCache::open(
+            config.data_dir.join(ARTIFACT_DIR),
+            config.artifact_cache_bytes,
+        )?);
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_task = tokio::spawn(async move {
@@ -107,6 +129,8 @@ pub async fn run(
             host_id,
             registration,
             runner,
+            engine,
+            artifacts,
             max_parallel: config.max_parallel,
             leases: Arc::new(Leases::default()),
             reregister: Notify::new(),
@@ -125,6 +149,8 @@ struct Host {
     host_id: String,
     registration: RegisterHost,
     runner: Runner,
+    engine: WasiEngine,
+    artifacts: Arc<ArtifactCache>,
     max_parallel: u32,
     leases: Arc<Leases>,
     /// Wakes the heartbeat loop to register again when a claim learns that
@@ -211,13 +237,15 @@ impl Host {
         }
     }
 
-    /// Heartbeats until aborted, renewing every held lease and stopping the
-    /// jobs the coordinator revokes.
+    /// Heartbeats until aborted, renewing every held lease, reporting the
+    /// artifacts held (at once when they change) and stopping the jobs the
+    /// coordinator revokes.
     async fn heartbeat_loop(self: Arc<Self>, interval: Duration) {
         let mut ticker = ticker(interval);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                () = self.artifacts.changed() => {}
                 () = self.reregister.notified() => {
                     if let Some(interval) = self.reregister().await {
                         ticker = self::ticker(interval);
@@ -227,7 +255,7 @@ impl Host {
             }
             let beat = Heartbeat {
                 running: self.leases.held(),
-                artifacts: Vec::new(),
+                artifacts: self.artifacts.held(),
             };
             match self.client.heartbeat(&self.host_id, &beat).await {
                 Ok(ack) => {
@@ -333,7 +361,7 @@ impl Host {
                     attempt = job.attempts,
                     "job started"
                 );
-                let run = host.runner.run_job(&job.id, &job.spec, stop.clone()).await;
+                let run = host.run_job(&job, stop.clone()).await;
                 drop(slot);
                 if *stop.borrow() == Some(StopReason::Revoked) {
                     info!("job revoked by the coordinator; not reporting it");
@@ -368,6 +396,50 @@ impl Host {
             }
             .instrument(span),
         );
+    }
+
+    /// Runs any job the host was given; failures to run become a failed result.
+    async fn run_job(&self, job: &Job, stop: StopSignal) -> Run {
+        // Coordinators validate submissions; checking again keeps a bad record
+        // (or a coordinator of another version) from reaching a process.
+        if let Err(e) = job.spec.validate() {
+            return Run::refused(format!("invalid job spec: {e}"));
+        }
+        match &job.spec {
+            JobSpec::Wasi(wasi) => self.run_wasi(wasi, stop).await,
+            spec if self.registration.sandbox_only => Run::refused(format!(
+                "host {} is sandbox-only: it runs WASI jobs, never {} jobs",
+                self.registration.name,
+                spec.kind()
+            )),
+            JobSpec::Shell(shell) => self.runner.run_shell(&job.id, shell, stop).await,
+            JobSpec::OpenclawRun(openclaw) => {
+                self.runner.run_openclaw(&job.id, openclaw, stop).await
+            }
+        }
+    }
+
+    /// Runs a WASI job: its compiled code from memory when an earlier job
+    /// loaded it, else its artifact, verified, from the cache or a coordinator.
+    async fn run_wasi(&self, spec: &WasiSpec, stop: StopSignal) -> Run {
+        let digest = &spec.artifact;
+        if let Some(program) = self.engine.loaded(digest) {
+            self.artifacts.touch(digest);
+            return self
+                .engine
+                .run(program, CodeSource::Memory, spec, stop)
+                .await;
+        }
+        let blob = match self.artifacts.fetch(&self.client, digest).await {
+            Ok(blob) => blob,
+            Err(e) => return Run::refused(e),
+        };
+        let (program, code) = match self.engine.load(digest, blob.path()).await {
+            Ok(loaded) => loaded,
+            Err(e) => return Run::refused(e),
+        };
+        drop(blob);
+        self.engine.run(program, code, spec, stop).await
     }
 
     /// Hands back a job the host has no slot for (a coordinator gave more

@@ -9,6 +9,7 @@
 //! is handed to it, so a job can see nothing of the host that was not passed
 //! on deliberately.
 
+mod artifacts;
 mod backoff;
 mod config;
 mod discovery;
@@ -19,14 +20,18 @@ mod leases;
 mod native;
 mod openclaw;
 mod report;
+pub mod wasi;
 mod workdir;
 
 pub use config::{
-    DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND, DEFAULT_PATH,
-    DEFAULT_SHUTDOWN_GRACE, FALLBACK_HOST_NAME, HostConfig, default_host_name,
+    DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL,
+    DEFAULT_OPENCLAW_COMMAND, DEFAULT_PATH, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL,
+    DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, FALLBACK_HOST_NAME, HostConfig,
+    default_host_name,
 };
 pub use error::HostError;
 pub use host::{CLAIM_WAIT_MS, SHUTDOWN_REPORT_WINDOW, run};
 pub use identity::HOST_ID_FILE;
+pub use native::{Run, StopReason, StopSignal};
 pub use openclaw::OPENCLAW_PROBE_TIMEOUT;
 pub use report::REPORT_DEADLINE;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use skyclaw_api::jobs::{JobResult, JobSpec, ShellSpec};
+use skyclaw_api::jobs::{JobResult, ShellSpec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -40,7 +40,7 @@ const JOB_LANG: &str = "C.UTF-8";
 
 /// Why the host stopped a job before it ended on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
+pub enum StopReason {
     /// A coordinator said so: the job was cancelled or is leased elsewhere now.
     Revoked,
     /// The host is shutting down and the job's grace period is over.
@@ -48,7 +48,7 @@ pub(crate) enum StopReason {
 }
 
 impl StopReason {
-    fn message(self) -> &'static str {
+    pub fn message(self) -> &'static str {
         match self {
             StopReason::Revoked => "stopped: the job was cancelled or leased to another host",
             StopReason::ShuttingDown => "host shutting down",
@@ -57,14 +57,14 @@ impl StopReason {
 }
 
 /// Carries the order to stop a job; `None` while it may run.
-pub(crate) type StopSignal = watch::Receiver<Option<StopReason>>;
+pub type StopSignal = watch::Receiver<Option<StopReason>>;
 
 /// What running a job gave: the result to report and, when the host stopped
 /// the job itself, why.
 #[derive(Debug)]
-pub(crate) struct Run {
-    pub(crate) result: JobResult,
-    pub(crate) stopped: Option<StopReason>,
+pub struct Run {
+    pub result: JobResult,
+    pub stopped: Option<StopReason>,
 }
 
 impl Run {
@@ -117,23 +117,6 @@ enum Ending {
 }
 
 impl Runner {
-    /// Runs any job the host was given; failures to run become a failed result.
-    pub(crate) async fn run_job(&self, job_id: &str, spec: &JobSpec, stop: StopSignal) -> Run {
-        // Coordinators validate submissions; checking again keeps a bad record
-        // (or a coordinator of another version) from reaching a process.
-        if let Err(e) = spec.validate() {
-            return Run::refused(format!("invalid job spec: {e}"));
-        }
-        match spec {
-            JobSpec::Shell(shell) => self.run_shell(job_id, shell, stop).await,
-            JobSpec::OpenclawRun(openclaw) => self.run_openclaw(job_id, openclaw, stop).await,
-            JobSpec::Wasi(_) => Run::refused(format!(
-                "host {} does not run WASI jobs yet",
-                self.host_name
-            )),
-        }
-    }
-
     /// Runs an allowlisted command. A command off the allowlist is never spawned.
     pub(crate) async fn run_shell(&self, job_id: &str, spec: &ShellSpec, stop: StopSignal) -> Run {
         if !self.allowed_commands.contains(&spec.command) {

@@ -325,7 +325,9 @@ async fn runs_claimed_jobs_and_reports_them_through_failures() {
         registered.host_id
     );
     assert_eq!(registered.name, "fake-host");
-    assert_eq!(registered.capabilities, ["shell"]);
+    assert_eq!(registered.capabilities, ["wasi", "shell"]);
+    assert!(!registered.sandbox_only);
+    assert_eq!(registered.wasi, Some(config(&url, data.path()).wasi_caps()));
     assert_eq!(registered.openclaw_version, None);
     assert_eq!(registered.max_parallel, 2);
     assert_eq!(registered.version, env!("CARGO_PKG_VERSION"));
@@ -512,4 +514,39 @@ async fn learns_the_cluster_from_one_coordinator_and_fails_over_to_the_others() 
     .await;
     host.shut_down().await;
     assert!(first.lock().completions.is_empty());
+}
+
+#[tokio::test]
+async fn sandbox_only_host_refuses_a_native_job_it_is_given() {
+    let fake = Arc::new(Fake::default());
+    let url = start_fake(fake.clone()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut sandboxed = config(&url, data.path());
+    sandboxed.allowed_commands.clear();
+    sandboxed.sandbox_only = true;
+    let host = start_host(sandboxed);
+    let registered = wait_until("registration", || {
+        fake.lock().registrations.first().cloned()
+    })
+    .await;
+    assert!(registered.sandbox_only);
+    assert_eq!(registered.capabilities, ["wasi"]);
+
+    // A coordinator should never do this; the host refuses all the same.
+    let marker = data.path().join("touched");
+    fake.enqueue(
+        "native",
+        serde_json::json!({"kind": "shell", "command": "touch", "args": [marker]}),
+    );
+    let native = wait_until("the refusal", || {
+        fake.lock().completions.get("native").cloned()
+    })
+    .await;
+    assert_eq!(native.outcome, Outcome::Failed);
+    assert_eq!(
+        native.result.error.as_deref(),
+        Some("host fake-host is sandbox-only: it runs WASI jobs, never shell jobs")
+    );
+    assert!(!marker.exists(), "nothing was spawned");
+    host.shut_down().await;
 }

@@ -19,7 +19,8 @@ pub struct HostsArgs {
 
 #[derive(Debug, Subcommand)]
 enum HostsCommand {
-    /// List hosts: status, capabilities, load, last heartbeat, OpenClaw version.
+    /// List hosts: status, mode (sandbox-only or native), capabilities, load,
+    /// artifacts held, last heartbeat, OpenClaw version.
     Ls,
 }
 
@@ -45,8 +46,10 @@ fn hosts_table(hosts: &[Host]) -> String {
             "ID",
             "NAME",
             "STATUS",
+            "MODE",
             "CAPABILITIES",
             "RUNNING",
+            "ARTIFACTS",
             "HEARTBEAT",
             "OPENCLAW",
         ],
@@ -59,8 +62,15 @@ fn host_row(host: &Host) -> Vec<String> {
         host.id.clone(),
         host.name.clone(),
         host.status.as_str().to_string(),
+        if host.sandbox_only {
+            "sandbox-only"
+        } else {
+            "native+wasi"
+        }
+        .to_string(),
         host.capabilities.join(","),
         format!("{}/{}", host.running_jobs, host.max_parallel),
+        host.artifacts.len().to_string(),
         host.last_heartbeat_ms_ago.map_or_else(
             || "never".to_string(),
             |ms| format!("{} ago", output::age(ms)),

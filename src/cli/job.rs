@@ -1,16 +1,19 @@
-//! `skyclaw job`: submit shell and openclaw jobs, list and inspect them, wait
-//! for them to end, cancel them.
+//! `skyclaw job`: submit shell, openclaw and WASI jobs, list and inspect them,
+//! wait for them to end, cancel them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use clap::builder::PossibleValuesParser;
+use skyclaw_api::artifacts::Digest;
 use skyclaw_api::jobs::{
-    DEFAULT_OPENCLAW_TIMEOUT_MS, DEFAULT_SHELL_TIMEOUT_MS, Job, JobList, JobQuery, JobSpec,
-    JobStatus, MAX_PAGE, OpenclawSpec, Requirements, ShellSpec, THINKING_LEVELS,
+    CodeSource, DEFAULT_OPENCLAW_TIMEOUT_MS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, Job,
+    JobList, JobQuery, JobSpec, JobStatus, MAX_PAGE, MAX_WASI_MEMORY_MB, OpenclawSpec,
+    Requirements, ShellSpec, THINKING_LEVELS, WasiLimits, WasiSpec,
 };
 use skyclaw_api::{Client, Millis, now_ms};
 use tokio::time::Instant;
@@ -53,6 +56,14 @@ enum JobCommand {
     Shell(ShellArgs),
     /// Run a turn of an OpenClaw agent on some host that has OpenClaw.
     Openclaw(OpenclawArgs),
+    /// Run a WASI program in a sandbox on some host:
+    /// `skyclaw job wasi FILE.wasm|sha256:HEX [--wait] -- ARGS...`.
+    ///
+    /// The program is a WASI preview 2 command component or a preview 1 module.
+    /// Given a file, it is pushed first (only if the coordinators lack it).
+    /// Limits left out take the running host's defaults; limits above a host's
+    /// maxima are capped there, or refused when no live host grants them.
+    Wasi(WasiArgs),
     /// Show one job.
     Get {
         /// The job's id.
@@ -124,6 +135,40 @@ struct OpenclawArgs {
     submit: SubmitArgs,
 }
 
+#[derive(Debug, clap::Args)]
+struct WasiArgs {
+    /// Fuel the program may burn (about one unit per wasm instruction).
+    #[arg(long, env = "SKYCLAW_WASI_FUEL", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    fuel: Option<u64>,
+    /// Largest size, in MiB, a linear memory of the program may grow to.
+    #[arg(long, env = "SKYCLAW_WASI_MEMORY_MB", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WASI_MEMORY_MB)), value_name = "MIB")]
+    memory_mb: Option<u32>,
+    /// Stop the program after this many milliseconds.
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Set an environment variable for the program (repeatable); it sees no other.
+    #[arg(long = "env", env = "SKYCLAW_JOB_ENV", value_name = "K=V", value_parser = parse_env_pair)]
+    env: Vec<(String, String)>,
+    /// Text given to the program on standard input.
+    #[arg(long, env = "SKYCLAW_JOB_STDIN", value_name = "TEXT")]
+    stdin: Option<String>,
+    /// How many hosts may try the job when one is lost while running it.
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_WASI_ATTEMPTS, value_name = "N")]
+    max_attempts: u32,
+    #[command(flatten)]
+    submit: SubmitArgs,
+    /// A `.wasm` file, or the digest (sha256:...) of an artifact already pushed.
+    #[arg(value_name = "FILE.wasm|sha256:HEX")]
+    program: String,
+    /// Arguments for the program (after `--`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<String>,
+}
+
 /// What every submission takes besides its spec.
 #[derive(Debug, clap::Args)]
 struct SubmitArgs {
@@ -187,6 +232,11 @@ pub async fn run(args: JobArgs, json: bool) -> Result<ExitCode> {
             let spec = openclaw.spec();
             submit(&client, &spec, &openclaw.submit, json).await
         }
+        JobCommand::Wasi(wasi) => {
+            let artifact = resolve_program(&client, &wasi.program).await?;
+            let spec = wasi.spec(artifact);
+            submit(&client, &spec, &wasi.submit, json).await
+        }
         JobCommand::Get { id } => show(&client.get_job(&id).await?, json),
         JobCommand::Ls(ls) => list(&client, ls, json).await,
         JobCommand::Wait(wait) => {
@@ -226,6 +276,38 @@ impl OpenclawArgs {
             requirements: self.submit.requirements(),
         })
     }
+}
+
+impl WasiArgs {
+    fn spec(&self, artifact: Digest) -> JobSpec {
+        JobSpec::Wasi(WasiSpec {
+            artifact,
+            args: self.args.clone(),
+            env: self.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+            stdin: self.stdin.clone().unwrap_or_default(),
+            limits: WasiLimits {
+                fuel: self.fuel,
+                memory_mb: self.memory_mb,
+                timeout_ms: self.timeout_ms,
+            },
+            max_attempts: self.max_attempts,
+            requirements: self.submit.requirements(),
+        })
+    }
+}
+
+/// The artifact a `job wasi` names: a digest as given, or a file's digest
+/// after pushing the file (unless the coordinators already hold it).
+async fn resolve_program(client: &Client, program: &str) -> Result<Digest> {
+    if program.starts_with("sha256:") {
+        return program.parse::<Digest>().map_err(anyhow::Error::msg);
+    }
+    let path = Path::new(program);
+    if !path.is_file() {
+        bail!("{program} is neither a file nor an artifact digest (sha256:...)");
+    }
+    let info = super::artifact::push_if_missing(client, path).await?;
+    Ok(info.digest)
 }
 
 impl SubmitArgs {
@@ -366,6 +448,23 @@ fn show(job: &Job, json: bool) -> Result<ExitCode> {
             .exit_code
             .map_or_else(|| "no exit code".to_string(), |c| format!("exit code {c}"));
         text.push_str(&format!("\n{exit} after {} ms\n", result.duration_ms));
+        if let Some(fuel) = result.fuel_consumed {
+            text.push_str(&format!("fuel consumed: {fuel}\n"));
+        }
+        if let Some(limits) = &result.limits {
+            text.push_str(&format!(
+                "limits: fuel {}, memory {} MiB, timeout {} ms\n",
+                limits.fuel, limits.memory_mb, limits.timeout_ms
+            ));
+        }
+        if let Some(code) = result.code {
+            let source = match code {
+                CodeSource::Compiled => "compiled for this job",
+                CodeSource::DiskCache => "loaded from the host's compiled-code cache",
+                CodeSource::Memory => "already loaded on the host",
+            };
+            text.push_str(&format!("code: {source}\n"));
+        }
         if let Some(error) = &result.error {
             text.push_str(&format!("error: {error}\n"));
         }

@@ -9,13 +9,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use skyclaw_api::jobs::MAX_WASI_MEMORY_MB;
 use skyclaw_coordinator::{
-    DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_BODY_BYTES, DEFAULT_SNAPSHOT_LOGS,
-    DEFAULT_VOTERS, MAX_VOTERS,
+    DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SNAPSHOT_LOGS, DEFAULT_VOTERS, MAX_VOTERS,
 };
 use skyclaw_runtime::{
-    DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND,
-    DEFAULT_SHUTDOWN_GRACE, HostConfig,
+    DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL,
+    DEFAULT_OPENCLAW_COMMAND, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL,
+    DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, HostConfig,
 };
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -60,6 +62,9 @@ pub struct CoordinatorArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SKYCLAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "N")]
     max_body_bytes: usize,
+    /// Largest artifact an upload may store, in bytes.
+    #[arg(long, env = "SKYCLAW_MAX_ARTIFACT_BYTES", default_value_t = DEFAULT_MAX_ARTIFACT_BYTES, value_parser = positive_u64(), value_name = "N")]
+    max_artifact_bytes: u64,
     /// This coordinator's id in the cluster, a positive integer no other
     /// coordinator uses [default: a random id chosen on first start and kept in
     /// the data directory, so a restart rejoins as the same node].
@@ -110,15 +115,23 @@ pub struct HostArgs {
     #[arg(long, env = "SKYCLAW_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
     /// The only commands shell jobs may run, comma-separated: bare names
-    /// looked up on PATH, or absolute paths.
+    /// looked up on PATH, or absolute paths. Required unless --sandbox-only.
     #[arg(
         long,
         env = "SKYCLAW_ALLOWED_COMMANDS",
         value_delimiter = ',',
-        required = true,
+        required_unless_present = "sandbox_only",
+        conflicts_with = "sandbox_only",
         value_name = "CMD[,CMD...]"
     )]
     allow_commands: Vec<String>,
+    /// Run only sandboxed work (WASI jobs in wasmtime): the host registers as
+    /// sandbox-only, is never offered shell or openclaw-run jobs, and refuses
+    /// any it receives.
+    #[arg(long, env = "SKYCLAW_SANDBOX_ONLY")]
+    sandbox_only: bool,
+    #[command(flatten)]
+    wasi: WasiArgs,
     /// Jobs run at once.
     #[arg(long, env = "SKYCLAW_MAX_PARALLEL", default_value_t = DEFAULT_MAX_PARALLEL, value_parser = positive_u32(), value_name = "N")]
     max_parallel: u32,
@@ -170,6 +183,43 @@ pub struct DevArgs {
     /// The OpenClaw command openclaw-run jobs use.
     #[arg(long, env = "SKYCLAW_OPENCLAW_COMMAND", default_value = DEFAULT_OPENCLAW_COMMAND, value_name = "CMD")]
     openclaw_command: String,
+    /// Largest artifact an upload may store, in bytes.
+    #[arg(long, env = "SKYCLAW_MAX_ARTIFACT_BYTES", default_value_t = DEFAULT_MAX_ARTIFACT_BYTES, value_parser = positive_u64(), value_name = "N")]
+    max_artifact_bytes: u64,
+    #[command(flatten)]
+    wasi: WasiArgs,
+}
+
+/// What a host grants WASI jobs. A job's own limits are capped at these; one
+/// that names none gets the built-in default (fuel 10^10, 256 MiB, 60 s) or
+/// the maximum when that is lower.
+#[derive(Debug, clap::Args)]
+pub struct WasiArgs {
+    /// Most fuel one WASI job may burn (about one unit per wasm instruction).
+    #[arg(long, env = "SKYCLAW_WASI_MAX_FUEL", default_value_t = DEFAULT_WASI_MAX_FUEL, value_parser = positive_u64(), value_name = "N")]
+    wasi_max_fuel: u64,
+    /// Most memory one WASI job may grow a linear memory to, in MiB.
+    #[arg(long, env = "SKYCLAW_WASI_MAX_MEMORY_MB", default_value_t = DEFAULT_WASI_MAX_MEMORY_MB, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WASI_MEMORY_MB)), value_name = "MIB")]
+    wasi_max_memory_mb: u32,
+    /// Longest one WASI job may run, in milliseconds of wall-clock time.
+    #[arg(long, env = "SKYCLAW_WASI_MAX_TIMEOUT_MS", default_value_t = DEFAULT_WASI_MAX_TIMEOUT_MS, value_parser = positive_u64(), value_name = "MS")]
+    wasi_max_timeout_ms: u64,
+    /// Disk the host's artifact cache may use, in MiB; the least recently used
+    /// artifacts are deleted past it.
+    #[arg(long, env = "SKYCLAW_ARTIFACT_CACHE_MB", default_value_t = DEFAULT_ARTIFACT_CACHE_BYTES / MIB, value_parser = positive_u64(), value_name = "MIB")]
+    artifact_cache_mb: u64,
+}
+
+/// Bytes in a mebibyte, for flags given in MiB.
+const MIB: u64 = 1024 * 1024;
+
+impl WasiArgs {
+    fn apply(&self, config: &mut HostConfig) {
+        config.wasi_max_fuel = self.wasi_max_fuel;
+        config.wasi_max_memory_mb = self.wasi_max_memory_mb;
+        config.wasi_max_timeout_ms = self.wasi_max_timeout_ms;
+        config.artifact_cache_bytes = self.artifact_cache_mb.saturating_mul(MIB);
+    }
 }
 
 /// `skyclaw coordinator`: serves until Ctrl-C or SIGTERM.
@@ -189,6 +239,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
     config.host_ttl = Duration::from_millis(args.host_ttl_ms);
     config.lease_duration = Duration::from_millis(args.lease_ms);
     config.max_body_bytes = args.max_body_bytes;
+    config.max_artifact_bytes = args.max_artifact_bytes;
     config.node_id = args.node_id;
     config.advertise_url = args.advertise;
     config.bootstrap = bootstrap;
@@ -243,6 +294,8 @@ pub async fn host(args: HostArgs) -> Result<ExitCode> {
     config.openclaw_command = args.openclaw_command;
     config.pass_env = without_empty(args.pass_env);
     config.shutdown_grace = Duration::from_millis(args.shutdown_grace_ms);
+    config.sandbox_only = args.sandbox_only;
+    args.wasi.apply(&mut config);
     skyclaw_runtime::run(config, shutdown_signal()?)
         .await
         .context("host failed")?;
@@ -264,11 +317,13 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     let token = devtoken::load_or_create_token(&args.data_dir)?;
     devtoken::write_url(&args.data_dir, &url)?;
 
-    let coordinator_config = skyclaw_coordinator::Config::new(coordinator_dir, token.clone());
+    let mut coordinator_config = skyclaw_coordinator::Config::new(coordinator_dir, token.clone());
+    coordinator_config.max_artifact_bytes = args.max_artifact_bytes;
     let mut host_config = HostConfig::new(vec![url.clone()], token, host_dir);
     host_config.allowed_commands = without_empty(args.allow_commands);
     host_config.max_parallel = args.max_parallel;
     host_config.openclaw_command = args.openclaw_command;
+    args.wasi.apply(&mut host_config);
     super::output::out(&dev_banner(&url, &args.data_dir, &host_config))?;
 
     let (stop_coordinator, coordinator_stop) = watch::channel(false);
@@ -547,6 +602,39 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn sandbox_only_hosts_need_no_allowlist_and_take_none() {
+        let Node::Host(host) =
+            Harness::try_parse_from(["x", "host", "--data-dir", "d", "--sandbox-only"])
+                .unwrap()
+                .command
+        else {
+            panic!("not host")
+        };
+        assert!(host.sandbox_only);
+        assert_eq!(host.wasi.wasi_max_memory_mb, DEFAULT_WASI_MAX_MEMORY_MB);
+        let both = [
+            "x",
+            "host",
+            "--data-dir",
+            "d",
+            "--sandbox-only",
+            "--allow-commands",
+            "echo",
+        ];
+        assert!(Harness::try_parse_from(both).is_err());
+        let too_big = [
+            "x",
+            "host",
+            "--data-dir",
+            "d",
+            "--sandbox-only",
+            "--wasi-max-memory-mb",
+            "5000",
+        ];
+        assert!(Harness::try_parse_from(too_big).is_err());
     }
 
     #[test]

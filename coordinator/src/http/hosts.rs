@@ -9,15 +9,16 @@ use axum::extract::{Path, State};
 use rand::RngCore;
 use skyclaw_api::hosts::{
     Claim, Claimed, Heartbeat, HeartbeatAck, Host, HostList, HostStatus, MAX_CLAIM_JOBS,
-    MAX_CLAIM_WAIT_MS, MAX_HOST_LIST, RegisterHost, Registered,
+    MAX_CLAIM_WAIT_MS, MAX_HOST_LIST, MAX_REPORTED_ARTIFACTS, RegisterHost, Registered,
 };
+use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL};
 use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal};
 use super::extract::{IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::scheduler;
+use crate::scheduler::{self, LiveHost, Loads};
 use crate::state::read;
 use crate::state::{Command, CommandError, IdempotencyRecord, Output};
 
@@ -90,6 +91,21 @@ fn validate_registration(host: &RegisterHost) -> Result<(), ApiError> {
             "capabilities and allowed_commands hold at most {MAX_HOST_LIST} entries each"
         )));
     }
+    if host.sandbox_only
+        && (!host.allowed_commands.is_empty()
+            || host
+                .capabilities
+                .iter()
+                .any(|c| c == CAP_SHELL || c == CAP_OPENCLAW))
+    {
+        return Err(ApiError::BadRequest(
+            "a sandbox-only host may not offer native capabilities or allowed_commands".into(),
+        ));
+    }
+    if let Some(caps) = &host.wasi {
+        caps.validate()
+            .map_err(|e| ApiError::BadRequest(format!("wasi caps: {e}")))?;
+    }
     Ok(())
 }
 
@@ -105,10 +121,18 @@ pub async fn heartbeat(
     Path(host_id): Path<String>,
     body: JsonBody<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    if !node.liveness.beat(&host_id, Instant::now()) {
+    let Heartbeat { running, artifacts } = body.value;
+    if artifacts.len() > MAX_REPORTED_ARTIFACTS {
+        return Err(ApiError::BadRequest(format!(
+            "a heartbeat reports at most {MAX_REPORTED_ARTIFACTS} artifacts, not {}",
+            artifacts.len()
+        )));
+    }
+    if !node.liveness.beat(&host_id, Instant::now())
+        || !node.liveness.set_artifacts(&host_id, artifacts)
+    {
         return Err(not_registered(&host_id));
     }
-    let running = body.value.running;
     if running.is_empty() {
         return Ok(Json(HeartbeatAck::default()));
     }
@@ -193,7 +217,7 @@ fn replay(node: &Node, record: Option<&IdempotencyRecord>) -> Result<Option<Clai
 /// Picks jobs for the host and leases them; `None` when none fit right now.
 async fn lease_some(
     node: &Node,
-    host: &RegisterHost,
+    host: &LiveHost,
     max: usize,
     record: Option<IdempotencyRecord>,
 ) -> Result<Option<Claimed>, ApiError> {
@@ -204,6 +228,9 @@ async fn lease_some(
     // Page through the queue, starting small: a host with one free slot
     // usually finds its job among the first few, and every row read is parsed.
     let mut page_size = (max * 2).clamp(FIRST_PAGE_MIN, SCHEDULING_PAGE);
+    // Read only when locality needs them: most claims never do.
+    let mut loads: Option<Loads> = None;
+    let no_loads = Loads::new();
     while picked.len() < max && scanned < SCHEDULING_WINDOW {
         let page = node
             .store
@@ -220,10 +247,19 @@ async fn lease_some(
             .filter(|job| !node.is_reserved(&job.id))
             .collect();
         let want = max - picked.len();
+        if loads.is_none() && scheduler::needs_loads(&free, host, &live) {
+            loads = Some(load_by_host(node)?);
+        }
         picked.extend(
-            scheduler::pick(&free, host, &live, want)
-                .into_iter()
-                .map(|j| j.id.clone()),
+            scheduler::pick(
+                &free,
+                host,
+                &live,
+                loads.as_ref().unwrap_or(&no_loads),
+                want,
+            )
+            .into_iter()
+            .map(|j| j.id.clone()),
         );
     }
     let picked = node.reserve(picked);
@@ -236,7 +272,7 @@ async fn lease_some(
         .map(|id| (id.clone(), new_lease_token()))
         .collect();
     let command = Command::LeaseJobs {
-        host_id: host.host_id.clone(),
+        host_id: host.registration.host_id.clone(),
         leases,
         expires_at: now + node.config.lease_duration.as_millis() as u64,
         now,
@@ -249,6 +285,11 @@ async fn lease_some(
             "expected leases from the state machine, got {other:?}"
         ))),
     }
+}
+
+/// Jobs running per host, as the state machine has them.
+fn load_by_host(node: &Node) -> Result<Loads, ApiError> {
+    Ok(node.store.read(read::running_counts)?.into_iter().collect())
 }
 
 /// 128 random bits: a lease token cannot be guessed by another host.
@@ -275,6 +316,12 @@ pub async fn list(
                 .find(|(id, _)| *id == r.host_id)
                 .map_or(0, |(_, n)| *n);
             let last = node.liveness.last_seen_ago(&r.host_id, now);
+            let mut artifacts: Vec<_> = node
+                .liveness
+                .get(&r.host_id)
+                .map(|live| live.artifacts.iter().cloned().collect())
+                .unwrap_or_default();
+            artifacts.sort();
             Host {
                 status: if row.status == HostStatus::Up && last.is_some() {
                     HostStatus::Up
@@ -294,7 +341,7 @@ pub async fn list(
                 version: r.version,
                 sandbox_only: r.sandbox_only,
                 wasi: r.wasi,
-                artifacts: Vec::new(),
+                artifacts,
             }
         })
         .collect();

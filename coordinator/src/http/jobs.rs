@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use skyclaw_api::apikeys::Scope;
 use skyclaw_api::hosts::Complete;
-use skyclaw_api::jobs::{DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE};
+use skyclaw_api::jobs::{
+    DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE, WasiCaps, WasiSpec,
+};
 use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal};
@@ -35,6 +37,9 @@ pub async fn submit(
     let spec = body.value;
     spec.validate()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let JobSpec::Wasi(wasi) = &spec {
+        check_wasi(&node, wasi)?;
+    }
     let now = now_ms();
     let command = Command::EnqueueJob {
         id: new_job_id(),
@@ -45,6 +50,44 @@ pub async fn submit(
     let record = idempotency.record(&principal, &body.request_hash, now);
     let job = expect_job(node.execute(command, record).await?)?;
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Refuses a WASI job that can never run: its artifact was never uploaded or
+/// is not a wasm binary, or its limits exceed what every live WASI host grants.
+/// With no WASI host up, limits are not judged: one may still register.
+fn check_wasi(node: &Node, wasi: &WasiSpec) -> Result<(), ApiError> {
+    let digest = &wasi.artifact;
+    let info = node
+        .store
+        .read(|c| read::artifact(c, digest))?
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "artifact {digest} was never uploaded; push it first (skyclaw artifact push FILE)"
+            ))
+        })?;
+    if !info.kind.is_wasm() {
+        return Err(ApiError::BadRequest(format!(
+            "artifact {digest} is a {}, not a WASI component or preview1 module",
+            info.kind
+        )));
+    }
+    let caps: Vec<WasiCaps> = node
+        .liveness
+        .up_hosts()
+        .into_iter()
+        .filter_map(|h| h.registration.wasi)
+        .collect();
+    if caps.is_empty() || caps.iter().any(|c| wasi.limits.within(c)) {
+        return Ok(());
+    }
+    let excess = caps
+        .iter()
+        .filter_map(|c| wasi.limits.excess(c))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(ApiError::BadRequest(format!(
+        "no live host grants these limits: {excess}"
+    )))
 }
 
 /// Time-ordered ids: listing by id follows submission order.

@@ -334,9 +334,7 @@ async fn openclaw_runs_the_agent_and_parses_its_json() {
     assert_eq!(r.openclaw_version.as_deref(), Some("openclaw 9.9.9"));
 
     let (_keep, stop) = never_stopped();
-    let run = r
-        .run_job("job-2", &JobSpec::OpenclawRun(openclaw_spec()), stop)
-        .await;
+    let run = r.run_openclaw("job-2", &openclaw_spec(), stop).await;
     assert_eq!(run.result.error, None);
     let expected = serde_json::json!({"args": [
         "agent", "--message", "hello there", "--agent", "main", "--json",
@@ -352,9 +350,7 @@ async fn openclaw_is_refused_where_it_is_unavailable() {
     r.openclaw_command = dir.path().join("missing-openclaw").display().to_string();
     assert_eq!(r.probe_openclaw().await, None);
     let (_keep, stop) = never_stopped();
-    let run = r
-        .run_job("job-3", &JobSpec::OpenclawRun(openclaw_spec()), stop)
-        .await;
+    let run = r.run_openclaw("job-3", &openclaw_spec(), stop).await;
     assert_eq!(
         run.result.error.as_deref(),
         Some("openclaw is not available on host test-host")
