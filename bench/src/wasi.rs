@@ -14,7 +14,10 @@ use skyclaw_runtime::wasi::{WasiEngine, WasiSettings};
 use skyclaw_runtime::{DEFAULT_MAX_OUTPUT_BYTES, HostConfig};
 use tokio::sync::watch;
 
-use crate::{end_to_end_phase, fmt, percentile, start_coordinator, start_hosts, token_client};
+use crate::{
+    end_to_end_phase, fmt, percentile, start_coordinator, start_hosts, submit_all, token_client,
+    wait_all_succeeded,
+};
 
 /// The knobs of `skyclaw-bench wasi`.
 #[derive(Debug, clap::Args)]
@@ -44,16 +47,47 @@ pub async fn run(args: WasiArgs) -> Result<()> {
     }
     let coordinator = start_coordinator(&tmp.path().join("e2e")).await?;
     let client = token_client(&coordinator.url)?;
-    let hosts = start_hosts(&coordinator.url, tmp.path(), args.max_parallel, &client).await?;
+    let hosts = start_hosts(
+        &coordinator.url,
+        &tmp.path().join("e2e"),
+        args.max_parallel,
+        &client,
+    )
+    .await?;
     let (info, _) = client.put_artifact(&noop).await?;
     let spec = JobSpec::Wasi(spec_for(info.digest));
     let label = "1 coordinator, 2 hosts, no-op WASI component";
     end_to_end_phase(&client, &spec, args.jobs, args.connections, label).await?;
+    stop_all(hosts, coordinator).await;
+    drain_phase(&noop, &tmp.path().join("drain"), &args).await
+}
+
+/// Queues the jobs first, then starts the hosts: how fast one coordinator
+/// leases, and two hosts run and report, a backlog of no-op WASI jobs.
+async fn drain_phase(noop: &Path, dir: &Path, args: &WasiArgs) -> Result<()> {
+    let coordinator = start_coordinator(dir).await?;
+    let client = token_client(&coordinator.url)?;
+    let (info, _) = client.put_artifact(noop).await?;
+    let spec = JobSpec::Wasi(spec_for(info.digest));
+    submit_all(&client, &spec, args.jobs, args.connections).await?;
+    let start = Instant::now();
+    let hosts = start_hosts(&coordinator.url, dir, args.max_parallel, &client).await?;
+    wait_all_succeeded(&client, args.jobs).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "backlog drained (2 hosts started on {} queued no-op WASI jobs): {elapsed:.2} s = {:.0} jobs/s",
+        args.jobs,
+        args.jobs as f64 / elapsed
+    );
+    stop_all(hosts, coordinator).await;
+    Ok(())
+}
+
+async fn stop_all(hosts: Vec<crate::Running>, coordinator: crate::Running) {
     for host in hosts {
         host.stop().await;
     }
     coordinator.stop().await;
-    Ok(())
 }
 
 /// Builds a guest project for wasm32-wasip2 into `target/guests`, as the
