@@ -243,3 +243,54 @@ async fn hosts_and_clients_fail_over_to_a_coordinator_that_answers() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "failover\n");
 }
+
+#[tokio::test]
+async fn batched_completions_are_settled_one_by_one() {
+    use skyclaw_api::hosts::{Complete, CompleteMany, Completion, Outcome};
+    use skyclaw_api::jobs::JobResult;
+
+    let net = Network::start("true", &[]).await;
+    let client = net.client();
+    let done = run_job(&client, json!({"kind": "shell", "command": "true"})).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+    let completion = |job_id: &str, lease: &str| Completion {
+        job_id: job_id.to_string(),
+        idempotency_key: format!("test-{job_id}-{lease}"),
+        complete: Complete {
+            lease_token: lease.to_string(),
+            outcome: Outcome::Succeeded,
+            result: JobResult::default(),
+        },
+    };
+    let batch = CompleteMany {
+        completions: vec![
+            completion(&done.id, "not-the-lease"),
+            completion("j-missing", "x"),
+        ],
+    };
+    let answer = client.complete_many(&net.host_id, &batch).await.unwrap();
+    let codes: Vec<_> = answer
+        .results
+        .iter()
+        .map(|r| (r.job_id.as_str(), r.error.as_ref().map(|e| e.code.as_str())))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (done.id.as_str(), Some("stale_lease")),
+            ("j-missing", Some("not_found"))
+        ]
+    );
+    // The finished job kept the result its host reported.
+    let job = client.get_job(&done.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+
+    let empty = CompleteMany {
+        completions: Vec::new(),
+    };
+    let err = client
+        .complete_many(&net.host_id, &empty)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(skyclaw_api::ErrorCode::BadRequest));
+}

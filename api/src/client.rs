@@ -25,7 +25,8 @@ use crate::artifacts::{ArtifactInfo, ArtifactList, Digest};
 use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::headers;
 use crate::hosts::{
-    Claim, Claimed, Complete, Heartbeat, HeartbeatAck, HostList, RegisterHost, Registered,
+    Claim, Claimed, Complete, CompleteMany, CompletedMany, Heartbeat, HeartbeatAck, HostList,
+    RegisterHost, Registered,
 };
 use crate::jobs::{Job, JobList, JobQuery, JobSpec};
 use crate::network::{Join, PeerList};
@@ -320,6 +321,18 @@ impl Client {
         let path = format!("/v1/jobs/{}/complete", segment(id));
         self.call(Call::post(&path, complete, Some(idempotency_key)))
             .await
+    }
+
+    /// Reports several jobs' ends at once. Each completion carries its own
+    /// idempotency key, so sending the batch again applies none twice; the
+    /// answer says what became of each.
+    pub async fn complete_many(
+        &self,
+        host_id: &str,
+        batch: &CompleteMany,
+    ) -> Result<CompletedMany, ClientError> {
+        let path = format!("/v1/hosts/{}/complete", segment(host_id));
+        self.call(Call::post(&path, batch, None)).await
     }
 
     pub async fn register_host(&self, req: &RegisterHost) -> Result<Registered, ClientError> {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Millis;
 use crate::artifacts::Digest;
+use crate::error::ErrorBody;
 use crate::jobs::{Job, JobResult, WasiCaps};
 
 /// Most jobs one claim may hand out; a host asks for its free slots.
@@ -165,4 +166,41 @@ pub struct Complete {
     pub lease_token: String,
     pub outcome: Outcome,
     pub result: JobResult,
+}
+
+/// Most completions one `POST /v1/hosts/{id}/complete` carries: a host sends
+/// what finished since its last report, and a busy host stays well below.
+pub const MAX_COMPLETE_BATCH: usize = 512;
+
+/// `POST /v1/hosts/{id}/complete`: the ends of several jobs, reported at once
+/// so a busy host needs one request, not one per job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteMany {
+    pub completions: Vec<Completion>,
+}
+
+/// One job's end within a [`CompleteMany`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Completion {
+    pub job_id: String,
+    /// Names this completion: sent again with the same key, it is applied once.
+    pub idempotency_key: String,
+    pub complete: Complete,
+}
+
+/// What became of each completion of a [`CompleteMany`], in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletedMany {
+    pub results: Vec<CompletionResult>,
+}
+
+/// One completion's fate: recorded (no error), or refused or not (yet)
+/// applied, with the error a single completion would have answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionResult {
+    pub job_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
 }

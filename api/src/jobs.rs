@@ -26,6 +26,9 @@ pub const DEFAULT_OPENCLAW_TIMEOUT_MS: u64 = 600_000;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
 /// Bytes in an openclaw message.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Most output a host may keep per stream of a job: results travel to the
+/// coordinators in one request and live in the job record.
+pub const MAX_OUTPUT_BYTES_LIMIT: usize = 8 * 1024 * 1024;
 /// Capabilities one job may require.
 pub const MAX_CAPABILITIES: usize = 32;
 

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use skyclaw_api::{ErrorCode, ErrorEnvelope};
+use skyclaw_api::{ErrorBody, ErrorCode, ErrorEnvelope};
 
 use crate::artifacts::BlobError;
 use crate::state::CommandError;
@@ -92,6 +92,17 @@ impl From<BlobError> for ApiError {
                 tracing::error!(error = %e, "blob store fault");
                 ApiError::Internal(e.to_string())
             }
+        }
+    }
+}
+
+impl ApiError {
+    /// The error as it appears inside an envelope, for answers that report
+    /// several outcomes (one per item of a batch).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
         }
     }
 }

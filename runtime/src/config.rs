@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use skyclaw_api::hosts::MAX_HOST_LIST;
-use skyclaw_api::jobs::WasiCaps;
+use skyclaw_api::jobs::{MAX_OUTPUT_BYTES_LIMIT, WasiCaps};
 
 use crate::HostError;
 
@@ -132,6 +132,11 @@ impl HostConfig {
         }
         if self.allowed_commands.iter().any(|c| c.trim().is_empty()) {
             return invalid("allowed_commands must not contain an empty command".into());
+        }
+        if self.max_output_bytes > MAX_OUTPUT_BYTES_LIMIT {
+            return invalid(format!(
+                "max_output_bytes must be at most {MAX_OUTPUT_BYTES_LIMIT}, so results fit a coordinator's request limit"
+            ));
         }
         if self.sandbox_only && !self.allowed_commands.is_empty() {
             return invalid(

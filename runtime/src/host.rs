@@ -26,7 +26,7 @@ use crate::config::{DEFAULT_PATH, HostConfig};
 use crate::discovery;
 use crate::leases::Leases;
 use crate::native::{Run, Runner, StopReason, StopSignal};
-use crate::report::{REPORT_DEADLINE, answer_was_lost, is_retryable, report};
+use crate::report::{Reporter, answer_was_lost, is_retryable};
 use crate::wasi::{WasiEngine, WasiSettings};
 use crate::workdir::WorkDirs;
 use crate::{HostError, identity};
@@ -124,7 +124,9 @@ pub async fn run(
             shutdown.await;
             shutdown_tx.send_replace(true);
         });
+        let (reporter, reporting) = Reporter::start(client.clone(), host_id.clone());
         let host = Arc::new(Host {
+            reporter,
             client,
             host_id,
             registration,
@@ -136,6 +138,8 @@ pub async fn run(
             reregister: Notify::new(),
         });
         let outcome = host.serve(shutdown_rx, config.shutdown_grace).await;
+        // Every job was settled (reported or given up on) by the drain.
+        reporting.abort();
         shutdown_task.abort();
         outcome
     }
@@ -146,6 +150,8 @@ pub async fn run(
 /// What the loops share.
 struct Host {
     client: Client,
+    /// Sends jobs' completions, batched.
+    reporter: Reporter,
     host_id: String,
     registration: RegisterHost,
     runner: Runner,
@@ -386,13 +392,7 @@ impl Host {
                     outcome,
                     result: run.result,
                 };
-                report(
-                    &host.client,
-                    &job.id,
-                    &complete,
-                    Instant::now() + REPORT_DEADLINE,
-                )
-                .await;
+                host.reporter.report(&job.id, complete).await;
             }
             .instrument(span),
         );
@@ -457,13 +457,7 @@ impl Host {
                         host.registration.name
                     )),
                 };
-                report(
-                    &host.client,
-                    &leased.job.id,
-                    &complete,
-                    Instant::now() + REPORT_DEADLINE,
-                )
-                .await;
+                host.reporter.report(&leased.job.id, complete).await;
             }
             .in_current_span(),
         );

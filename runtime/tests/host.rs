@@ -14,11 +14,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use skyclaw_api::hosts::{
-    Claim, Claimed, Complete, Heartbeat, HeartbeatAck, LeasedJob, Outcome, RegisterHost, Registered,
+    Claim, Claimed, Complete, CompleteMany, CompletedMany, Completion, CompletionResult, Heartbeat,
+    HeartbeatAck, LeasedJob, Outcome, RegisterHost, Registered,
 };
 use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
 use skyclaw_api::network::{Peer, PeerList, PeerRole};
-use skyclaw_api::{ErrorCode, ErrorEnvelope, headers};
+use skyclaw_api::{ErrorBody, ErrorCode, ErrorEnvelope, headers};
 use skyclaw_runtime::HostConfig;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
@@ -215,28 +216,35 @@ async fn claim(
     }
 }
 
-async fn complete(
-    State(fake): State<Arc<Fake>>,
-    UrlPath(job_id): UrlPath<String>,
-    headers: HeaderMap,
-    Json(complete): Json<Complete>,
-) -> Response {
-    let key = key(&headers);
+async fn complete(State(fake): State<Arc<Fake>>, Json(batch): Json<CompleteMany>) -> Response {
     let mut s = fake.lock();
-    s.complete_keys.push(key);
-    if s.complete_failures > 0 {
-        s.complete_failures -= 1;
-        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
+    let mut results = Vec::new();
+    for Completion {
+        job_id,
+        idempotency_key,
+        complete,
+    } in batch.completions
+    {
+        s.complete_keys.push(idempotency_key);
+        // Each failure refuses one completion as a coordinator without a
+        // quorum would; the host must send that one again.
+        let error = (s.complete_failures > 0).then(|| {
+            s.complete_failures -= 1;
+            ErrorBody {
+                code: ErrorCode::NoQuorum,
+                message: "no quorum".into(),
+            }
+        });
+        if error.is_none() {
+            assert!(
+                s.leased.values().flatten().any(|l| l.job.id == job_id),
+                "completion of a leased job"
+            );
+            s.completions.insert(job_id.clone(), complete);
+        }
+        results.push(CompletionResult { job_id, error });
     }
-    let job = s
-        .leased
-        .values()
-        .flatten()
-        .find(|l| l.job.id == job_id)
-        .map(|l| l.job.clone())
-        .expect("completion of a leased job");
-    s.completions.insert(job_id, complete);
-    Json(job).into_response()
+    Json(CompletedMany { results }).into_response()
 }
 
 async fn start_fake(fake: Arc<Fake>) -> String {
@@ -244,7 +252,7 @@ async fn start_fake(fake: Arc<Fake>) -> String {
         .route("/v1/hosts/register", post(register))
         .route("/v1/hosts/{id}/heartbeat", post(heartbeat))
         .route("/v1/hosts/{id}/claim", post(claim))
-        .route("/v1/jobs/{id}/complete", post(complete))
+        .route("/v1/hosts/{id}/complete", post(complete))
         .route("/v1/network/peers", get(peers))
         .layer(axum::middleware::from_fn_with_state(
             fake.clone(),

@@ -114,7 +114,10 @@ fn is_artifact_upload(method: &Method, path: &str) -> bool {
 
 async fn forward(node: &Node, leader_url: &str, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, node.config.max_body_bytes)
+    // The leader applies each route's own limit; this only bounds what is
+    // buffered here, by the largest any route accepts.
+    let limit = node.config.max_body_bytes.max(super::COMPLETION_BODY_LIMIT);
+    let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| ApiError::PayloadTooLarge(format!("request body too large: {e}")))?;
     let target = format!(

@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{Path, State};
 use rand::RngCore;
+use skyclaw_api::headers::MAX_IDEMPOTENCY_KEY_LEN;
 use skyclaw_api::hosts::{
-    Claim, Claimed, Heartbeat, HeartbeatAck, Host, HostList, HostStatus, MAX_CLAIM_JOBS,
-    MAX_CLAIM_WAIT_MS, MAX_HOST_LIST, MAX_REPORTED_ARTIFACTS, RegisterHost, Registered,
+    Claim, Claimed, CompleteMany, CompletedMany, Completion, CompletionResult, Heartbeat,
+    HeartbeatAck, Host, HostList, HostStatus, MAX_CLAIM_JOBS, MAX_CLAIM_WAIT_MS,
+    MAX_COMPLETE_BATCH, MAX_HOST_LIST, MAX_REPORTED_ARTIFACTS, RegisterHost, Registered,
 };
 use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL};
 use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal};
-use super::extract::{IdempotencyKey, JsonBody};
+use super::extract::{IdempotencyKey, JsonBody, request_hash};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::scheduler::{self, LiveHost, Loads};
@@ -284,6 +286,70 @@ async fn lease_some(
         other => Err(ApiError::Internal(format!(
             "expected leases from the state machine, got {other:?}"
         ))),
+    }
+}
+
+/// Records the ends of several jobs: each completion is proposed on its own
+/// (the log batches them) under its own idempotency key, and answered on its
+/// own, so one stale lease does not hold up the rest.
+pub async fn complete_many(
+    State(node): State<Arc<Node>>,
+    _token: ClusterToken,
+    Path(host_id): Path<String>,
+    body: JsonBody<CompleteMany>,
+) -> Result<Json<CompletedMany>, ApiError> {
+    let completions = body.value.completions;
+    if completions.is_empty() || completions.len() > MAX_COMPLETE_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a batch holds 1 to {MAX_COMPLETE_BATCH} completions, not {}",
+            completions.len()
+        )));
+    }
+    if let Some(bad) = completions
+        .iter()
+        .find(|c| c.idempotency_key.is_empty() || c.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the idempotency key of job {}'s completion must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters",
+            bad.job_id
+        )));
+    }
+    tracing::debug!(host = %host_id, jobs = completions.len(), "completions reported");
+    let now = now_ms();
+    let results = futures_util::future::join_all(
+        completions
+            .into_iter()
+            .map(|completion| complete_one(&node, completion, now)),
+    )
+    .await;
+    Ok(Json(CompletedMany { results }))
+}
+
+/// Applies one completion of a batch as `POST /v1/jobs/{id}/complete` would.
+async fn complete_one(node: &Node, completion: Completion, now: u64) -> CompletionResult {
+    let Completion {
+        job_id,
+        idempotency_key,
+        complete,
+    } = completion;
+    let body = serde_json::to_vec(&complete).expect("wire types serialise");
+    let record = IdempotencyRecord {
+        principal: Principal::Token.owner().as_column(),
+        key: idempotency_key,
+        request_hash: request_hash("POST", &format!("/v1/jobs/{job_id}/complete"), &body),
+        now,
+    };
+    let command = Command::CompleteJob {
+        job_id: job_id.clone(),
+        lease_token: complete.lease_token,
+        outcome: complete.outcome,
+        result: complete.result,
+        now,
+    };
+    let error = node.execute(command, Some(record)).await.err();
+    CompletionResult {
+        job_id,
+        error: error.map(|e| e.body()),
     }
 }
 

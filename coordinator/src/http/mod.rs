@@ -40,6 +40,13 @@ const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// spells snapshot bytes as numbers, several characters a byte).
 const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
+/// Largest completion body: a job's result carries up to two output streams
+/// of the host's `--max-output-bytes` (at most
+/// [`skyclaw_api::jobs::MAX_OUTPUT_BYTES_LIMIT`] each), which JSON escaping
+/// can double, and a batch carries many small results.
+pub const COMPLETION_BODY_LIMIT: usize =
+    4 * skyclaw_api::jobs::MAX_OUTPUT_BYTES_LIMIT + 1024 * 1024;
+
 pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
     let raft = Router::new()
         .route(crate::cluster::network::APPEND_PATH, post(raft::append))
@@ -53,11 +60,18 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         .route("/v1/hosts/register", post(hosts::register))
         .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
         .route("/v1/hosts/{id}/claim", post(hosts::claim))
+        .route(
+            "/v1/hosts/{id}/complete",
+            post(hosts::complete_many).layer(DefaultBodyLimit::max(COMPLETION_BODY_LIMIT)),
+        )
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/wait", get(jobs::wait))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/complete", post(jobs::complete))
+        .route(
+            "/v1/jobs/{id}/complete",
+            post(jobs::complete).layer(DefaultBodyLimit::max(COMPLETION_BODY_LIMIT)),
+        )
         .route("/v1/apikeys", post(apikeys::create).get(apikeys::list))
         .route("/v1/apikeys/{id}", delete(apikeys::revoke))
         .route("/v1/network/peers", get(network::peers))
