@@ -367,7 +367,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
     format!(
         "skyclaw dev is running\n\
          \x20 coordinator  {url} (data in {coordinator})\n\
-         \x20 host         {name}: runs {allowed}; {parallel} jobs at once\n\
+         \x20 host         {name}: runs {allowed} and WASI programs; {parallel} jobs at once\n\
          \x20 token        {token}, used by commands run in this directory or below\n\
          \n\
          Try, in another terminal in this directory:\n\
@@ -375,6 +375,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
          \x20 {program} job shell --wait -- echo hello\n\
          \x20 {program} job shell --wait -- sh -c 'echo oops >&2; exit 3'\n\
          \x20 {program} job shell -- sleep 30 && {program} job ls\n\
+         \x20 {program} job wasi --wait PROGRAM.wasm -- ARGS   (see README: write a job)\n\
          \x20 {program} hosts ls\n\
          \x20 {program} apikey create --name ci --scope jobs:submit --scope jobs:read\n\
          \n\
