@@ -35,6 +35,8 @@ pub(crate) struct ArtifactCache {
     fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Fires when the set of held artifacts changes, so it is reported soon.
     changed: Notify,
+    /// Told of every artifact evicted, to drop what was derived from it.
+    on_evict: Box<dyn Fn(&Digest) + Send + Sync>,
 }
 
 #[derive(Default)]
@@ -74,7 +76,12 @@ impl Drop for Pinned {
 impl ArtifactCache {
     /// Opens (creating) the cache directory, forgets partial downloads and
     /// indexes the blobs already there; they are checked when first used.
-    pub(crate) fn open(dir: PathBuf, max_bytes: u64) -> Result<ArtifactCache, HostError> {
+    /// `on_evict` is called with each artifact evicted to make room.
+    pub(crate) fn open(
+        dir: PathBuf,
+        max_bytes: u64,
+        on_evict: impl Fn(&Digest) + Send + Sync + 'static,
+    ) -> Result<ArtifactCache, HostError> {
         let data_err = |action, path: &Path, source| HostError::DataDir {
             action,
             path: path.to_path_buf(),
@@ -113,6 +120,7 @@ impl ArtifactCache {
             state: Mutex::new(state),
             fetching: Mutex::default(),
             changed: Notify::new(),
+            on_evict: Box::new(on_evict),
         };
         cache.evict();
         Ok(cache)
@@ -321,6 +329,7 @@ impl ArtifactCache {
         for digest in &removed {
             info!(%digest, "evicting artifact from the host cache");
             let _ = std::fs::remove_file(self.dir.join(digest.hex()));
+            (self.on_evict)(digest);
         }
         if !removed.is_empty() {
             self.changed.notify_one();
@@ -380,7 +389,8 @@ mod tests {
         let bad = put(dir.path(), b"original");
         std::fs::write(dir.path().join(bad.hex()), b"tampered").unwrap();
         std::fs::write(dir.path().join(".download-x"), b"partial").unwrap();
-        let cache = Arc::new(ArtifactCache::open(dir.path().to_path_buf(), 1 << 20).unwrap());
+        let cache =
+            Arc::new(ArtifactCache::open(dir.path().to_path_buf(), 1 << 20, |_| {}).unwrap());
         assert!(!dir.path().join(".download-x").exists());
         let client = offline_client();
         let pinned = cache.fetch(&client, &good).await.unwrap();
@@ -396,7 +406,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = put(dir.path(), &[1u8; 100]);
         let b = put(dir.path(), &[2u8; 100]);
-        let cache = Arc::new(ArtifactCache::open(dir.path().to_path_buf(), 250).unwrap());
+        let evicted = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&evicted);
+        let cache = Arc::new(
+            ArtifactCache::open(dir.path().to_path_buf(), 250, move |d| {
+                seen.lock().unwrap().push(d.clone())
+            })
+            .unwrap(),
+        );
         let client = offline_client();
         let _a = cache.fetch(&client, &a).await.unwrap();
         cache.touch(&b);
@@ -407,6 +424,7 @@ mod tests {
         // `a` is pinned, so `b` goes although `a` was used earlier.
         assert!(dir.path().join(a.hex()).exists());
         assert!(!dir.path().join(b.hex()).exists());
+        assert_eq!(*evicted.lock().unwrap(), vec![b.clone()]);
         drop(pinned_c);
         drop(_a);
         let held = cache.held();

@@ -114,9 +114,11 @@ pub async fn run(
             code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
             host_name: config.name.clone(),
         })?;
+        let evicted_code = engine.clone();
         let artifacts = Arc::new(ArtifactCache::open(
             config.data_dir.join(ARTIFACT_DIR),
             config.artifact_cache_bytes,
+            move |digest| evicted_code.forget(digest),
         )?);
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -158,6 +158,12 @@ impl Loaded {
         Some(Arc::clone(program))
     }
 
+    /// Drops a program; jobs that hold it finish with it.
+    pub(super) fn remove(&self, digest: &Digest) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.programs.remove(digest);
+    }
+
     /// Keeps a program, evicting the least recently used one when full.
     pub(super) fn insert(&self, digest: Digest, program: Arc<Program>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);

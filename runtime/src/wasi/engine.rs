@@ -113,6 +113,14 @@ impl WasiEngine {
         self.inner.loaded.get(digest)
     }
 
+    /// Forgets an artifact's code, in memory and on disk: its blob left the
+    /// host's artifact cache, and its code goes with it so that the code
+    /// cache is bounded by the artifact cache.
+    pub fn forget(&self, digest: &Digest) {
+        self.inner.loaded.remove(digest);
+        self.inner.disk.discard(digest);
+    }
+
     /// Makes a program of an artifact whose blob (already checked against
     /// its digest) is at `blob`: from memory, from compiled code on disk, or
     /// by compiling it. Concurrent loads of one artifact compile it once.

@@ -588,3 +588,18 @@ async fn command_components_run_and_report_their_exit() {
     assert_eq!(run.result.code, Some(CodeSource::DiskCache));
     assert_eq!(run.result.exit_code, Some(0));
 }
+
+#[tokio::test]
+async fn forgotten_code_is_gone_from_memory_and_disk() {
+    let dir = TempDir::new().unwrap();
+    let hello = store_wat(dir.path(), HELLO);
+    let engine = engine(dir.path());
+    let (_, code) = engine.load(&hello.digest, &hello.path).await.unwrap();
+    assert_eq!(code, CodeSource::Compiled);
+    assert_eq!(cwasm_files(dir.path()).len(), 1);
+    engine.forget(&hello.digest);
+    assert!(engine.loaded(&hello.digest).is_none());
+    assert!(cwasm_files(dir.path()).is_empty());
+    let (_, code) = engine.load(&hello.digest, &hello.path).await.unwrap();
+    assert_eq!(code, CodeSource::Compiled);
+}
