@@ -19,6 +19,9 @@ use crate::{
     wait_all_succeeded,
 };
 
+/// Runs before the timed ones in the overhead phase.
+const WARMUP_RUNS: usize = 200;
+
 /// The knobs of `skyclaw-bench wasi`.
 #[derive(Debug, clap::Args)]
 pub struct WasiArgs {
@@ -153,19 +156,9 @@ async fn overhead_phase(noop: &Path, dir: &Path, runs: usize) -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let (_keep, stop) = watch::channel(None);
-    // Warm up allocator slots, caches and the blocking pool.
-    for _ in 0..200 {
-        engine
-            .run(
-                Arc::clone(&program),
-                CodeSource::Memory,
-                &spec,
-                stop.clone(),
-            )
-            .await;
-    }
     let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
+    // The first runs warm up allocator slots, caches and the blocking pool.
+    for i in 0..WARMUP_RUNS + runs {
         let t = Instant::now();
         let run = engine
             .run(
@@ -175,7 +168,9 @@ async fn overhead_phase(noop: &Path, dir: &Path, runs: usize) -> Result<()> {
                 stop.clone(),
             )
             .await;
-        samples.push(t.elapsed());
+        if i >= WARMUP_RUNS {
+            samples.push(t.elapsed());
+        }
         if run.result.exit_code != Some(0) {
             bail!("the no-op guest failed: {:?}", run.result.error);
         }

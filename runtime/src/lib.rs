@@ -11,6 +11,7 @@
 
 mod artifacts;
 mod backoff;
+mod captured;
 mod config;
 mod discovery;
 mod error;

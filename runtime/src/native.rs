@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::captured::{Captured, output_result};
 use crate::workdir::WorkDirs;
 
 /// Bytes read from an output pipe at a time.
@@ -287,15 +288,9 @@ impl Runner {
         Run {
             result: JobResult {
                 exit_code,
-                stdout: String::from_utf8_lossy(&stdout.kept).into_owned(),
-                stderr: String::from_utf8_lossy(&stderr.kept).into_owned(),
-                stdout_truncated: stdout.dropped > 0,
-                stderr_truncated: stderr.dropped > 0,
-                stdout_dropped_bytes: stdout.dropped,
-                stderr_dropped_bytes: stderr.dropped,
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 error,
-                ..JobResult::default()
+                ..output_result(stdout, stderr)
             },
             stopped,
         }
@@ -404,22 +399,6 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
-}
-
-/// One output stream: the bytes kept and how many past the limit were dropped.
-#[derive(Debug, Default)]
-struct Captured {
-    kept: Vec<u8>,
-    dropped: u64,
-}
-
-impl Captured {
-    fn push(&mut self, chunk: &[u8], limit: usize) {
-        let room = limit.saturating_sub(self.kept.len());
-        let take = room.min(chunk.len());
-        self.kept.extend_from_slice(&chunk[..take]);
-        self.dropped += (chunk.len() - take) as u64;
-    }
 }
 
 /// Reads a pipe to its end, keeping at most `limit` bytes and counting the

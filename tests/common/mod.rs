@@ -164,25 +164,19 @@ pub struct Host {
 impl Host {
     /// Starts a host allowing `allow` (comma-separated) against `coordinators`.
     pub fn start(coordinators: &str, dir: &Path, allow: &str, extra: &[&str]) -> Host {
-        let child = skyclaw()
-            .args(["host", "--coordinator", coordinators, "--token", TOKEN])
-            .args(["--allow-commands", allow, "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn host");
-        Host {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-        }
+        Host::spawn(coordinators, dir, &["--allow-commands", allow], extra)
     }
 
     /// Starts a sandbox-only host (WASI jobs only) against `coordinators`.
     pub fn start_sandboxed(coordinators: &str, dir: &Path, extra: &[&str]) -> Host {
+        Host::spawn(coordinators, dir, &["--sandbox-only"], extra)
+    }
+
+    fn spawn(coordinators: &str, dir: &Path, mode: &[&str], extra: &[&str]) -> Host {
         let child = skyclaw()
             .args(["host", "--coordinator", coordinators, "--token", TOKEN])
-            .args(["--sandbox-only", "--data-dir"])
+            .args(mode)
+            .arg("--data-dir")
             .arg(dir)
             .args(extra)
             .stdin(Stdio::null())

@@ -22,6 +22,7 @@ use super::program::{Code, Linkers, LoadError, Program, WasmKind};
 use super::sandbox::{self, Job, Outcome};
 use super::{MIB, WasiSettings};
 use crate::HostError;
+use crate::captured::output_result;
 use crate::native::{Run, StopReason, StopSignal};
 
 /// How often the epoch advances. Deadlines and stop signals take effect
@@ -338,18 +339,12 @@ fn finish(outcome: Outcome, code: CodeSource, limits: EffectiveLimits, took: Dur
     Run {
         result: JobResult {
             exit_code,
-            stdout: String::from_utf8_lossy(&stdout.kept).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr.kept).into_owned(),
-            stdout_truncated: stdout.dropped > 0,
-            stderr_truncated: stderr.dropped > 0,
-            stdout_dropped_bytes: stdout.dropped,
-            stderr_dropped_bytes: stderr.dropped,
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             error,
-            output: None,
             fuel_consumed: Some(fuel_consumed),
             code: Some(code),
             limits: Some(limits),
+            ..output_result(stdout, stderr)
         },
         stopped,
     }

@@ -11,6 +11,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use crate::captured::Captured;
+
 /// Bytes a guest may hand over in one write. The guest chooses how much to
 /// write up to this, and the host copies that much at once, so it bounds a
 /// host allocation a guest can force.
@@ -21,13 +23,6 @@ const WRITE_BUDGET: usize = 64 * 1024;
 pub(super) struct OutputCapture {
     limit: usize,
     captured: Arc<Mutex<Captured>>,
-}
-
-/// What a stream got: the bytes kept and how many past the limit were dropped.
-#[derive(Debug, Default)]
-pub(super) struct Captured {
-    pub(super) kept: Vec<u8>,
-    pub(super) dropped: u64,
 }
 
 impl OutputCapture {
@@ -45,11 +40,7 @@ impl OutputCapture {
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut captured = self.lock();
-        let room = self.limit.saturating_sub(captured.kept.len());
-        let kept = room.min(bytes.len());
-        captured.kept.extend_from_slice(&bytes[..kept]);
-        captured.dropped += (bytes.len() - kept) as u64;
+        self.lock().push(bytes, self.limit);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {

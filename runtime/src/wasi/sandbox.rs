@@ -13,8 +13,9 @@ use wasmtime_wasi::{I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::MIB;
 use super::engine::MAX_WASM_STACK;
-use super::output::{Captured, OutputCapture};
+use super::output::OutputCapture;
 use super::program::Program;
+use crate::captured::Captured;
 use crate::native::{StopReason, StopSignal};
 
 /// Epoch ticks between two checks of a running guest's deadline and stop
