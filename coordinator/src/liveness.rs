@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::hosts::RegisterHost;
+use skyclaw_api::jobs::WasiCaps;
 
 use crate::scheduler::LiveHost;
 
@@ -65,22 +66,12 @@ impl Liveness {
         self.lock().insert(id, Tracked::new(registration, now));
     }
 
-    /// Records a heartbeat; false when the host is not (or no longer) up.
-    pub fn beat(&self, host_id: &str, now: Instant) -> bool {
-        match self.lock().get_mut(host_id) {
-            Some(host) => {
-                host.last_seen = now;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Replaces the artifacts a host reports holding; false when the host is
-    /// not (or no longer) up.
-    pub fn set_artifacts(&self, host_id: &str, artifacts: Vec<Digest>) -> bool {
+    /// Records a heartbeat and the artifacts the host reports holding; false
+    /// when the host is not (or no longer) up.
+    pub fn beat(&self, host_id: &str, now: Instant, artifacts: Vec<Digest>) -> bool {
         match self.lock().get_mut(host_id) {
             Some(tracked) => {
+                tracked.last_seen = now;
                 let artifacts: HashSet<Digest> = artifacts.into_iter().collect();
                 if *tracked.host.artifacts != artifacts {
                     tracked.host.artifacts = Arc::new(artifacts);
@@ -89,6 +80,14 @@ impl Liveness {
             }
             None => false,
         }
+    }
+
+    /// What each live host grants WASI jobs (hosts without WASI left out).
+    pub fn wasi_caps(&self) -> Vec<WasiCaps> {
+        self.lock()
+            .values()
+            .filter_map(|h| h.host.registration.wasi)
+            .collect()
     }
 
     pub fn get(&self, host_id: &str) -> Option<LiveHost> {

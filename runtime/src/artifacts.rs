@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::HostError;
+use crate::turns::Turns;
 
 /// Prefix of partial downloads; they are removed when the cache opens.
 const DOWNLOAD_PREFIX: &str = ".download-";
@@ -32,7 +33,7 @@ pub(crate) struct ArtifactCache {
     state: Mutex<State>,
     /// One fetch per digest at a time: a second job for the same artifact
     /// waits for the first download instead of starting its own.
-    fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    fetching: Turns,
     /// Fires when the set of held artifacts changes, so it is reported soon.
     changed: Notify,
     /// Told of every artifact evicted, to drop what was derived from it.
@@ -118,7 +119,7 @@ impl ArtifactCache {
             dir,
             max_bytes,
             state: Mutex::new(state),
-            fetching: Mutex::default(),
+            fetching: Turns::default(),
             changed: Notify::new(),
             on_evict: Box::new(on_evict),
         };
@@ -134,16 +135,11 @@ impl ArtifactCache {
         client: &Client,
         digest: &Digest,
     ) -> Result<Pinned, String> {
-        let gate = self.gate(digest);
-        let pinned = {
-            let _one_at_a_time = gate.lock().await;
-            match self.pin_existing(digest) {
-                Some(pinned) => self.verify_cached(pinned).await?,
-                None => self.download(client, digest).await?,
-            }
-        };
-        self.release_gate(digest, gate);
-        Ok(pinned)
+        let _turn = self.fetching.take(digest).await;
+        match self.pin_existing(digest) {
+            Some(pinned) => self.verify_cached(pinned).await,
+            None => self.download(client, digest).await,
+        }
     }
 
     /// Marks an artifact as just used (its compiled code was, without the blob).
@@ -175,19 +171,6 @@ impl ArtifactCache {
     /// Resolves when the set of held artifacts changed since the last call.
     pub(crate) async fn changed(&self) {
         self.changed.notified().await;
-    }
-
-    fn gate(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
-        let mut fetching = self.fetching.lock().expect("fetch gates lock");
-        Arc::clone(fetching.entry(digest.clone()).or_default())
-    }
-
-    fn release_gate(&self, digest: &Digest, gate: Arc<tokio::sync::Mutex<()>>) {
-        let mut fetching = self.fetching.lock().expect("fetch gates lock");
-        // Only the map and this handle left: nobody else waits on it.
-        if Arc::strong_count(&gate) == 2 {
-            fetching.remove(digest);
-        }
     }
 
     fn pin_existing(self: &Arc<Self>, digest: &Digest) -> Option<Pinned> {

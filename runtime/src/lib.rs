@@ -21,6 +21,7 @@ mod leases;
 mod native;
 mod openclaw;
 mod report;
+mod turns;
 pub mod wasi;
 mod workdir;
 

@@ -130,9 +130,7 @@ pub async fn heartbeat(
             artifacts.len()
         )));
     }
-    if !node.liveness.beat(&host_id, Instant::now())
-        || !node.liveness.set_artifacts(&host_id, artifacts)
-    {
+    if !node.liveness.beat(&host_id, Instant::now(), artifacts) {
         return Err(not_registered(&host_id));
     }
     if running.is_empty() {

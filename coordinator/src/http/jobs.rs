@@ -10,9 +10,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use skyclaw_api::apikeys::Scope;
 use skyclaw_api::hosts::Complete;
-use skyclaw_api::jobs::{
-    DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE, WasiCaps, WasiSpec,
-};
+use skyclaw_api::jobs::{DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE, WasiSpec};
 use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal};
@@ -71,12 +69,7 @@ fn check_wasi(node: &Node, wasi: &WasiSpec) -> Result<(), ApiError> {
             info.kind
         )));
     }
-    let caps: Vec<WasiCaps> = node
-        .liveness
-        .up_hosts()
-        .into_iter()
-        .filter_map(|h| h.registration.wasi)
-        .collect();
+    let caps = node.liveness.wasi_caps();
     if caps.is_empty() || caps.iter().any(|c| wasi.limits.within(c)) {
         return Ok(());
     }

@@ -2,10 +2,9 @@
 //! host's parallel jobs, an admission limit in front of the pool, an epoch
 //! ticker for wall-clock limits, and the caches of compiled programs.
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use super::{MIB, WasiSettings};
 use crate::HostError;
 use crate::captured::output_result;
 use crate::native::{Run, StopReason, StopSignal};
+use crate::turns::Turns;
 
 /// How often the epoch advances. Deadlines and stop signals take effect
 /// within one tick; 5 ms is precise enough for millisecond limits and costs
@@ -70,7 +70,7 @@ struct Inner {
     loaded: Loaded,
     disk: DiskCache,
     /// One lock per artifact being loaded, so that it is compiled once.
-    loading: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    loading: Turns,
     /// Kept for its `Drop`, which stops the ticker thread.
     _ticker: Ticker,
 }
@@ -103,7 +103,7 @@ impl WasiEngine {
                 settings,
                 loaded: Loaded::default(),
                 disk,
-                loading: Mutex::default(),
+                loading: Turns::default(),
                 _ticker: ticker,
             }),
         })
@@ -133,8 +133,7 @@ impl WasiEngine {
         if let Some(program) = self.loaded(digest) {
             return Ok((program, CodeSource::Memory));
         }
-        let gate = self.inner.gate(digest);
-        let _turn = gate.lock().await;
+        let _turn = self.inner.loading.take(digest).await;
         if let Some(program) = self.loaded(digest) {
             return Ok((program, CodeSource::Memory));
         }
@@ -153,7 +152,6 @@ impl WasiEngine {
                 .loaded
                 .insert(digest.clone(), Arc::clone(program));
         }
-        self.inner.ungate(digest);
         prepared
     }
 
@@ -214,19 +212,6 @@ impl WasiEngine {
 }
 
 impl Inner {
-    /// The lock that loads of `digest` take turns on.
-    fn gate(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
-        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(loading.entry(digest.clone()).or_default())
-    }
-
-    /// Forgets the lock of `digest` once its program is loaded (or failed):
-    /// later loads find the program in memory first.
-    fn ungate(&self, digest: &Digest) {
-        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
-        loading.remove(digest);
-    }
-
     /// Compiled code from disk if it is there and sound, else compiled now
     /// (and written to disk); pre-instantiated either way. Blocking.
     fn prepare(
