@@ -199,6 +199,12 @@ impl WasiEngine {
 }
 
 impl WasiEngine {
+    /// Pool slots no job holds, for tests that wait until a guest runs.
+    #[cfg(test)]
+    pub(super) fn free_slots(&self) -> usize {
+        self.inner.slots.available_permits()
+    }
+
     /// Waits for a pool slot, unless the job is told to stop first.
     async fn admit(&self, stop: &mut StopSignal) -> Result<OwnedSemaphorePermit, Outcome> {
         let slots = Arc::clone(&self.inner.slots);

@@ -231,6 +231,22 @@ async fn assert_hello(engine: &WasiEngine, dir: &Path) {
     assert!(run.stopped.is_none());
 }
 
+/// Longest a test waits for a guest to be admitted.
+const ADMISSION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls until at most `free` pool slots are left: the guests started hold
+/// the others, so they are running.
+async fn wait_until_free_slots(engine: &WasiEngine, free: usize) {
+    let deadline = tokio::time::Instant::now() + ADMISSION_DEADLINE;
+    while engine.free_slots() > free {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no guest was admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The `.cwasm` files under the code cache.
 fn cwasm_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -396,13 +412,14 @@ async fn stop_signal_interrupts_a_running_guest() {
         ..WasiLimits::default()
     };
     let (stop_tx, stop) = never_stopped();
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        stop_tx.send_replace(Some(StopReason::Revoked));
-        stop_tx
+    let running = tokio::spawn({
+        let (engine, spec) = (engine.clone(), spec(&busy, limits));
+        async move { engine.run(program, code, &spec, stop).await }
     });
-    let run = engine.run(program, code, &spec(&busy, limits), stop).await;
-    drop(stopper.await);
+    // `engine` has two slots; the busy guest holds one.
+    wait_until_free_slots(&engine, 1).await;
+    stop_tx.send_replace(Some(StopReason::Revoked));
+    let run = running.await.unwrap();
     assert_eq!(run.stopped, Some(StopReason::Revoked));
     assert_eq!(
         run.result.error.as_deref(),
@@ -438,7 +455,7 @@ async fn full_pool_queues_jobs_and_a_queued_job_can_be_stopped() {
         let (engine, program, spec) = (engine.clone(), Arc::clone(&program), spec.clone());
         async move { engine.run(program, code, &spec, first_stop).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until_free_slots(&engine, 0).await;
     second_tx.send_replace(Some(StopReason::ShuttingDown));
     let second = engine.run(program, code, &spec, second_stop).await;
     assert_eq!(second.stopped, Some(StopReason::ShuttingDown));
