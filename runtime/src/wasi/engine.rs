@@ -13,7 +13,8 @@ use skyclaw_api::jobs::{CodeSource, EffectiveLimits, JobResult, WasiSpec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, WasmBacktraceDetails,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    WasmBacktraceDetails,
 };
 
 use super::code::{DiskCache, Loaded};
@@ -42,9 +43,11 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 /// Tables one component may hold: a Rust command has three or four.
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
-/// Bytes of each pooled linear memory cleared with memset rather than
-/// returned to the kernel between jobs: small guests then reuse warm pages
-/// instead of faulting them in again, and no TLB shootdown hits every core.
+/// Bytes of each pooled linear memory reset in place rather than returned to
+/// the kernel between jobs: small guests then reuse warm pages instead of
+/// faulting them in again, and no TLB shootdown hits every core. Where the
+/// kernel has `PAGEMAP_SCAN` (Linux 6.7+), only the pages a guest wrote are
+/// reset; elsewhere all of it is cleared with memset.
 const KEEP_RESIDENT_MEMORY: usize = 2 * 1024 * 1024;
 /// The same for tables: a Rust command's tables fit in a few pages.
 const KEEP_RESIDENT_TABLE: usize = 64 * 1024;
@@ -295,7 +298,8 @@ fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
         .table_elements(TABLE_ELEMENTS)
         .max_memory_size(max_memory_size)
         .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-        .table_keep_resident(KEEP_RESIDENT_TABLE);
+        .table_keep_resident(KEEP_RESIDENT_TABLE)
+        .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
