@@ -20,7 +20,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use skyclaw_api::network::{Join, Peer, PeerList, PeerRole};
 use skyclaw_api::{Client, ClientError, Credentials, ErrorCode};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 use crate::state::Proposal;
@@ -40,9 +40,6 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// Most proposals gathered into one log entry: bounds an entry's size and the
 /// latency one batch adds to the proposals in it.
 const MAX_BATCH: usize = 1024;
-/// Batches being committed at once: while some are fsynced and replicated,
-/// the next one gathers proposals.
-const MAX_IN_FLIGHT: usize = 4;
 /// Proposals waiting for a batch; past this, proposers wait (backpressure)
 /// instead of growing memory without bound.
 const PROPOSAL_QUEUE: usize = 16 * 1024;
@@ -417,28 +414,17 @@ impl Cluster {
     }
 }
 
-/// Gathers waiting proposals into batches and commits up to
-/// [`MAX_IN_FLIGHT`] batches at once: one log entry and one fsync per batch.
+/// Gathers waiting proposals into batches and commits one batch at a time:
+/// one log entry, one fsync and one state-machine transaction per batch.
+/// While a batch commits, the next one gathers everything proposed meanwhile.
+/// Committing several batches at once was measured slower, both on one node
+/// and on three (`skyclaw-bench wasi`, `bench/cluster.sh`): each entry costs
+/// openraft, the log and the state machine a fixed amount, and smaller
+/// batches pay it more often.
 async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        // Waiting for a slot first lets the batch grow meanwhile.
-        let slot = Arc::clone(&slots)
-            .acquire_owned()
-            .await
-            .expect("the batch semaphore is never closed");
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            commit(&raft, batch).await;
-            drop(slot);
-        });
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        commit(&raft, std::mem::take(&mut batch)).await;
     }
 }
 
