@@ -255,7 +255,6 @@ async fn batched_completions_are_settled_one_by_one() {
     assert_eq!(done.status, JobStatus::Succeeded);
     let completion = |job_id: &str, lease: &str| Completion {
         job_id: job_id.to_string(),
-        idempotency_key: format!("test-{job_id}-{lease}"),
         complete: Complete {
             lease_token: lease.to_string(),
             outcome: Outcome::Succeeded,

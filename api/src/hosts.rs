@@ -159,7 +159,9 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// `POST /v1/jobs/{id}/complete`.
+/// `POST /v1/jobs/{id}/complete`. Idempotent by its lease: the first
+/// completion under a lease is recorded, and the same lease reported again
+/// is answered with the job as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Complete {
@@ -185,8 +187,7 @@ pub struct CompleteMany {
 #[serde(deny_unknown_fields)]
 pub struct Completion {
     pub job_id: String,
-    /// Names this completion: sent again with the same key, it is applied once.
-    pub idempotency_key: String,
+    /// Carries the lease it ends: sent again, it is recorded once.
     pub complete: Complete,
 }
 

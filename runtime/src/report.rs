@@ -1,7 +1,6 @@
 //! Reporting jobs' ends to the coordinators: completions that finish close
-//! together go in one request, each under its own idempotency key, and are
-//! retried through outages so that each is applied once however often it is
-//! sent.
+//! together go in one request, and are retried through outages; each carries
+//! its lease, so it is applied once however often it is sent.
 
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const BATCH_OUTPUT_BYTES: usize = 512 * 1024;
 
 /// True when the request may not have been answered, or the answer says
-/// nothing about the request: sending it again (with the same key) is right.
+/// nothing about the request: sending it again is right.
 pub(crate) fn is_retryable(error: &ClientError) -> bool {
     error.is_transient() || answer_was_lost(error)
 }
@@ -72,7 +71,6 @@ impl Reporter {
         let pending = Pending {
             completion: Completion {
                 job_id: job_id.to_string(),
-                idempotency_key: format!("complete-{job_id}-{}", complete.lease_token),
                 complete,
             },
             deadline: Instant::now() + REPORT_DEADLINE,

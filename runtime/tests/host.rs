@@ -60,7 +60,8 @@ struct FakeState {
     claim_keys: Vec<String>,
     /// Answer this many completions with 503 first.
     complete_failures: u32,
-    complete_keys: Vec<String>,
+    /// Each completion attempt: the job and the lease it named.
+    complete_attempts: Vec<(String, String)>,
     completions: HashMap<String, Complete>,
 }
 
@@ -219,13 +220,9 @@ async fn claim(
 async fn complete(State(fake): State<Arc<Fake>>, Json(batch): Json<CompleteMany>) -> Response {
     let mut s = fake.lock();
     let mut results = Vec::new();
-    for Completion {
-        job_id,
-        idempotency_key,
-        complete,
-    } in batch.completions
-    {
-        s.complete_keys.push(idempotency_key);
+    for Completion { job_id, complete } in batch.completions {
+        s.complete_attempts
+            .push((job_id.clone(), complete.lease_token.clone()));
         // Each failure refuses one completion as a coordinator without a
         // quorum would; the host must send that one again.
         let error = (s.complete_failures > 0).then(|| {
@@ -370,14 +367,14 @@ async fn runs_claimed_jobs_and_reports_them_through_failures() {
         // The lost claim answer was asked for again under the same key.
         let lost_key = s.lost_claim_key.as_ref().expect("a claim answer was lost");
         assert_eq!(s.claim_keys.iter().filter(|k| *k == lost_key).count(), 2);
-        // Every completion attempt of a job used that job's one key.
-        for key in &s.complete_keys {
+        // Every completion attempt of a job named that job's one lease.
+        for (job, lease) in &s.complete_attempts {
             assert!(
-                key == "complete-ok-lease-ok" || key == "complete-bad-lease-bad",
-                "{key}"
+                ["ok", "bad"].contains(&job.as_str()) && *lease == format!("lease-{job}"),
+                "{job} {lease}"
             );
         }
-        assert_eq!(s.complete_keys.len(), 4);
+        assert_eq!(s.complete_attempts.len(), 4);
         assert!(!s.heartbeats.is_empty());
     }
     host.shut_down().await;

@@ -1,23 +1,23 @@
 //! Host routes: registration, heartbeats (which renew leases), claiming jobs
 //! by long-poll, and the host list.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
 use rand::RngCore;
-use skyclaw_api::headers::MAX_IDEMPOTENCY_KEY_LEN;
 use skyclaw_api::hosts::{
     Claim, Claimed, CompleteMany, CompletedMany, Completion, CompletionResult, Heartbeat,
     HeartbeatAck, Host, HostList, HostStatus, MAX_CLAIM_JOBS, MAX_CLAIM_WAIT_MS,
     MAX_COMPLETE_BATCH, MAX_HOST_LIST, MAX_REPORTED_ARTIFACTS, RegisterHost, Registered,
 };
-use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL};
+use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL, Job};
 use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal};
-use super::extract::{IdempotencyKey, JsonBody, request_hash};
+use super::extract::{IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::scheduler::{self, LiveHost, Loads};
@@ -208,10 +208,20 @@ fn replay(node: &Node, record: Option<&IdempotencyRecord>) -> Result<Option<Clai
     }
     let outcome: Result<Output, CommandError> = serde_json::from_str(&outcome)
         .map_err(|e| ApiError::Internal(format!("stored claim does not decode: {e}")))?;
-    match outcome? {
-        Output::Leased(jobs) => Ok(Some(Claimed { jobs })),
-        other => Err(ApiError::Internal(format!("stored claim is {other:?}"))),
+    let leases = match outcome? {
+        Output::Leased(leases) => leases,
+        other => return Err(ApiError::Internal(format!("stored claim is {other:?}"))),
+    };
+    // The jobs as they are now: one may have moved on since, and its host
+    // then learns so when it reports or renews the lease.
+    let mut rows = HashMap::new();
+    for granted in &leases.granted {
+        if let Some(row) = node.job(&granted.job_id)? {
+            rows.insert(granted.job_id.clone(), row.job);
+        }
     }
+    let jobs = leases.into_leased(|id| rows.remove(id));
+    Ok(Some(Claimed { jobs }))
 }
 
 /// Picks jobs for the host and leases them; `None` when none fit right now.
@@ -259,10 +269,12 @@ async fn lease_some(
                 want,
             )
             .into_iter()
-            .map(|j| j.id.clone()),
+            .cloned(),
         );
     }
-    let picked = node.reserve(picked);
+    let picked_ids = picked.iter().map(|j| j.id.clone()).collect();
+    let mut jobs: HashMap<String, Job> = picked.into_iter().map(|j| (j.id.clone(), j)).collect();
+    let picked = node.reserve(picked_ids);
     if picked.is_empty() {
         return Ok(None);
     }
@@ -280,7 +292,9 @@ async fn lease_some(
     let result = node.execute(command, record).await;
     node.release(&picked);
     match result? {
-        Output::Leased(jobs) => Ok(Some(Claimed { jobs })),
+        Output::Leased(leases) => Ok(Some(Claimed {
+            jobs: leases.into_leased(|id| jobs.remove(id)),
+        })),
         other => Err(ApiError::Internal(format!(
             "expected leases from the state machine, got {other:?}"
         ))),
@@ -288,8 +302,8 @@ async fn lease_some(
 }
 
 /// Records the ends of several jobs: each completion is proposed on its own
-/// (the log batches them) under its own idempotency key, and answered on its
-/// own, so one stale lease does not hold up the rest.
+/// (the log batches them) and answered on its own, so one stale lease does
+/// not hold up the rest.
 pub async fn complete_many(
     State(node): State<Arc<Node>>,
     _token: ClusterToken,
@@ -301,15 +315,6 @@ pub async fn complete_many(
         return Err(ApiError::BadRequest(format!(
             "a batch holds 1 to {MAX_COMPLETE_BATCH} completions, not {}",
             completions.len()
-        )));
-    }
-    if let Some(bad) = completions
-        .iter()
-        .find(|c| c.idempotency_key.is_empty() || c.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "the idempotency key of job {}'s completion must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters",
-            bad.job_id
         )));
     }
     tracing::debug!(host = %host_id, jobs = completions.len(), "completions reported");
@@ -324,19 +329,9 @@ pub async fn complete_many(
 }
 
 /// Applies one completion of a batch as `POST /v1/jobs/{id}/complete` would.
+/// No idempotency key is needed: a completion is idempotent by its lease.
 async fn complete_one(node: &Node, completion: Completion, now: u64) -> CompletionResult {
-    let Completion {
-        job_id,
-        idempotency_key,
-        complete,
-    } = completion;
-    let body = serde_json::to_vec(&complete).expect("wire types serialise");
-    let record = IdempotencyRecord {
-        principal: Principal::Token.owner().as_column(),
-        key: idempotency_key,
-        request_hash: request_hash("POST", &format!("/v1/jobs/{job_id}/complete"), &body),
-        now,
-    };
+    let Completion { job_id, complete } = completion;
     let command = Command::CompleteJob {
         job_id: job_id.clone(),
         lease_token: complete.lease_token,
@@ -344,7 +339,7 @@ async fn complete_one(node: &Node, completion: Completion, now: u64) -> Completi
         result: complete.result,
         now,
     };
-    let error = node.execute(command, Some(record)).await.err();
+    let error = node.execute(command, None).await.err();
     CompletionResult {
         job_id,
         error: error.map(|e| e.body()),

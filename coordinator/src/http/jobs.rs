@@ -198,14 +198,20 @@ pub async fn complete(
         result,
     } = body.value;
     let command = Command::CompleteJob {
-        job_id: id,
+        job_id: id.clone(),
         lease_token,
         outcome,
         result,
         now,
     };
     let record = idempotency.record(&Principal::Token, &body.request_hash, now);
-    Ok(Json(expect_job(node.execute(command, record).await?)?))
+    node.execute(command, record).await?;
+    // The answer is the job as it is now, which the completion just wrote.
+    let row = node.job(&id)?;
+    Ok(Json(
+        row.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?
+            .job,
+    ))
 }
 
 fn expect_job(output: Output) -> Result<Job, ApiError> {

@@ -2,14 +2,16 @@
 //! writes. It runs inside the caller's transaction; the caller commits it
 //! together with the applied index, so a crash never applies a proposal twice.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use skyclaw_api::Millis;
 use skyclaw_api::apikeys::Scope;
 use skyclaw_api::artifacts::{ArtifactKind, Digest};
-use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
+use skyclaw_api::hosts::{HeldLease, Outcome, RegisterHost};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
 
-use super::command::{Command, CommandError, IdempotencyRecord, Output, Owner, Proposal};
+use super::command::{
+    Command, CommandError, Granted, IdempotencyRecord, Leases, Output, Owner, Proposal,
+};
 use super::read::{self, JobRow};
 
 /// What applying one proposal produced.
@@ -256,7 +258,8 @@ fn lose_lease(
     Ok(())
 }
 
-/// Moves a job out of `running` (or `queued`), clearing its lease.
+/// Moves a job out of `running` (or `queued`), clearing its lease: a
+/// completion still under way for it is stale.
 fn set_status(
     conn: &Connection,
     id: &str,
@@ -332,21 +335,27 @@ fn lease_jobs(
     let mut stmt = conn.prepare_cached(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, host_id = ?2,
                 lease_token = ?3, lease_expires_at = ?4, updated_at = ?5
-         WHERE id = ?1 AND status = 'queued'",
+         WHERE id = ?1 AND status = 'queued'
+         RETURNING attempts",
     )?;
-    let mut leased = Vec::with_capacity(leases.len());
+    let mut granted = Vec::with_capacity(leases.len());
     for (job_id, token) in leases {
-        if stmt.execute(params![job_id, host_id, token, expires_at, now])? == 0 {
-            continue; // taken, cancelled or gone since the proposer looked
+        let params = params![job_id, host_id, token, expires_at, now];
+        // None: taken, cancelled or gone since the proposer looked.
+        if let Some(attempts) = stmt.query_row(params, |r| r.get(0)).optional()? {
+            granted.push(Granted {
+                job_id: job_id.clone(),
+                lease_token: token.clone(),
+                attempts,
+            });
         }
-        let row = read::job(conn, job_id)?.expect("job updated a moment ago");
-        leased.push(LeasedJob {
-            job: row.job,
-            lease_token: token.clone(),
-            lease_expires_at: expires_at,
-        });
     }
-    Ok(Ok(Output::Leased(leased)))
+    Ok(Ok(Output::Leased(Leases {
+        host_id: host_id.to_string(),
+        expires_at,
+        granted_at: now,
+        granted,
+    })))
 }
 
 fn renew_leases(
@@ -374,6 +383,9 @@ fn renew_leases(
     Ok(Ok(Output::Stop(stop)))
 }
 
+/// Records the end of a job's current lease. A completion is idempotent by
+/// its lease: the first one under a lease is recorded, and the same lease
+/// reported again is answered as recorded, changing nothing.
 fn complete_job(
     conn: &Connection,
     job_id: &str,
@@ -383,33 +395,50 @@ fn complete_job(
     now: Millis,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
-    let Some(row) = read::job(conn, job_id)? else {
+    let Some(job) = read::lease_state(conn, job_id)? else {
         return Ok(Err(CommandError::NotFound(format!("no job {job_id}"))));
     };
-    if row.job.status != JobStatus::Running || row.lease_token.as_deref() != Some(lease_token) {
+    if job.lease_token.as_deref() != Some(lease_token) {
         return Ok(Err(CommandError::StaleLease(format!(
             "lease {lease_token} on job {job_id} is no longer current (the job is {})",
-            row.job.status
+            job.status
         ))));
     }
-    let status = match outcome {
-        Outcome::Succeeded => JobStatus::Succeeded,
-        Outcome::Failed => JobStatus::Failed,
-        Outcome::Abandoned if row.job.attempts < row.job.spec.max_attempts() => {
-            set_status(conn, job_id, JobStatus::Queued, None, now)?;
-            effects.jobs_queued = true;
-            return finished_job(conn, job_id);
-        }
-        Outcome::Abandoned => JobStatus::Failed,
+    if job.status != JobStatus::Running {
+        return Ok(Ok(Output::Done));
+    }
+    let (status, result) = match outcome {
+        Outcome::Succeeded => (JobStatus::Succeeded, Some(result)),
+        Outcome::Failed => (JobStatus::Failed, Some(result)),
+        Outcome::Abandoned if job.attempts < job.max_attempts => (JobStatus::Queued, None),
+        Outcome::Abandoned => (JobStatus::Failed, Some(result)),
     };
-    set_status(conn, job_id, status, Some(result), now)?;
-    effects.finished.push(job_id.to_string());
-    finished_job(conn, job_id)
+    end_lease(conn, job_id, status, result, now)?;
+    if status == JobStatus::Queued {
+        effects.jobs_queued = true;
+    } else {
+        effects.finished.push(job_id.to_string());
+    }
+    Ok(Ok(Output::Done))
 }
 
-fn finished_job(conn: &Connection, job_id: &str) -> rusqlite::Result<CommandResult> {
-    let row = read::job(conn, job_id)?.expect("job updated a moment ago");
-    Ok(Ok(Output::Job(Box::new(row.job))))
+/// Moves a running job on as its host reported, keeping the lease token so
+/// that the same completion sent again is recognised as recorded.
+fn end_lease(
+    conn: &Connection,
+    id: &str,
+    status: JobStatus,
+    result: Option<&JobResult>,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    let result = result.map(|r| serde_json::to_string(r).expect("wire types serialise"));
+    conn.prepare_cached(
+        "UPDATE jobs SET status = ?2, result = COALESCE(?3, result), lease_expires_at = NULL,
+                updated_at = ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![id, status.as_str(), result, now])?;
+    Ok(())
 }
 
 fn cancel_job(
@@ -432,7 +461,11 @@ fn cancel_job(
     let result = JobResult::error(format!("cancelled while {}", row.job.status));
     set_status(conn, job_id, JobStatus::Cancelled, Some(&result), now)?;
     effects.finished.push(job_id.to_string());
-    finished_job(conn, job_id)
+    let mut job = row.job;
+    job.status = JobStatus::Cancelled;
+    job.result = Some(result);
+    job.updated_at = now;
+    Ok(Ok(Output::Job(Box::new(job))))
 }
 
 fn expire_leases(
@@ -576,7 +609,7 @@ mod tests {
         )
         .outcome
         {
-            Ok(Output::Leased(jobs)) => jobs.len(),
+            Ok(Output::Leased(leases)) => leases.granted.len(),
             other => panic!("{other:?}"),
         }
     }
@@ -624,11 +657,63 @@ mod tests {
             },
         );
         assert_eq!(done.effects.finished, ["j1"]);
+        // The same lease reported again, even with another outcome, is
+        // answered as recorded and changes nothing.
+        let again = run(
+            &conn,
+            Command::CompleteJob {
+                job_id: "j1".into(),
+                lease_token: "t1".into(),
+                outcome: Outcome::Failed,
+                result: JobResult::error("late"),
+                now: 10,
+            },
+        );
+        assert_eq!(again.outcome, Ok(Output::Done));
+        assert_eq!(again.effects, Effects::default());
+        let row = read::job(&conn, "j1").unwrap().unwrap();
+        assert_eq!(
+            (row.job.status, row.job.updated_at),
+            (JobStatus::Succeeded, 9)
+        );
+        assert_eq!(row.job.result.unwrap().error, None);
+    }
+
+    #[test]
+    fn a_completion_is_stale_once_its_lease_was_lost_or_replaced() {
+        let conn = db();
+        run(&conn, host("h1"));
+        enqueue(&conn, "j1", 3);
+        // Lost to expiry: requeued, and the old lease's report is stale.
+        lease(&conn, "h1", "j1", "t1", 100);
+        run(&conn, Command::ExpireLeases { now: 101 });
         assert!(matches!(
             complete(&conn, "j1", "t1"),
             Err(CommandError::StaleLease(_))
         ));
-        assert_eq!(status(&conn, "j1").0, JobStatus::Succeeded);
+        // Given back: requeued; the same report again is answered as
+        // recorded until another lease replaces it.
+        lease(&conn, "h1", "j1", "t2", 200);
+        let abandon = Command::CompleteJob {
+            job_id: "j1".into(),
+            lease_token: "t2".into(),
+            outcome: Outcome::Abandoned,
+            result: JobResult::error("shutting down"),
+            now: 150,
+        };
+        assert!(run(&conn, abandon.clone()).effects.jobs_queued);
+        assert_eq!(status(&conn, "j1"), (JobStatus::Queued, 2));
+        let again = run(&conn, abandon.clone());
+        assert_eq!(
+            (again.outcome, again.effects),
+            (Ok(Output::Done), Effects::default())
+        );
+        lease(&conn, "h1", "j1", "t3", 300);
+        assert!(matches!(
+            run(&conn, abandon).outcome,
+            Err(CommandError::StaleLease(_))
+        ));
+        assert_eq!(status(&conn, "j1"), (JobStatus::Running, 3));
     }
 
     #[test]

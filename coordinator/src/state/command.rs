@@ -5,7 +5,7 @@ use skyclaw_api::Millis;
 use skyclaw_api::apikeys::{ApiKey, Scope};
 use skyclaw_api::artifacts::{ArtifactInfo, ArtifactKind, Digest};
 use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
-use skyclaw_api::jobs::{Job, JobResult, JobSpec};
+use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
 
 /// Who a job belongs to: the cluster token's holder, or one API key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +139,7 @@ impl Proposal {
 pub enum Output {
     Done,
     Job(Box<Job>),
-    Leased(Vec<LeasedJob>),
+    Leased(Leases),
     /// Jobs a host reported that it must stop.
     Stop(Vec<String>),
     ApiKey(ApiKey),
@@ -149,6 +149,56 @@ pub enum Output {
         info: ArtifactInfo,
         created: bool,
     },
+}
+
+/// The leases a `LeaseJobs` granted: jobs taken meanwhile are left out. A
+/// job's spec never changes, so the proposer, which read the jobs to pick
+/// them, completes the host's answer; the state machine returns only what
+/// the lease changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leases {
+    pub host_id: String,
+    pub expires_at: Millis,
+    /// When the leases were granted: the jobs' `updated_at`.
+    pub granted_at: Millis,
+    pub granted: Vec<Granted>,
+}
+
+/// One granted lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Granted {
+    pub job_id: String,
+    pub lease_token: String,
+    /// The job's attempts, this one included.
+    pub attempts: u32,
+}
+
+impl Leases {
+    /// The host's answer, with each job as `job` has it (`None`: skipped)
+    /// and as the lease changed it.
+    pub fn into_leased(self, mut job: impl FnMut(&str) -> Option<Job>) -> Vec<LeasedJob> {
+        let Leases {
+            host_id,
+            expires_at,
+            granted_at,
+            granted,
+        } = self;
+        granted
+            .into_iter()
+            .filter_map(|g| {
+                let mut leased = job(&g.job_id)?;
+                leased.status = JobStatus::Running;
+                leased.attempts = g.attempts;
+                leased.host_id = Some(host_id.clone());
+                leased.updated_at = granted_at;
+                Some(LeasedJob {
+                    job: leased,
+                    lease_token: g.lease_token,
+                    lease_expires_at: expires_at,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Why a command changed nothing. These are answers, not faults: they are

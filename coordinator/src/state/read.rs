@@ -60,6 +60,32 @@ pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRow>> {
         .optional()
 }
 
+/// What ending a job's lease needs to know of it; cheaper than [`job`],
+/// which decodes the spec and result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseState {
+    pub status: JobStatus,
+    pub lease_token: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+}
+
+pub fn lease_state(conn: &Connection, id: &str) -> rusqlite::Result<Option<LeaseState>> {
+    conn.prepare_cached(
+        "SELECT status, lease_token, attempts, max_attempts FROM jobs WHERE id = ?1",
+    )?
+    .query_row([id], |row| {
+        let status: String = row.get(0)?;
+        Ok(LeaseState {
+            status: status.parse().map_err(|e: String| corrupt(0, e))?,
+            lease_token: row.get(1)?,
+            attempts: row.get(2)?,
+            max_attempts: row.get(3)?,
+        })
+    })
+    .optional()
+}
+
 /// Jobs oldest first, optionally of one status and owner, after a given job id.
 pub fn jobs_page(
     conn: &Connection,
