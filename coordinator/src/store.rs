@@ -15,6 +15,13 @@ use crate::state::schema::{self, SchemaError};
 
 /// Read connections kept open; more are opened on demand and dropped after.
 const READ_POOL: usize = 8;
+/// WAL pages (4 KiB) after which a commit copies the WAL into the database.
+/// SQLite's default of 1,000 checkpoints every few hundred milliseconds
+/// under load, rewriting the same hot index pages each time, on the path
+/// that applies Raft entries; 10,000 (40 MiB of WAL at most) does that work
+/// a tenth as often (`skyclaw-bench wasi --jobs 60000`: about 10% more
+/// jobs/s end to end, 10% less CPU per job).
+const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// How long a connection waits on a lock before SQLite reports busy.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -131,6 +138,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
         // power cut takes from here is applied again from the log, and the
         // applied log id commits with the effects, so nothing applies twice.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
