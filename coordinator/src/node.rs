@@ -111,6 +111,12 @@ impl Node {
             .contains(id)
     }
 
+    /// Jobs being leased right now: the oldest queued ones, which a claim
+    /// reads past.
+    pub fn reserved_count(&self) -> usize {
+        self.reserved.lock().expect("reservations lock").len()
+    }
+
     pub fn release(&self, ids: &[String]) {
         let mut reserved = self.reserved.lock().expect("reservations lock");
         for id in ids {

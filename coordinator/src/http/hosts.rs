@@ -235,9 +235,10 @@ async fn lease_some(
     let mut picked = Vec::new();
     let mut after_seq = 0;
     let mut scanned = 0;
-    // Page through the queue, starting small: a host with one free slot
-    // usually finds its job among the first few, and every row read is parsed.
-    let mut page_size = (max * 2).clamp(FIRST_PAGE_MIN, SCHEDULING_PAGE);
+    // Page through the queue, starting small: every row read is parsed, and
+    // a host usually finds its jobs right after those other claims are
+    // leasing (the oldest).
+    let mut page_size = (max + node.reserved_count()).clamp(FIRST_PAGE_MIN, SCHEDULING_PAGE);
     // Read only when locality needs them: most claims never do.
     let mut loads: Option<Loads> = None;
     let no_loads = Loads::new();
