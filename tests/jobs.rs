@@ -293,3 +293,94 @@ async fn batched_completions_are_settled_one_by_one() {
         .unwrap_err();
     assert_eq!(err.code(), Some(skyclaw_api::ErrorCode::BadRequest));
 }
+
+/// A host that lost a claim's answer asks again under the same key and gets
+/// the same leases; a completion sent again under its lease is recorded once.
+#[tokio::test]
+async fn claims_replay_by_key_and_completions_count_once_per_lease() {
+    use skyclaw_api::hosts::{Claim, Complete, CompleteMany, Completion, Outcome, RegisterHost};
+    use skyclaw_api::jobs::JobResult;
+
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = common::Coordinator::start(dir.path(), &[]).await;
+    let client = coordinator.client();
+    let host_id = "h-by-hand";
+    client
+        .register_host(&RegisterHost {
+            host_id: host_id.into(),
+            name: "by-hand".into(),
+            capabilities: vec!["shell".into()],
+            max_parallel: 4,
+            allowed_commands: vec!["true".into()],
+            openclaw_version: None,
+            version: "test".into(),
+            sandbox_only: false,
+            wasi: None,
+        })
+        .await
+        .unwrap();
+    let spec = serde_json::from_value(json!({"kind": "shell", "command": "true"})).unwrap();
+    let job = client.submit_job(&spec, None).await.unwrap();
+
+    let claim = Claim {
+        max_jobs: 2,
+        wait_ms: 2_000,
+    };
+    let first = client.claim(host_id, &claim, "claim-1").await.unwrap();
+    assert_eq!(first.jobs.len(), 1);
+    let leased = &first.jobs[0];
+    assert_eq!(leased.job.id, job.id);
+    assert_eq!(leased.job.status, JobStatus::Running);
+    assert_eq!(leased.job.attempts, 1);
+    assert_eq!(leased.job.host_id.as_deref(), Some(host_id));
+    let again = client.claim(host_id, &claim, "claim-1").await.unwrap();
+    assert_eq!(again, first, "the same key answers the same leases");
+    let other = Claim {
+        max_jobs: 1,
+        ..claim
+    };
+    let err = client.claim(host_id, &other, "claim-1").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(skyclaw_api::ErrorCode::IdempotencyConflict)
+    );
+
+    let report = |lease: &str, exit_code| CompleteMany {
+        completions: vec![Completion {
+            job_id: job.id.clone(),
+            complete: Complete {
+                lease_token: lease.to_string(),
+                outcome: Outcome::Succeeded,
+                result: JobResult {
+                    exit_code: Some(exit_code),
+                    ..JobResult::default()
+                },
+            },
+        }],
+    };
+    for exit_code in [0, 7] {
+        let answer = client
+            .complete_many(host_id, &report(&leased.lease_token, exit_code))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.results[0].error, None,
+            "recorded, or recorded already"
+        );
+    }
+    let answer = client
+        .complete_many(host_id, &report("not-the-lease", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.results[0].error.as_ref().map(|e| e.code.as_str()),
+        Some("stale_lease")
+    );
+    let done = client.get_job(&job.id).await.unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(
+        done.result.unwrap().exit_code,
+        Some(0),
+        "the first report stands"
+    );
+}
