@@ -211,15 +211,15 @@ async fn enqueue_phase(client: &Client, connections: usize, length: Duration) ->
     Ok(())
 }
 
-/// Submits `jobs` copies of `spec` over `connections` connections and waits
-/// until all have succeeded.
+/// Submits `jobs` copies of `spec` over `connections` connections, waits
+/// until all have succeeded, prints the figures and returns the jobs/s.
 pub(crate) async fn end_to_end_phase(
     client: &Client,
     spec: &JobSpec,
     jobs: usize,
     connections: usize,
     label: &str,
-) -> Result<()> {
+) -> Result<f64> {
     let start = Instant::now();
     let cpu_start = cpu_time()?;
     submit_all(client, spec, jobs, connections).await?;
@@ -227,13 +227,13 @@ pub(crate) async fn end_to_end_phase(
     wait_all_succeeded(client, jobs).await?;
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_time()? - cpu_start;
+    let rate = jobs as f64 / elapsed;
     println!(
-        "end to end ({label}): {jobs} jobs succeeded in {elapsed:.2} s = {:.0} jobs/s (all submitted after {:.2} s; {:.0} µs of CPU per job, all nodes and clients together)",
-        jobs as f64 / elapsed,
+        "end to end ({label}): {jobs} jobs succeeded in {elapsed:.2} s = {rate:.0} jobs/s (all submitted after {:.2} s; {:.0} µs of CPU per job, all nodes and clients together)",
         submitted.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / jobs as f64,
     );
-    Ok(())
+    Ok(rate)
 }
 
 /// CPU time (user and system) this process has used: every node and client
