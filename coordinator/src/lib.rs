@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod artifacts;
+mod checkpoint;
 mod cluster;
 mod error;
 mod http;

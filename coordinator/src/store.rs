@@ -1,7 +1,8 @@
 //! The state machine's database: one writer connection that applies committed
 //! log entries in transactions, a pool of read connections that serve queries
-//! concurrently (SQLite WAL), consistent copies for snapshots, and the events
-//! that wake waiters once a change is committed.
+//! concurrently (SQLite WAL), checkpoints on a thread of their own, consistent
+//! copies for snapshots, and the events that wake waiters once a change is
+//! committed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,18 +11,12 @@ use std::sync::Mutex;
 use rusqlite::{Connection, DatabaseName, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{Notify, oneshot};
 
+use crate::checkpoint::{Checkpointer, WRITER_CHECKPOINT_PAGES};
 use crate::state::Effects;
 use crate::state::schema::{self, SchemaError};
 
 /// Read connections kept open; more are opened on demand and dropped after.
 const READ_POOL: usize = 8;
-/// WAL pages (4 KiB) after which a commit copies the WAL into the database.
-/// SQLite's default of 1,000 checkpoints every few hundred milliseconds
-/// under load, rewriting the same hot index pages each time, on the path
-/// that applies Raft entries; 10,000 (40 MiB of WAL at most) does that work
-/// a tenth as often (`skyclaw-bench wasi --jobs 60000`: about 10% more
-/// jobs/s end to end, 10% less CPU per job).
-const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// How long a connection waits on a lock before SQLite reports busy.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -37,6 +32,8 @@ pub enum StoreError {
 /// The coordinator's state on disk.
 pub struct Store {
     writer: Mutex<Connection>,
+    /// Copies the WAL into the database off the writer's path.
+    _checkpointer: Checkpointer,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     events: Events,
@@ -49,6 +46,7 @@ impl Store {
         schema::migrate(&mut writer)?;
         Ok(Store {
             writer: Mutex::new(writer),
+            _checkpointer: Checkpointer::start(path)?,
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
             events: Events::default(),
@@ -138,7 +136,8 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
         // power cut takes from here is applied again from the log, and the
         // applied log id commits with the effects, so nothing applies twice.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        // The checkpoint thread copies the WAL; the writer only past this.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
