@@ -245,35 +245,60 @@ fn lose_lease(
     let job = &row.job;
     let max_attempts = job.spec.max_attempts();
     if job.attempts < max_attempts {
-        set_status(conn, &job.id, JobStatus::Queued, None, now)?;
+        set_status(conn, &job.id, JobStatus::Queued, None, Token::Clear, now)?;
         effects.jobs_queued = true;
     } else {
         let result = JobResult::error(format!(
             "{reason}; gave up after {} of {max_attempts} attempts",
             job.attempts
         ));
-        set_status(conn, &job.id, JobStatus::Failed, Some(&result), now)?;
+        set_status(
+            conn,
+            &job.id,
+            JobStatus::Failed,
+            Some(&result),
+            Token::Clear,
+            now,
+        )?;
         effects.finished.push(job.id.clone());
     }
     Ok(())
 }
 
-/// Moves a job out of `running` (or `queued`), clearing its lease: a
-/// completion still under way for it is stale.
+/// What becomes of a job's lease token when it leaves `running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// Its host reported the end: the token stays, so the same report sent
+    /// again is recognised as recorded.
+    Keep,
+    /// The lease was lost or the job cancelled: a report still under way is
+    /// stale.
+    Clear,
+}
+
+/// Moves a job out of `running` (or `queued`), ending its lease.
 fn set_status(
     conn: &Connection,
     id: &str,
     status: JobStatus,
     result: Option<&JobResult>,
+    token: Token,
     now: Millis,
 ) -> rusqlite::Result<()> {
     let result = result.map(|r| serde_json::to_string(r).expect("wire types serialise"));
     conn.prepare_cached(
-        "UPDATE jobs SET status = ?2, result = COALESCE(?3, result), lease_token = NULL,
-                lease_expires_at = NULL, updated_at = ?4
+        "UPDATE jobs SET status = ?2, result = COALESCE(?3, result),
+                lease_token = CASE WHEN ?4 THEN NULL ELSE lease_token END,
+                lease_expires_at = NULL, updated_at = ?5
          WHERE id = ?1",
     )?
-    .execute(params![id, status.as_str(), result, now])?;
+    .execute(params![
+        id,
+        status.as_str(),
+        result,
+        token == Token::Clear,
+        now
+    ])?;
     Ok(())
 }
 
@@ -413,32 +438,13 @@ fn complete_job(
         Outcome::Abandoned if job.attempts < job.max_attempts => (JobStatus::Queued, None),
         Outcome::Abandoned => (JobStatus::Failed, Some(result)),
     };
-    end_lease(conn, job_id, status, result, now)?;
+    set_status(conn, job_id, status, result, Token::Keep, now)?;
     if status == JobStatus::Queued {
         effects.jobs_queued = true;
     } else {
         effects.finished.push(job_id.to_string());
     }
     Ok(Ok(Output::Done))
-}
-
-/// Moves a running job on as its host reported, keeping the lease token so
-/// that the same completion sent again is recognised as recorded.
-fn end_lease(
-    conn: &Connection,
-    id: &str,
-    status: JobStatus,
-    result: Option<&JobResult>,
-    now: Millis,
-) -> rusqlite::Result<()> {
-    let result = result.map(|r| serde_json::to_string(r).expect("wire types serialise"));
-    conn.prepare_cached(
-        "UPDATE jobs SET status = ?2, result = COALESCE(?3, result), lease_expires_at = NULL,
-                updated_at = ?4
-         WHERE id = ?1",
-    )?
-    .execute(params![id, status.as_str(), result, now])?;
-    Ok(())
 }
 
 fn cancel_job(
@@ -459,7 +465,14 @@ fn cancel_job(
         ))));
     }
     let result = JobResult::error(format!("cancelled while {}", row.job.status));
-    set_status(conn, job_id, JobStatus::Cancelled, Some(&result), now)?;
+    set_status(
+        conn,
+        job_id,
+        JobStatus::Cancelled,
+        Some(&result),
+        Token::Clear,
+        now,
+    )?;
     effects.finished.push(job_id.to_string());
     let mut job = row.job;
     job.status = JobStatus::Cancelled;
