@@ -11,6 +11,7 @@ use common::{eventually, skyclaw};
 fn start_dev(dir: &std::path::Path) -> Child {
     skyclaw()
         .args(["dev", "--data-dir", ".skyclaw", "--port", "0"])
+        .args(["--job-uids", &common::job_uids()])
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -80,5 +81,54 @@ async fn dev_runs_a_local_network_with_an_automatic_token() {
         1,
         "data kept across restarts"
     );
+    assert!(interrupt(&mut dev).success());
+}
+
+#[tokio::test]
+async fn a_dev_job_cannot_read_the_token_or_the_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dev = start_dev(tmp.path());
+    let url = dev_url(tmp.path()).await;
+    let dev_dir = tmp.path().join(".skyclaw");
+    let token = std::fs::read_to_string(dev_dir.join("token")).unwrap();
+    let targets = [
+        "../../../token".to_string(),
+        dev_dir.join("token").display().to_string(),
+        dev_dir
+            .join("coordinator/coordinator.db")
+            .display()
+            .to_string(),
+    ];
+    for target in &targets {
+        let out = eventually("the dev host to take the job", || async {
+            let out = cli(
+                tmp.path(),
+                &url,
+                &["job", "shell", "--wait", "--", "cat", target],
+            );
+            (out.status.code() != Some(2)).then_some(out)
+        })
+        .await;
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "cat {target} must fail: {printed}"
+        );
+        assert!(
+            !printed.contains(token.trim()),
+            "cat {target} printed the token"
+        );
+    }
+    let out = cli(
+        tmp.path(),
+        &url,
+        &["job", "shell", "--wait", "--", "ls", "-a", "/tmp"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), ".\n..\n", "{out:?}");
     assert!(interrupt(&mut dev).success());
 }

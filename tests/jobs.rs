@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Network, eventually, process_gone, run_job};
+use common::{Network, run_job, wait_no_processes, wait_processes};
 use serde_json::json;
 use skyclaw_api::jobs::JobStatus;
 
@@ -46,14 +46,12 @@ async fn disallowed_command_fails_and_never_runs() {
 }
 
 #[tokio::test]
-async fn timeout_kills_the_whole_process_group() {
+async fn timeout_kills_the_whole_job() {
     let net = Network::start("sh", &[]).await;
-    let pidfile = net.tmp.path().join("grandchild.pid");
-    let script = "sleep 300 & echo $! > \"$PIDFILE\"; sleep 300";
+    let script = "setsid sleep 300.11 & sleep 300.11";
     let job = run_job(
         &net.client(),
-        json!({"kind": "shell", "command": "sh", "args": ["-c", script],
-               "env": {"PIDFILE": pidfile}, "timeout_ms": 700}),
+        json!({"kind": "shell", "command": "sh", "args": ["-c", script], "timeout_ms": 700}),
     )
     .await;
     assert_eq!(job.status, JobStatus::Failed);
@@ -61,15 +59,7 @@ async fn timeout_kills_the_whole_process_group() {
         job.result.unwrap().error.as_deref(),
         Some("timed out after 700 ms")
     );
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    eventually("the grandchild to be killed", || async {
-        process_gone(pid).then_some(())
-    })
-    .await;
+    wait_no_processes("sleep 300.11").await;
 }
 
 #[tokio::test]
@@ -134,7 +124,7 @@ async fn jobs_get_a_clean_environment() {
 
 #[tokio::test]
 async fn openclaw_run_calls_the_configured_command() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::shared_dir();
     let fake = tmp.path().join("openclaw");
     std::fs::write(
         &fake,
@@ -189,15 +179,11 @@ async fn openclaw_run_calls_the_configured_command() {
 async fn cancel_stops_a_running_job() {
     let net = Network::start("sh", &[]).await;
     let client = net.client();
-    let pidfile = net.tmp.path().join("job.pid");
     let spec = serde_json::from_value(json!({"kind": "shell", "command": "sh",
-        "args": ["-c", "echo $$ > \"$PIDFILE\"; exec sleep 300"], "env": {"PIDFILE": pidfile}}))
+        "args": ["-c", "exec sleep 300.12"]}))
     .unwrap();
     let job = client.submit_job(&spec, None).await.unwrap();
-    let pid: i32 = eventually("the job to start", || async {
-        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
-    })
-    .await;
+    wait_processes("sleep 300.12", 1).await;
     let out = net.cli(&["job", "cancel", &job.id]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = net.cli(&["job", "wait", &job.id]);
@@ -207,10 +193,7 @@ async fn cancel_stops_a_running_job() {
         "a cancelled job exits 1: {out:?}"
     );
     // The host learns of the cancel from its next heartbeat and kills the job.
-    eventually("the cancelled job's process to be killed", || async {
-        process_gone(pid).then_some(())
-    })
-    .await;
+    wait_no_processes("sleep 300.12").await;
     let again = client.cancel_job(&job.id).await.unwrap_err();
     assert_eq!(again.code(), Some(skyclaw_api::ErrorCode::Conflict));
 }

@@ -3,11 +3,12 @@
 //! use to reach coordinators.
 //!
 //! This is the only crate that the coordinator, the host runtime and the CLI
-//! share; nothing else in it does IO except [`client`].
+//! share; nothing else in it does IO except [`client`] and [`datadir`].
 
 pub mod apikeys;
 pub mod artifacts;
 pub mod client;
+pub mod datadir;
 pub mod error;
 pub mod headers;
 pub mod hosts;

@@ -18,6 +18,8 @@ use skyclaw_api::{Client, Credentials};
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
+/// Job uids each benchmark host gets: more than its slots.
+const BENCH_UIDS_PER_HOST: u32 = 1024;
 
 #[derive(Parser)]
 #[command(about = "Skyclaw benchmarks: start real nodes on 127.0.0.1 and print figures")]
@@ -141,6 +143,14 @@ pub(crate) async fn start_hosts(
         );
         config.name = format!("bench-{n}");
         config.allowed_commands = vec!["true".into()];
+        // Hosts of one machine each need job uids of their own.
+        let first = skyclaw_runtime::DEFAULT_JOB_UIDS.first + n as u32 * BENCH_UIDS_PER_HOST;
+        config.job_users = Some(skyclaw_runtime::JobUsers::Range(
+            skyclaw_runtime::UidRange {
+                first,
+                last: first + BENCH_UIDS_PER_HOST - 1,
+            },
+        ));
         config.max_parallel = max_parallel;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -125,7 +125,7 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
+    skyclaw_api::datadir::create_private(&config.data_dir).map_err(data_dir_error)?;
     let local = listener.local_addr().map_err(CoordinatorError::Serve)?;
     let url = match &config.advertise_url {
         Some(url) => url.trim_end_matches('/').to_string(),

@@ -8,6 +8,7 @@ use skyclaw_api::hosts::MAX_HOST_LIST;
 use skyclaw_api::jobs::{MAX_OUTPUT_BYTES_LIMIT, WasiCaps};
 
 use crate::HostError;
+use crate::confine::{DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB, JobUsers};
 
 /// Jobs run at once by default: a few keeps a shared machine responsive.
 pub const DEFAULT_MAX_PARALLEL: u32 = 4;
@@ -74,6 +75,16 @@ pub struct HostConfig {
     pub wasi_max_timeout_ms: u64,
     /// Disk the artifact cache may use, in bytes.
     pub artifact_cache_bytes: u64,
+    /// Who native jobs run as; `None` runs none (a host that is not root,
+    /// whose owner did not allow same-user jobs).
+    pub job_users: Option<JobUsers>,
+    /// Memory each process of a native job may allocate, in MiB.
+    pub job_memory_mb: u64,
+    /// Processes and threads a native job may have at once.
+    pub job_max_processes: u64,
+    /// Directories native jobs must not see, besides the data directory
+    /// (always hidden): covered by an empty file system in their view.
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 impl HostConfig {
@@ -96,6 +107,10 @@ impl HostConfig {
             wasi_max_memory_mb: DEFAULT_WASI_MAX_MEMORY_MB,
             wasi_max_timeout_ms: DEFAULT_WASI_MAX_TIMEOUT_MS,
             artifact_cache_bytes: DEFAULT_ARTIFACT_CACHE_BYTES,
+            job_users: JobUsers::default_for_this_process(),
+            job_memory_mb: DEFAULT_JOB_MEMORY_MB,
+            job_max_processes: DEFAULT_JOB_MAX_PROCESSES,
+            hidden_paths: Vec::new(),
         }
     }
 
@@ -143,6 +158,17 @@ impl HostConfig {
                 "sandbox_only runs no native commands: leave allowed_commands (--allow) empty"
                     .into(),
             );
+        }
+        if !self.allowed_commands.is_empty() && self.job_users.is_none() {
+            return invalid(format!(
+                "native jobs need a user of their own and this host is not root (uid {}): \
+                 run it as root (each job then gets a uid from --job-uids), or pass \
+                 --allow-same-user-jobs to run them as this user, who they can then act as",
+                nix::unistd::Uid::effective()
+            ));
+        }
+        if self.job_memory_mb == 0 || self.job_max_processes == 0 {
+            return invalid("job_memory_mb and job_max_processes must be at least 1".into());
         }
         if let Err(e) = self.wasi_caps().validate() {
             return invalid(format!("wasi limits: {e}"));
@@ -223,6 +249,11 @@ mod tests {
         c.wasi_max_fuel = 5;
         assert_eq!(c.wasi_caps().default_fuel, 5);
         c.validate().unwrap();
+        let mut c = config();
+        c.allowed_commands = vec!["echo".into()];
+        c.job_users = None;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--allow-same-user-jobs"), "{err}");
         let mut c = config();
         c.allowed_commands = vec![" ".into()];
         assert!(

@@ -28,6 +28,10 @@ pub enum HostError {
     /// cannot fix (such as a wrong token).
     #[error("registration refused: {0}")]
     Register(ClientError),
+    /// Native jobs were asked for, and this machine does not let the host
+    /// confine them (namespaces or the user switch are refused).
+    #[error("cannot confine native jobs on this machine: {0}")]
+    Confine(String),
     /// The WASI engine cannot be built with this configuration.
     #[error("cannot start the WASI engine: {0}")]
     Wasi(String),

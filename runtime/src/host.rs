@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::artifacts::ArtifactCache;
 use crate::backoff::Backoff;
 use crate::config::{DEFAULT_PATH, HostConfig};
+use crate::confine::{Confiner, Settings};
 use crate::discovery;
 use crate::leases::Leases;
 use crate::native::{Run, Runner, StopReason, StopSignal};
@@ -69,11 +70,25 @@ pub async fn run(
         Credentials::Token(config.token.clone()),
     )
     .map_err(HostError::Client)?;
+    skyclaw_api::datadir::create_private(&config.data_dir).map_err(|source| {
+        HostError::DataDir {
+            action: "cannot create",
+            path: config.data_dir.clone(),
+            source,
+        }
+    })?;
     let host_id = identity::load_or_create(&config.data_dir)?;
     let span = info_span!("host", host_id = %host_id);
     async move {
+        // Leftover processes go before their directories do.
+        let confiner = native_confiner(&config).await?;
         let work_root = config.data_dir.join(WORK_DIR);
         reset_work_root(&work_root).await?;
+        let work_dirs = Arc::new(WorkDirs::new(work_root, config.max_parallel as usize));
+        let confiner = match confiner {
+            Some(confiner) => probe_confinement(confiner, &config, &work_dirs).await?,
+            None => None,
+        };
         let mut runner = Runner {
             host_name: config.name.clone(),
             allowed_commands: config.allowed_commands.clone(),
@@ -81,12 +96,13 @@ pub async fn run(
             host_env: read_env(&config.pass_env),
             pass_env: config.pass_env.clone(),
             max_output_bytes: config.max_output_bytes,
-            work_dirs: Arc::new(WorkDirs::new(work_root, config.max_parallel as usize)),
+            work_dirs,
+            confiner,
             openclaw_command: config.openclaw_command.clone(),
             openclaw_version: None,
         };
-        // A sandbox-only host never starts native programs, not even a probe.
-        if !config.sandbox_only {
+        // A host that starts no native programs does not start a probe either.
+        if runner.confiner.is_some() {
             runner.openclaw_version = runner.probe_openclaw().await;
         }
         let mut capabilities = vec![CAP_WASI.to_string()];
@@ -114,6 +130,10 @@ pub async fn run(
             code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
             host_name: config.name.clone(),
         })?;
+        // After the engine: it opens /proc/self/pagemap, which a
+        // non-dumpable process that is not root may no longer open.
+        crate::confine::protect_process()
+            .map_err(|e| HostError::Config(format!("cannot make the daemon non-dumpable: {e}")))?;
         let evicted_code = engine.clone();
         let artifacts = Arc::new(ArtifactCache::open(
             config.data_dir.join(ARTIFACT_DIR),
@@ -556,13 +576,66 @@ async fn reset_work_root(work_root: &std::path::Path) -> Result<(), HostError> {
             warn!(dir = %work_root.display(), error = %e, "cannot remove leftover job directories")
         }
     }
-    tokio::fs::create_dir_all(work_root)
+    let root = work_root.to_path_buf();
+    tokio::task::spawn_blocking(move || skyclaw_api::datadir::create_private(&root))
         .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         .map_err(|source| HostError::DataDir {
             action: "cannot create",
             path: work_root.to_path_buf(),
             source,
         })
+}
+
+/// The confiner of native jobs, or `None` when this host runs none. Kills
+/// what an earlier run of the daemon left under the job uids before any job.
+async fn native_confiner(config: &HostConfig) -> Result<Option<Arc<Confiner>>, HostError> {
+    if config.sandbox_only {
+        return Ok(None);
+    }
+    let Some(users) = config.job_users else {
+        info!("not root and same-user jobs not allowed: running no native jobs");
+        return Ok(None);
+    };
+    let hidden = std::iter::once(config.data_dir.clone())
+        .chain(config.hidden_paths.iter().cloned())
+        .collect();
+    let confiner = Arc::new(Confiner::new(&Settings {
+        users,
+        memory_mb: config.job_memory_mb,
+        max_processes: config.job_max_processes,
+        hidden,
+        max_parallel: config.max_parallel,
+    })?);
+    let sweeper = Arc::clone(&confiner);
+    let _ = tokio::task::spawn_blocking(move || sweeper.kill_leftovers()).await;
+    Ok(Some(confiner))
+}
+
+/// Checks that this machine lets the host confine a process. A host that
+/// allows commands must be able to; one that would only have offered
+/// OpenClaw turns goes on without native work.
+async fn probe_confinement(
+    confiner: Arc<Confiner>,
+    config: &HostConfig,
+    work_dirs: &Arc<WorkDirs>,
+) -> Result<Option<Arc<Confiner>>, HostError> {
+    let dir = work_dirs.take().map_err(|source| HostError::DataDir {
+        action: "cannot create",
+        path: config.data_dir.join(WORK_DIR),
+        source,
+    })?;
+    let probed = confiner.probe(&dir).await;
+    let returned = Arc::clone(work_dirs);
+    let _ = tokio::task::spawn_blocking(move || returned.give_back(dir)).await;
+    match probed {
+        Ok(()) => Ok(Some(confiner)),
+        Err(e) if config.allowed_commands.is_empty() => {
+            warn!(error = %e, "cannot confine native processes here; not offering openclaw-run");
+            Ok(None)
+        }
+        Err(e) => Err(HostError::Confine(e.to_string())),
+    }
 }
 
 /// The host variables named in `pass_env`, the only ones jobs may see.

@@ -4,6 +4,11 @@
 //!
 //! The CLI builds a [`HostConfig`] and calls [`run`] with a shutdown future.
 //!
+//! Architecture invariant: every native process is started through
+//! `confine`, which gives it a user, PID and mount namespace of its own; the
+//! daemon is non-dumpable. No job can read the daemon's memory, environment,
+//! token or data directory.
+//!
 //! Architecture invariant: the runner (`native`, `openclaw`) never reads
 //! the host's environment or configuration on its own; everything it may use
 //! is handed to it, so a job can see nothing of the host that was not passed
@@ -13,6 +18,7 @@ mod artifacts;
 mod backoff;
 mod captured;
 mod config;
+mod confine;
 mod discovery;
 mod error;
 mod host;
@@ -30,6 +36,10 @@ pub use config::{
     DEFAULT_OPENCLAW_COMMAND, DEFAULT_PATH, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL,
     DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, FALLBACK_HOST_NAME, HostConfig,
     default_host_name,
+};
+pub use confine::{
+    DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB, DEFAULT_JOB_UIDS, JOB_HOME, JobUsers,
+    UidRange, protect_process,
 };
 pub use error::HostError;
 pub use host::{CLAIM_WAIT_MS, SHUTDOWN_REPORT_WINDOW, run};

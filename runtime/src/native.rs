@@ -1,7 +1,8 @@
-//! The native runner: runs a job's program in its own process group, in a fresh
-//! working directory, with a clean environment, under a timeout, keeping a
-//! bounded amount of its output. Shell jobs are checked against the host's
-//! allowlist here, before anything is spawned.
+//! The native runner: runs a job's program confined (see [`crate::confine`]:
+//! a user, PID and mount namespace of its own, caps), in a fresh working
+//! directory, with a clean environment, under a timeout, keeping a bounded
+//! amount of its output. Shell jobs are checked against the host's allowlist
+//! here, before anything is spawned.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -23,13 +24,14 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::captured::{Captured, output_result};
+use crate::confine::{Confiner, JOB_HOME};
 use crate::workdir::WorkDirs;
 
 /// Bytes read from an output pipe at a time.
 const READ_CHUNK: usize = 16 * 1024;
-/// How long output pipes may stay open after the job's process group is dead.
-/// Only a process that left the group (`setsid`) can still hold them, and it
-/// must not keep the job from ending.
+/// How long output pipes may stay open after the job's process group is
+/// killed: its PID namespace is torn down by then, so this only bounds the
+/// kernel's teardown, and a stuck pipe must not keep the job from ending.
 const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Spawn attempts while the program file is busy (ETXTBSY): another thread may
 /// be between fork and exec holding the file's just-closed write descriptor.
@@ -94,6 +96,9 @@ pub(crate) struct Runner {
     pub(crate) max_output_bytes: usize,
     /// Parent of the jobs' working directories.
     pub(crate) work_dirs: Arc<WorkDirs>,
+    /// Puts every process the runner starts in its confinement; `None` on a
+    /// host that runs no native processes.
+    pub(crate) confiner: Option<Arc<Confiner>>,
     pub(crate) openclaw_command: String,
     /// What `openclaw --version` answered; `None` when OpenClaw is unavailable.
     pub(crate) openclaw_version: Option<String>,
@@ -198,8 +203,7 @@ impl Runner {
         command
             .args(invocation.args)
             .env_clear()
-            .envs(self.job_env(work_dir, invocation.env))
-            .current_dir(work_dir)
+            .envs(self.job_env(invocation.env))
             .process_group(0)
             .stdin(if invocation.stdin.is_empty() {
                 Stdio::null()
@@ -209,6 +213,22 @@ impl Runner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        let Some(confiner) = &self.confiner else {
+            return Run::refused(format!(
+                "host {} runs no native processes: it has no user to run them as",
+                self.host_name
+            ));
+        };
+        // Held until the job's processes are gone: no other job gets its uid.
+        let _user = match confiner.confine(&mut command, work_dir) {
+            Ok(user) => user,
+            Err(e) => {
+                return Run::refused(format!(
+                    "cannot confine a job on host {}: {e}",
+                    self.host_name
+                ));
+            }
+        };
         let mut child = match spawn(&mut command).await {
             Ok(child) => child,
             Err(e) => {
@@ -252,13 +272,16 @@ impl Runner {
                 () = tokio::time::sleep(timeout) => Ending::TimedOut,
                 reason = stop_requested(stop) => Ending::Stopped(reason),
             };
-            // Killed in every case: at a timeout or stop to end the job, after
-            // a normal exit so that no background grandchild lingers.
-            group.kill();
-            if !matches!(ending, Ending::Exited(_))
-                && let Err(e) = child.wait().await
-            {
-                warn!(error = %e, "cannot reap killed job process");
+            // A job that exited took every process it started with it (its
+            // PID namespace is gone before its supervisor exits); one that
+            // timed out or was stopped is killed as a whole.
+            if matches!(ending, Ending::Exited(_)) {
+                group.ended();
+            } else {
+                group.kill();
+                if let Err(e) = child.wait().await {
+                    warn!(error = %e, "cannot reap killed job process");
+                }
             }
             exited_tx.send_replace(true);
             ending
@@ -297,16 +320,14 @@ impl Runner {
     }
 
     /// The whole environment of a job: nothing of the host's but PATH and the
-    /// `pass_env` names. Later entries win, so `pass_env` may set HOME (OpenClaw
-    /// keeps its configuration there) and the job may set anything.
-    fn job_env(
-        &self,
-        work_dir: &Path,
-        own: &BTreeMap<String, String>,
-    ) -> BTreeMap<String, OsString> {
+    /// `pass_env` names. Later entries win, so `pass_env` may set HOME and the
+    /// job may set anything; the program was resolved already, so a PATH the
+    /// job sets changes only what that program looks up itself.
+    fn job_env(&self, own: &BTreeMap<String, String>) -> BTreeMap<String, OsString> {
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), OsString::from(&self.path));
-        env.insert("HOME".to_string(), work_dir.as_os_str().to_owned());
+        env.insert("HOME".to_string(), OsString::from(JOB_HOME));
+        env.insert("TMPDIR".to_string(), OsString::from(JOB_HOME));
         env.insert("LANG".to_string(), OsString::from(JOB_LANG));
         for name in &self.pass_env {
             if let Some(value) = self.host_env.get(name) {
@@ -320,8 +341,11 @@ impl Runner {
     }
 }
 
-/// A job's process group, killed when dropped unless it was killed already:
-/// a job task that is aborted or panics must not leave processes behind.
+/// A job's process group (its supervisor, and its init until the job moves
+/// it), killed when dropped unless it ended or was killed already: a job
+/// task that is aborted or panics must not leave processes behind. Killing
+/// the supervisor kills the whole job: its init dies with it, and the PID
+/// namespace with its init.
 struct ProcessGroup {
     pgid: Pid,
     killed: bool,
@@ -348,6 +372,12 @@ impl ProcessGroup {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => warn!(pgid = self.pgid.as_raw(), error = %e, "cannot kill job process group"),
         }
+    }
+
+    /// Notes that the group's leader ended and was reaped: its id may be
+    /// reused now, so it must never be signalled again.
+    fn ended(&mut self) {
+        self.killed = true;
     }
 }
 

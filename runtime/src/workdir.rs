@@ -32,11 +32,6 @@ impl WorkDirs {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// An empty directory for one job: a kept one, or a new one.
     pub(crate) fn take(&self) -> io::Result<PathBuf> {
         if let Some(dir) = self.idle.lock().expect("work dir pool lock").pop() {

@@ -20,13 +20,16 @@ use skyclaw_api::hosts::{
 use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
 use skyclaw_api::network::{Peer, PeerList, PeerRole};
 use skyclaw_api::{ErrorBody, ErrorCode, ErrorEnvelope, headers};
-use skyclaw_runtime::HostConfig;
+use skyclaw_runtime::{HostConfig, JobUsers, UidRange};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
+/// Job uids each host of this test process gets: hosts running at once
+/// must never share one, and a machine lets one host claim a range.
+const UIDS_PER_HOST: u32 = 64;
 
 #[derive(Default)]
 struct Fake {
@@ -278,8 +281,21 @@ impl RunningHost {
     }
 }
 
+/// A uid range no other host of this test process (or, by its pid, of
+/// another) uses.
+fn own_job_uids() -> UidRange {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64;
+    let first = 1_500_000_000 + ((std::process::id() % 5_000) * 64 + turn) * UIDS_PER_HOST;
+    UidRange {
+        first,
+        last: first + UIDS_PER_HOST - 1,
+    }
+}
+
 fn config(url: &str, data_dir: &Path) -> HostConfig {
     let mut config = HostConfig::new(vec![url.to_string()], "token".into(), data_dir.into());
+    config.job_users = Some(JobUsers::Range(own_job_uids()));
     config.name = "fake-host".into();
     config.allowed_commands = vec!["echo".into(), "sleep".into()];
     config.max_parallel = 2;

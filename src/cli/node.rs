@@ -15,9 +15,10 @@ use skyclaw_coordinator::{
     DEFAULT_SNAPSHOT_LOGS, DEFAULT_VOTERS, MAX_VOTERS,
 };
 use skyclaw_runtime::{
-    DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL,
-    DEFAULT_OPENCLAW_COMMAND, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL,
-    DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, HostConfig,
+    DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB,
+    DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL, DEFAULT_WASI_MAX_MEMORY_MB,
+    DEFAULT_WASI_MAX_TIMEOUT_MS, HostConfig, JobUsers, UidRange,
 };
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -32,8 +33,12 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 /// try first.
 const DEFAULT_DEV_PORT: u16 = 8787;
 /// Commands the dev host allows: harmless tools plus `sh` for trying things on
-/// one's own machine.
-const DEV_ALLOWED_COMMANDS: &str = "echo,true,false,sh,cat,ls,uname,date,sleep,env";
+/// one's own machine (`sh` runs anything, confined like every job; `env` is
+/// left out: it would be a second way to run anything).
+const DEV_ALLOWED_COMMANDS: &str = "echo,true,false,sh,cat,ls,uname,date,sleep";
+/// Mode bits node processes clear on every file they create: their files
+/// (databases, logs, artifacts, job output) are for their own user only.
+const NODE_UMASK: u32 = 0o077;
 /// The dev coordinator's data, under the dev data directory.
 const DEV_COORDINATOR_DIR: &str = "coordinator";
 /// The dev host's data, under the dev data directory.
@@ -132,6 +137,8 @@ pub struct HostArgs {
     sandbox_only: bool,
     #[command(flatten)]
     wasi: WasiArgs,
+    #[command(flatten)]
+    jobs: JobArgs,
     /// Jobs run at once.
     #[arg(long, env = "SKYCLAW_MAX_PARALLEL", default_value_t = DEFAULT_MAX_PARALLEL, value_parser = positive_u32(), value_name = "N")]
     max_parallel: u32,
@@ -188,6 +195,69 @@ pub struct DevArgs {
     max_artifact_bytes: u64,
     #[command(flatten)]
     wasi: WasiArgs,
+    #[command(flatten)]
+    jobs: JobArgs,
+}
+
+/// How a host confines native jobs (shell, openclaw-run). Each runs in PID,
+/// mount and IPC namespaces of its own, sees its own empty /tmp (also its
+/// HOME) and /proc, never the host's data directory, and has no capabilities.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The uids (and gids) a root host gives its jobs, FIRST-LAST: each running
+    /// job gets one of its own, so jobs cannot touch the host or each other.
+    /// No account may use them [default: 1900000000-1900065535 when run as
+    /// root].
+    #[arg(
+        long,
+        env = "SKYCLAW_JOB_UIDS",
+        value_name = "FIRST-LAST",
+        conflicts_with = "allow_same_user_jobs"
+    )]
+    job_uids: Option<UidRange>,
+    /// Let a host that is not root run native jobs as its own user, in a user
+    /// namespace. Such jobs can read and change everything that user can,
+    /// outside the data directory and --hide-path: only for a user that owns
+    /// nothing else. Without it, such a host runs WASI jobs only.
+    #[arg(long, env = "SKYCLAW_ALLOW_SAME_USER_JOBS")]
+    allow_same_user_jobs: bool,
+    /// Memory each process of a native job may allocate, in MiB (RLIMIT_DATA).
+    #[arg(long, env = "SKYCLAW_JOB_MEMORY_MB", default_value_t = DEFAULT_JOB_MEMORY_MB, value_parser = positive_u64(), value_name = "MIB")]
+    job_memory_mb: u64,
+    /// Processes and threads a native job may have at once (RLIMIT_NPROC).
+    #[arg(long, env = "SKYCLAW_JOB_MAX_PROCS", default_value_t = DEFAULT_JOB_MAX_PROCESSES, value_parser = positive_u64(), value_name = "N")]
+    job_max_procs: u64,
+    /// A directory native jobs must not see (repeatable, or comma-separated),
+    /// such as the home of a same-user host; the data directory is always
+    /// hidden.
+    #[arg(
+        long,
+        env = "SKYCLAW_HIDE_PATHS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    hide_path: Vec<PathBuf>,
+}
+
+impl JobArgs {
+    /// Sets the job fields of `config`; `same_user_by_default` lets a host
+    /// that is not root run same-user jobs unless told otherwise (dev only).
+    fn apply(&self, config: &mut HostConfig, same_user_by_default: bool) {
+        if let Some(range) = self.job_uids {
+            config.job_users = Some(JobUsers::Range(range));
+        } else if self.allow_same_user_jobs || (same_user_by_default && config.job_users.is_none())
+        {
+            config.job_users = Some(JobUsers::SameUser);
+        }
+        config.job_memory_mb = self.job_memory_mb;
+        config.job_max_processes = self.job_max_procs;
+        config.hidden_paths.extend(
+            self.hide_path
+                .iter()
+                .filter(|p| !p.as_os_str().is_empty())
+                .cloned(),
+        );
+    }
 }
 
 /// What a host grants WASI jobs. A job's own limits are capped at these; one
@@ -230,6 +300,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
              without it anyone could register hosts and create API keys"
         );
     };
+    restrict_new_files();
+    skyclaw_runtime::protect_process().context("cannot make the coordinator non-dumpable")?;
     let bootstrap = bootstrap_urls(args.bootstrap)?;
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -282,6 +354,7 @@ pub async fn host(args: HostArgs) -> Result<ExitCode> {
     let Some(token) = non_empty(&args.token) else {
         bail!("a host needs the cluster token (--token or SKYCLAW_TOKEN) to register");
     };
+    restrict_new_files();
     create_dir(&args.data_dir)?;
     let coordinators = skyclaw_api::Client::split_urls(&args.coordinators);
     let mut config = HostConfig::new(coordinators, token, args.data_dir);
@@ -296,6 +369,7 @@ pub async fn host(args: HostArgs) -> Result<ExitCode> {
     config.shutdown_grace = Duration::from_millis(args.shutdown_grace_ms);
     config.sandbox_only = args.sandbox_only;
     args.wasi.apply(&mut config);
+    args.jobs.apply(&mut config, false);
     skyclaw_runtime::run(config, shutdown_signal()?)
         .await
         .context("host failed")?;
@@ -306,8 +380,10 @@ pub async fn host(args: HostArgs) -> Result<ExitCode> {
 /// token kept in the data directory. On Ctrl-C the host stops first, so it can
 /// hand its jobs back while the coordinator still listens.
 pub async fn dev(args: DevArgs) -> Result<ExitCode> {
+    restrict_new_files();
     let coordinator_dir = args.data_dir.join(DEV_COORDINATOR_DIR);
     let host_dir = args.data_dir.join(DEV_HOST_DIR);
+    create_dir(&args.data_dir)?;
     create_dir(&coordinator_dir)?;
     create_dir(&host_dir)?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port))
@@ -324,6 +400,9 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     host_config.max_parallel = args.max_parallel;
     host_config.openclaw_command = args.openclaw_command;
     args.wasi.apply(&mut host_config);
+    // The whole dev directory: the token and the coordinator's database too.
+    host_config.hidden_paths.push(args.data_dir.clone());
+    args.jobs.apply(&mut host_config, true);
     super::output::out(&dev_banner(&url, &args.data_dir, &host_config))?;
 
     let (stop_coordinator, coordinator_stop) = watch::channel(false);
@@ -368,6 +447,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
         "skyclaw dev is running\n\
          \x20 coordinator  {url} (data in {coordinator})\n\
          \x20 host         {name}: runs {allowed} and WASI programs; {parallel} jobs at once\n\
+         \x20 native jobs  {users}\n\
          \x20 token        {token}, used by commands run in this directory or below\n\
          \n\
          Try, in another terminal in this directory:\n\
@@ -384,8 +464,22 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
         name = host.name,
         allowed = host.allowed_commands.join(", "),
         parallel = host.max_parallel,
+        users = job_users_line(host.job_users),
         token = devtoken::token_path(data_dir).display(),
     )
+}
+
+/// Who the dev host's native jobs run as, for the banner.
+fn job_users_line(users: Option<JobUsers>) -> String {
+    match users {
+        Some(JobUsers::Range(range)) => {
+            format!("each as a user of its own (uids {range}), in namespaces of its own")
+        }
+        Some(JobUsers::SameUser) => "as you, in namespaces of their own; they can read what you \
+             can outside this directory (run dev as root to give each job a user of its own)"
+            .to_string(),
+        None => "none".to_string(),
+    }
 }
 
 /// How this program was invoked, relative to the current directory when it
@@ -431,8 +525,15 @@ fn without_empty(items: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+/// Creates a data directory, private to this user (0700).
 fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+    skyclaw_api::datadir::create_private(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Makes every file this node process creates private to its user.
+fn restrict_new_files() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(NODE_UMASK));
 }
 
 fn millis(duration: Duration) -> u64 {

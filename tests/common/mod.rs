@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use skyclaw_api::jobs::{Job, JobSpec};
@@ -173,15 +174,21 @@ impl Host {
     }
 
     fn spawn(coordinators: &str, dir: &Path, mode: &[&str], extra: &[&str]) -> Host {
-        let child = skyclaw()
+        let mut command = skyclaw();
+        command
             .args(["host", "--coordinator", coordinators, "--token", TOKEN])
             .args(mode)
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn host");
+            .stdin(Stdio::null());
+        let chose_users = extra
+            .iter()
+            .any(|a| a.starts_with("--job-uids") || a.starts_with("--allow-same-user"));
+        if !chose_users {
+            command.args(["--job-uids", &job_uids()]);
+        }
+        let child = command.spawn().expect("spawn host");
         Host {
             child: Some(child),
             dir: dir.to_path_buf(),
@@ -303,6 +310,69 @@ pub async fn wait_terminal(client: &Client, id: &str) -> Job {
             .ok()?;
         job.status.is_terminal().then_some(job)
     })
+    .await
+}
+
+/// A temp directory that job users can enter and read: for programs a host
+/// allows. Outside /tmp, which every job sees replaced by its own.
+pub fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Job uids in ranges of this size, one range per host a test starts.
+const JOB_UIDS_PER_HOST: u32 = 256;
+/// Ranges a test process may hand out: each process gets its own stretch.
+const JOB_UID_RANGES_PER_PROCESS: u32 = 64;
+
+/// A `--job-uids` range no other host of the test run holds: hosts in
+/// concurrent tests must never share a uid (each would take the other's
+/// jobs for leftovers), and a machine lets only one host claim a range.
+pub fn job_uids() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let turn = NEXT.fetch_add(1, Ordering::Relaxed) % JOB_UID_RANGES_PER_PROCESS;
+    let slot = (std::process::id() % 20_000) * JOB_UID_RANGES_PER_PROCESS + turn;
+    let first = 1_000_000_000 + slot * JOB_UIDS_PER_HOST;
+    format!("{first}-{}", first + JOB_UIDS_PER_HOST - 1)
+}
+
+/// Host pids of live processes (zombies aside) whose command line contains
+/// `marker`. Jobs run in PID namespaces of their own: what they call their
+/// pid means nothing here, so tests find their processes by what they run.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !process_gone(pid)
+                && String::from_utf8_lossy(&cmdline)
+                    .replace('\0', " ")
+                    .contains(marker)
+        })
+        .collect()
+}
+
+/// Waits until at least `count` processes run `marker`; their host pids.
+pub async fn wait_processes(marker: &str, count: usize) -> Vec<i32> {
+    eventually(&format!("{count} processes running {marker:?}"), || async {
+        let found = processes_with(marker);
+        (found.len() >= count).then_some(found)
+    })
+    .await
+}
+
+/// Waits until no process runs `marker`.
+pub async fn wait_no_processes(marker: &str) {
+    eventually(
+        &format!("every process running {marker:?} to be gone"),
+        || async { processes_with(marker).is_empty().then_some(()) },
+    )
     .await
 }
 

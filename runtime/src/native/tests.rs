@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use skyclaw_api::jobs::{OpenclawSpec, Requirements, ShellSpec};
@@ -9,10 +10,37 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::*;
+use crate::confine::{self, JobUsers, UidRange};
 
 const HOST: &str = "test-host";
 /// Generous bound on how long a killed process may take to disappear.
 const GONE_DEADLINE: Duration = Duration::from_secs(10);
+/// Job uids each runner of this test process gets: a range of its own, so
+/// that runners in concurrent tests never share a uid.
+const UIDS_PER_RUNNER: u32 = 64;
+
+/// A uid range no other runner of this process (or, by its pid, of another
+/// test process) uses.
+fn own_uids() -> UidRange {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let slot = (std::process::id() % 20_000) * 64 + NEXT.fetch_add(1, Ordering::Relaxed);
+    let first = 1_000_000_000 + slot * UIDS_PER_RUNNER;
+    UidRange {
+        first,
+        last: first + UIDS_PER_RUNNER - 1,
+    }
+}
+
+fn confiner(dir: &Path) -> Confiner {
+    Confiner::new(&confine::Settings {
+        users: JobUsers::Range(own_uids()),
+        memory_mb: confine::DEFAULT_JOB_MEMORY_MB,
+        max_processes: confine::DEFAULT_JOB_MAX_PROCESSES,
+        hidden: vec![dir.to_path_buf()],
+        max_parallel: 4,
+    })
+    .expect("tests run as root")
+}
 
 fn runner(dir: &Path, allowed: &[&str]) -> Runner {
     Runner {
@@ -23,6 +51,7 @@ fn runner(dir: &Path, allowed: &[&str]) -> Runner {
         pass_env: Vec::new(),
         max_output_bytes: crate::DEFAULT_MAX_OUTPUT_BYTES,
         work_dirs: std::sync::Arc::new(crate::workdir::WorkDirs::new(dir.join("work"), 4)),
+        confiner: Some(Arc::new(confiner(dir))),
         openclaw_command: "openclaw".to_string(),
         openclaw_version: None,
     }
@@ -50,27 +79,62 @@ async fn run_shell(runner: &Runner, spec: &ShellSpec) -> Run {
     runner.run_shell("job-1", spec, stop).await
 }
 
-/// Gone, or a zombie waiting for a reaper that is not ours.
-fn is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
+/// Host pids of live processes (zombies aside) whose command line holds
+/// `marker`: jobs run in PID namespaces of their own, so only the host's
+/// view of `/proc` can name them.
+fn processes_with(marker: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let live = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            });
+            live && String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(marker)
+        })
+        .collect()
 }
 
-async fn wait_gone(pid: i32) {
+/// Waits until `count` processes with `marker` run; their host pids.
+async fn wait_running(marker: &str, count: usize) -> Vec<i32> {
     let deadline = Instant::now() + GONE_DEADLINE;
-    while !is_gone(pid) {
-        assert!(Instant::now() < deadline, "process {pid} is still alive");
+    loop {
+        let found = processes_with(marker);
+        if found.len() >= count {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} processes {marker:?} never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn read_pid(path: &Path) -> i32 {
-    let text = std::fs::read_to_string(path).expect("pid file written by the job");
-    text.trim().parse().expect("a pid")
+async fn wait_gone(marker: &str) {
+    let deadline = Instant::now() + GONE_DEADLINE;
+    while !processes_with(marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes {marker:?} are still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A directory that job users can enter, outside /tmp (which jobs do not see).
+fn shared_dir() -> tempfile::TempDir {
+    let beside_tests = std::env::current_exe().expect("test binary path");
+    let dir = tempfile::tempdir_in(beside_tests.parent().expect("a directory")).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// Files left inside the job working directories (kept, emptied directories
@@ -139,11 +203,9 @@ async fn a_missing_command_is_reported_not_found() {
 }
 
 #[tokio::test]
-async fn a_timeout_kills_the_whole_group() {
+async fn a_timeout_kills_the_whole_job() {
     let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("grandchild.pid");
-    let script = format!("sleep 300 & echo $! > {}; sleep 300", pidfile.display());
-    let mut spec = shell("sh", &["-c", &script]);
+    let mut spec = shell("sh", &["-c", "setsid sleep 301.1 & sleep 301.1"]);
     spec.timeout_ms = 500;
     let r = runner(dir.path(), &["sh"]);
     let started = Instant::now();
@@ -152,46 +214,26 @@ async fn a_timeout_kills_the_whole_group() {
     assert_eq!(run.result.exit_code, None);
     assert!(run.result.duration_ms >= 500, "{}", run.result.duration_ms);
     assert!(started.elapsed() < Duration::from_secs(30));
-    wait_gone(read_pid(&pidfile).await).await;
+    wait_gone("sleep 301.1").await;
 }
 
 #[tokio::test]
-async fn a_background_grandchild_dies_with_its_job() {
+async fn no_process_outlives_a_job_that_exited() {
     let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("grandchild.pid");
-    let script = format!("sleep 300 & echo $! > {}; echo done", pidfile.display());
+    // A background child, one in a session of its own, one double-forked
+    // and one ignoring hangups: each tries to outlive the job its own way.
+    let script = "sleep 302.1 & setsid sleep 302.1 & (sleep 302.1 &) ; nohup sleep 302.1 >/dev/null 2>&1 & \
+                  while [ $(pgrep -c -f '^sleep 302.1') -lt 4 ]; do sleep 0.01; done; echo done";
     let r = runner(dir.path(), &["sh"]);
-    let run = run_shell(&r, &shell("sh", &["-c", &script])).await;
-    assert_eq!(run.result.error, None);
-    assert_eq!(run.result.stdout, "done\n");
-    wait_gone(read_pid(&pidfile).await).await;
-}
-
-#[tokio::test]
-async fn a_process_that_left_the_group_does_not_hold_the_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("escaped.pid");
-    // The escaped process writes its pid only once it has its own session;
-    // the job waits for that, so the escape has happened when the job ends.
-    let script = format!(
-        "setsid sh -c 'echo $$ > {pid}.tmp && mv {pid}.tmp {pid}; exec sleep 300' & \
-         while [ ! -e {pid} ]; do sleep 0.01; done; echo done",
-        pid = pidfile.display()
-    );
-    let r = runner(dir.path(), &["sh"]);
-    let run = run_shell(&r, &shell("sh", &["-c", &script])).await;
-    let pid = read_pid(&pidfile).await;
-    // It left our group on purpose, so killing the group missed it.
-    assert!(!is_gone(pid), "the escaped process should still run");
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-    assert_eq!(run.result.error, None);
+    let run = run_shell(&r, &shell("sh", &["-c", script])).await;
+    assert_eq!(run.result.error, None, "{}", run.result.stderr);
     assert_eq!(run.result.stdout, "done\n");
     assert!(
-        run.result.duration_ms >= PIPE_DRAIN_TIMEOUT.as_millis() as u64,
-        "{}",
+        run.result.duration_ms < PIPE_DRAIN_TIMEOUT.as_millis() as u64,
+        "the job ended when its init did, not after the pipe drain timeout: {} ms",
         run.result.duration_ms
     );
-    wait_gone(pid).await;
+    wait_gone("sleep 302.1").await;
 }
 
 #[tokio::test]
@@ -234,13 +276,13 @@ async fn jobs_see_a_clean_environment() {
     assert_eq!(vars.get("JOB_VAR"), Some(&"z"));
     assert_eq!(vars.get("LANG"), Some(&"C.UTF-8"));
     assert_eq!(vars.get("PATH"), Some(&r.path.as_str()));
-    let home = vars.get("HOME").expect("HOME is set");
-    assert!(
-        home.starts_with(r.work_dirs.root().to_str().unwrap()),
-        "{home}"
-    );
+    assert_eq!(vars.get("HOME"), Some(&JOB_HOME));
+    assert_eq!(vars.get("TMPDIR"), Some(&JOB_HOME));
     let names: Vec<&str> = vars.keys().copied().collect();
-    assert_eq!(names, ["HOME", "JOB_VAR", "LANG", "PASSED", "PATH"]);
+    assert_eq!(
+        names,
+        ["HOME", "JOB_VAR", "LANG", "PASSED", "PATH", "TMPDIR"]
+    );
 }
 
 #[tokio::test]
@@ -268,7 +310,16 @@ async fn exit_codes_and_signals_are_reported() {
     assert_eq!(run.result.error.as_deref(), Some("exited with code 3"));
     assert_eq!(run.result.stderr, "oops\n");
 
-    let run = run_shell(&r, &shell("sh", &["-c", "kill -KILL $$"])).await;
+    // The job's program is the init of its PID namespace, which ignores
+    // the signals it sends itself; from outside, a kill is a kill.
+    let job = {
+        let r = runner(dir.path(), &["sh"]);
+        tokio::spawn(async move { run_shell(&r, &shell("sh", &["-c", "exec sleep 303.1"])).await })
+    };
+    for pid in wait_running("sleep 303.1", 1).await {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let run = job.await.unwrap();
     assert_eq!(run.result.exit_code, None);
     assert_eq!(
         run.result.error.as_deref(),
@@ -279,22 +330,16 @@ async fn exit_codes_and_signals_are_reported() {
 #[tokio::test]
 async fn a_stopped_job_is_killed_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("child.pid");
-    let script = format!("echo $$ > {}; exec sleep 300", pidfile.display());
     let r = runner(dir.path(), &["sh"]);
     let (stop_tx, stop) = never_stopped();
-    let spec = shell("sh", &["-c", &script]);
+    let spec = shell("sh", &["-c", "setsid sleep 304.1 & exec sleep 304.1"]);
     let job = tokio::spawn(async move { r.run_shell("job-1", &spec, stop).await });
-    let deadline = Instant::now() + GONE_DEADLINE;
-    while std::fs::read_to_string(&pidfile).map_or(true, |s| !s.ends_with('\n')) {
-        assert!(Instant::now() < deadline, "job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running("sleep 304.1", 2).await;
     stop_tx.send_replace(Some(StopReason::ShuttingDown));
     let run = job.await.unwrap();
     assert_eq!(run.stopped, Some(StopReason::ShuttingDown));
     assert_eq!(run.result.error.as_deref(), Some("host shutting down"));
-    wait_gone(read_pid(&pidfile).await).await;
+    wait_gone("sleep 304.1").await;
 }
 
 /// Writes an executable fake `openclaw` that prints its arguments as JSON.
@@ -328,8 +373,9 @@ fn openclaw_spec() -> OpenclawSpec {
 #[tokio::test]
 async fn openclaw_runs_the_agent_and_parses_its_json() {
     let dir = tempfile::tempdir().unwrap();
+    let scripts = shared_dir();
     let mut r = runner(dir.path(), &[]);
-    r.openclaw_command = fake_openclaw(dir.path()).display().to_string();
+    r.openclaw_command = fake_openclaw(scripts.path()).display().to_string();
     r.openclaw_version = r.probe_openclaw().await;
     assert_eq!(r.openclaw_version.as_deref(), Some("openclaw 9.9.9"));
 
