@@ -353,6 +353,18 @@ async fn data_directories_and_their_files_are_private() {
     let key = submitter_key(&net).await;
     let out = sh(&net, &key, "echo output to keep; echo > $HOME/left-behind");
     assert!(out.status.success(), "{out:?}");
+    // An artifact on the coordinator, its copy and compiled code on the host.
+    let module = common::guest("p1hello");
+    let out = net.cli(&[
+        "job",
+        "wasi",
+        "--wait",
+        module.to_str().unwrap(),
+        "--",
+        "0",
+        "x",
+    ]);
+    assert!(out.status.success(), "{out:?}");
     for root in [&net.coordinator.dir, &net.host.dir] {
         assert_private(root);
     }

@@ -30,7 +30,11 @@ pub enum HostError {
     Register(ClientError),
     /// Native jobs were asked for, and this machine does not let the host
     /// confine them (namespaces or the user switch are refused).
-    #[error("cannot confine native jobs on this machine: {0}")]
+    #[error(
+        "cannot confine native jobs on this machine ({0}): they need PID, mount and IPC \
+         namespaces (as root, or user namespaces for --allow-same-user-jobs); run the host \
+         where the kernel allows them, or with --sandbox-only"
+    )]
     Confine(String),
     /// The WASI engine cannot be built with this configuration.
     #[error("cannot start the WASI engine: {0}")]

@@ -10,21 +10,18 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use skyclaw_api::jobs::{JobResult, ShellSpec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::captured::{Captured, output_result};
-use crate::confine::{Confiner, JOB_HOME};
+use crate::confine::{Confiner, JOB_HOME, Launch, Process};
 use crate::workdir::WorkDirs;
 
 /// Bytes read from an output pipe at a time.
@@ -199,37 +196,20 @@ impl Runner {
         stop: &mut StopSignal,
         started: Instant,
     ) -> Run {
-        let mut command = Command::new(invocation.program);
-        command
-            .args(invocation.args)
-            .env_clear()
-            .envs(self.job_env(invocation.env))
-            .process_group(0)
-            .stdin(if invocation.stdin.is_empty() {
-                Stdio::null()
-            } else {
-                Stdio::piped()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
         let Some(confiner) = &self.confiner else {
             return Run::refused(format!(
                 "host {} runs no native processes: it has no user to run them as",
                 self.host_name
             ));
         };
-        // Held until the job's processes are gone: no other job gets its uid.
-        let _user = match confiner.confine(&mut command, work_dir) {
-            Ok(user) => user,
-            Err(e) => {
-                return Run::refused(format!(
-                    "cannot confine a job on host {}: {e}",
-                    self.host_name
-                ));
-            }
+        let env = self.job_env(invocation.env);
+        let launch = Launch {
+            program: invocation.program,
+            args: invocation.args,
+            env: &env,
+            stdin: !invocation.stdin.is_empty(),
         };
-        let mut child = match spawn(&mut command).await {
+        let mut child = match spawn(confiner, &launch, work_dir).await {
             Ok(child) => child,
             Err(e) => {
                 return Run::refused(format!(
@@ -239,10 +219,7 @@ impl Runner {
                 ));
             }
         };
-        let Some(mut group) = child.id().and_then(ProcessGroup::of) else {
-            return Run::refused("the job's process vanished as it started".to_string());
-        };
-        debug!(program = %invocation.program.display(), pgid = group.pgid.as_raw(), "job process started");
+        debug!(program = %invocation.program.display(), pid = child.pid().as_raw(), "job process started");
 
         // Written from a task so that a child that never reads its stdin
         // cannot block us; a child that exits early closes the pipe (EPIPE),
@@ -273,12 +250,10 @@ impl Runner {
                 reason = stop_requested(stop) => Ending::Stopped(reason),
             };
             // A job that exited took every process it started with it (its
-            // PID namespace is gone before its supervisor exits); one that
+            // PID namespace is gone by the time its init is reaped); one that
             // timed out or was stopped is killed as a whole.
-            if matches!(ending, Ending::Exited(_)) {
-                group.ended();
-            } else {
-                group.kill();
+            if !matches!(ending, Ending::Exited(_)) {
+                child.kill();
                 if let Err(e) = child.wait().await {
                     warn!(error = %e, "cannot reap killed job process");
                 }
@@ -341,56 +316,10 @@ impl Runner {
     }
 }
 
-/// A job's process group (its supervisor, and its init until the job moves
-/// it), killed when dropped unless it ended or was killed already: a job
-/// task that is aborted or panics must not leave processes behind. Killing
-/// the supervisor kills the whole job: its init dies with it, and the PID
-/// namespace with its init.
-struct ProcessGroup {
-    pgid: Pid,
-    killed: bool,
-}
-
-impl ProcessGroup {
-    /// The group a child spawned with `process_group(0)` leads.
-    fn of(pid: u32) -> Option<ProcessGroup> {
-        let pgid = Pid::from_raw(i32::try_from(pid).ok()?);
-        Some(ProcessGroup {
-            pgid,
-            killed: false,
-        })
-    }
-
-    /// SIGKILLs every process still in the group. Once: afterwards the id may
-    /// be reused by an unrelated group.
-    fn kill(&mut self) {
-        if self.killed {
-            return;
-        }
-        self.killed = true;
-        match killpg(self.pgid, Signal::SIGKILL) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => warn!(pgid = self.pgid.as_raw(), error = %e, "cannot kill job process group"),
-        }
-    }
-
-    /// Notes that the group's leader ended and was reaped: its id may be
-    /// reused now, so it must never be signalled again.
-    fn ended(&mut self) {
-        self.killed = true;
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn spawn(command: &mut Command) -> io::Result<Child> {
+async fn spawn(confiner: &Confiner, launch: &Launch<'_>, work_dir: &Path) -> io::Result<Process> {
     let mut attempt = 1;
     loop {
-        match command.spawn() {
+        match confiner.spawn(launch, work_dir) {
             Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && attempt < SPAWN_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(SPAWN_RETRY_DELAY).await;

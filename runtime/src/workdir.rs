@@ -1,5 +1,6 @@
-//! Working directories for jobs. Each job gets an empty directory, private to
-//! the host's user, that no other running job uses. After the job its
+//! Working directories for jobs. Each job gets an empty directory (mode 0700,
+//! given to the job's user when it is confined) that no other running job
+//! uses, under a root only the daemon's user may enter. After the job its
 //! contents are removed and the emptied directory is kept for a later job:
 //! creating and deleting a directory per job costs more than running a short
 //! job itself on ext4, whose inode allocator slows down under that churn.
@@ -11,7 +12,8 @@ use std::sync::Mutex;
 
 use tracing::warn;
 
-/// Mode of every working directory: only the host's user may enter it.
+/// Mode of every working directory: only its owner (the job's user while a
+/// job runs) may enter it.
 const WORK_DIR_MODE: u32 = 0o700;
 
 /// A pool of empty working directories under one root.

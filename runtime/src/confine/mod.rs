@@ -3,9 +3,9 @@
 //! may take, and that none of them outlives the job or the daemon.
 //!
 //! Every native process a host starts (shell jobs, OpenClaw turns, the
-//! OpenClaw probe) goes through [`Confiner::confine`]. The process is spawned
-//! as usual; between fork and exec, [`child::enter`] puts it in namespaces of
-//! its own and drops its privileges:
+//! OpenClaw probe) is started by [`Confiner::spawn`]: cloned straight into
+//! namespaces of its own, it drops its privileges before it execs
+//! (`child`), and the daemon holds it by a pidfd (`process`).
 //!
 //! - **A user of its own.** A root daemon gives each running job its own uid
 //!   (and gid) from a dedicated range (`--job-uids`, in the manner of
@@ -15,9 +15,9 @@
 //!   root, get `no_new_privs`, and have no capabilities.
 //! - **Its own PID namespace.** The job's program is the namespace's init:
 //!   when it ends, or is killed, the kernel kills every process in the job,
-//!   wherever it moved (`setsid`, double forks). The process between the
-//!   daemon and that init dies with the daemon (`PR_SET_PDEATHSIG`) and takes
-//!   the namespace with it.
+//!   wherever it moved (`setsid`, double forks). It dies with the daemon
+//!   (`PR_SET_PDEATHSIG`), and a starting root host kills whatever an earlier
+//!   run left under its uids.
 //! - **Its own view of the files.** A private mount namespace: a fresh
 //!   `/proc` that shows only the job's processes, the job's working directory
 //!   as `/tmp` (also `/var/tmp` and `$HOME`), an empty `/dev/shm` of its own,
@@ -33,21 +33,24 @@
 
 mod child;
 mod leftovers;
+mod process;
 mod uids;
 
-use std::ffi::CString;
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString, c_char};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use nix::unistd::{Gid, Pid, Uid};
-use tokio::process::Command;
+use nix::fcntl::OFlag;
+use nix::unistd::{Gid, Uid};
 
 use crate::HostError;
-use child::{Plan, Switch};
-pub(crate) use uids::JobUid;
+use child::{Caps, Plan, Switch};
+pub(crate) use process::Process;
 use uids::UidPool;
 
 /// The uids (and gids) a root host gives its jobs by default: 65,536 ids in a
@@ -164,17 +167,24 @@ pub(crate) struct Confiner {
     hidden: Vec<CString>,
     shm_options: CString,
     last_cap: u64,
-    daemon: Pid,
 }
 
 #[derive(Debug)]
 enum Users {
     Pool(Arc<UidPool>),
-    /// The daemon's own ids, mapped to themselves in the job's user namespace.
-    Same {
-        uid: Uid,
-        gid: Gid,
-    },
+    /// The daemon's own user, in a user namespace of the job's own.
+    Same,
+}
+
+/// What to start: a program (already resolved to a path), its arguments,
+/// its whole environment, and whether it gets a stdin pipe (else
+/// `/dev/null`).
+#[derive(Debug)]
+pub(crate) struct Launch<'a> {
+    pub(crate) program: &'a Path,
+    pub(crate) args: &'a [String],
+    pub(crate) env: &'a BTreeMap<String, OsString>,
+    pub(crate) stdin: bool,
 }
 
 impl Confiner {
@@ -218,10 +228,7 @@ impl Confiner {
                             .to_string(),
                     );
                 }
-                Users::Same {
-                    uid: Uid::effective(),
-                    gid: Gid::effective(),
-                }
+                Users::Same
             }
         };
         let hidden = settings
@@ -238,71 +245,27 @@ impl Confiner {
             shm_options: CString::new(format!("size={JOB_SHM_BYTES},mode=1777"))
                 .expect("no NUL in shm options"),
             last_cap: child::last_capability(),
-            daemon: Pid::this(),
         })
     }
 
-    /// Makes `command` start confined, with `work_dir` as its `/tmp`: takes
-    /// a uid for it (released when the returned guard drops, after the job)
-    /// and gives it the directory. Spawn the command from a runtime worker
-    /// thread, never a blocking-pool one: the process between daemon and job
-    /// dies when the thread that forked it ends.
-    pub(crate) fn confine(
-        &self,
-        command: &mut Command,
-        work_dir: &Path,
-    ) -> io::Result<Option<JobUid>> {
-        let (user, switch) = match &self.users {
-            Users::Pool(pool) => {
-                let user = pool
-                    .take()
-                    .ok_or_else(|| io::Error::other("every job uid of this host is in use"))?;
-                let (uid, gid) = (Uid::from_raw(user.id()), Gid::from_raw(user.id()));
-                nix::unistd::chown(work_dir, Some(uid), Some(gid))?;
-                (Some(user), Switch::User { uid, gid })
-            }
-            Users::Same { uid, gid } => (
-                None,
-                Switch::Map {
-                    uid_map: format!("{uid} {uid} 1").into_bytes(),
-                    gid_map: format!("{gid} {gid} 1").into_bytes(),
-                },
-            ),
-        };
-        let plan = Plan {
-            switch,
-            work_dir: c_path(work_dir)?,
-            hidden: self.hidden.clone(),
-            shm_options: self.shm_options.clone(),
-            memory_bytes: self.memory_bytes,
-            max_processes: self.max_processes,
-            max_open_files: JOB_MAX_OPEN_FILES,
-            last_cap: self.last_cap,
-            daemon: self.daemon,
-        };
-        // SAFETY: `enter` runs in the forked child before exec and makes only
-        // async-signal-safe system calls on data prepared here, before the
-        // fork (see `child`).
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(move || child::enter(&plan));
-        }
-        Ok(user)
+    /// Starts `launch` confined, with `work_dir` as its `/tmp`: takes a uid
+    /// for it (held until the returned process is reaped) and gives it the
+    /// directory. Call it from a runtime worker thread, never a blocking-pool
+    /// one: the job dies when the thread that started it ends.
+    pub(crate) fn spawn(&self, launch: &Launch<'_>, work_dir: &Path) -> io::Result<Process> {
+        self.start(launch, work_dir, true)
     }
 
     /// Checks that this machine lets the host confine a process: confines a
-    /// child that exits right before it would exec. The error says why not.
+    /// child that exits where it would exec. The error says why not.
     pub(crate) async fn probe(&self, work_dir: &Path) -> io::Result<()> {
-        let mut command = Command::new("/");
-        command.kill_on_drop(true);
-        let _user = self.confine(&mut command, work_dir)?;
-        // SAFETY: `_exit` is async-signal-safe; the child ends here, after
-        // its confinement held, without running anything.
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(|| child::exit_now(0));
-        }
-        let status = command.spawn()?.wait().await?;
+        let launch = Launch {
+            program: Path::new("/"),
+            args: &[],
+            env: &BTreeMap::new(),
+            stdin: false,
+        };
+        let status = self.start(&launch, work_dir, false)?.wait().await?;
         if status.success() {
             Ok(())
         } else {
@@ -312,6 +275,62 @@ impl Confiner {
         }
     }
 
+    fn start(&self, launch: &Launch<'_>, work_dir: &Path, exec: bool) -> io::Result<Process> {
+        let (user, switch) = match &self.users {
+            Users::Pool(pool) => {
+                let user = pool
+                    .take()
+                    .ok_or_else(|| io::Error::other("every job uid of this host is in use"))?;
+                let (uid, gid) = (Uid::from_raw(user.id()), Gid::from_raw(user.id()));
+                nix::unistd::chown(work_dir, Some(uid), Some(gid))?;
+                (Some(user), Switch::User { uid, gid })
+            }
+            Users::Same => (None, Switch::Namespace),
+        };
+        let stdin = if launch.stdin { Some(pipe()?) } else { None };
+        let null = std::fs::File::open("/dev/null")?;
+        let (stdout_read, stdout_write) = pipe()?;
+        let (stderr_read, stderr_write) = pipe()?;
+        let (report_read, report_write) = pipe()?;
+        let job_stdin = stdin
+            .as_ref()
+            .map_or(null.as_raw_fd(), |(read, _)| read.as_raw_fd());
+        let (argv, envp, strings) = exec_arrays(launch)?;
+        let plan = Plan {
+            switch,
+            work_dir: c_path(work_dir)?,
+            hidden: self.hidden.clone(),
+            shm_options: self.shm_options.clone(),
+            caps: Caps {
+                memory_bytes: self.memory_bytes,
+                max_processes: self.max_processes,
+                max_open_files: JOB_MAX_OPEN_FILES,
+            },
+            last_cap: self.last_cap,
+            program: c_path(launch.program)?,
+            argv,
+            envp,
+            _strings: strings,
+            stdio: [
+                job_stdin,
+                stdout_write.as_raw_fd(),
+                stderr_write.as_raw_fd(),
+            ],
+            report: report_write.as_raw_fd(),
+            exec,
+        };
+        let started = child::launch(&plan)?;
+        // The child has exec'd or exited: its ends of the pipes are its own.
+        drop((plan, stdout_write, stderr_write, report_write, null));
+        let stdin = stdin.map(|(_, write)| write);
+        let mut process = Process::new(started, stdin, stdout_read, stderr_read, user)?;
+        if let Some(errno) = failed_start(report_read)? {
+            process.reap_blocking();
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(process)
+    }
+
     /// Kills every process a previous run of the daemon left running under
     /// the job uids (it died without its jobs noticing, or they outlived
     /// it). Blocking: reads `/proc`. Same-user jobs cannot be told apart from
@@ -319,7 +338,7 @@ impl Confiner {
     pub(crate) fn kill_leftovers(&self) -> usize {
         match &self.users {
             Users::Pool(pool) => leftovers::kill_all(pool.range()),
-            Users::Same { .. } => 0,
+            Users::Same => 0,
         }
     }
 }
@@ -329,6 +348,55 @@ impl Confiner {
 /// `/proc` or ptrace it: they hold the cluster token.
 pub fn protect_process() -> io::Result<()> {
     nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
+}
+
+/// A pipe whose ends close on exec (the child's end is dup'ed onto 0-2).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// `argv` (program first) and `envp` as null-terminated pointer arrays,
+/// with the strings they point into.
+type ExecArrays = (Vec<*const c_char>, Vec<*const c_char>, Vec<CString>);
+
+fn exec_arrays(launch: &Launch<'_>) -> io::Result<ExecArrays> {
+    let nul = |what: &str| io::Error::other(format!("{what} holds a NUL byte"));
+    let mut argv_strings = vec![c_path(launch.program)?];
+    for arg in launch.args {
+        argv_strings.push(CString::new(arg.as_bytes()).map_err(|_| nul("an argument"))?);
+    }
+    let mut env_strings = Vec::with_capacity(launch.env.len());
+    for (name, value) in launch.env {
+        let mut entry = name.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        env_strings.push(CString::new(entry).map_err(|_| nul("an environment variable"))?);
+    }
+    let pointers = |strings: &[CString]| {
+        strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect::<Vec<_>>()
+    };
+    let (argv, envp) = (pointers(&argv_strings), pointers(&env_strings));
+    // The pointers point into the strings' heap buffers, which moving the
+    // vectors does not move.
+    argv_strings.extend(env_strings);
+    Ok((argv, envp, argv_strings))
+}
+
+/// The errno a child reported before it could exec, if it did.
+fn failed_start(report: OwnedFd) -> io::Result<Option<i32>> {
+    let mut bytes = [0u8; 4];
+    let mut file = std::fs::File::from(report);
+    match std::io::Read::read(&mut file, &mut bytes)? {
+        0 => Ok(None),
+        4 => Ok(Some(i32::from_ne_bytes(bytes))),
+        n => Err(io::Error::other(format!(
+            "a confined child reported {n} bytes instead of an errno"
+        ))),
+    }
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {

@@ -317,7 +317,7 @@ async fn exit_codes_and_signals_are_reported() {
         tokio::spawn(async move { run_shell(&r, &shell("sh", &["-c", "exec sleep 303.1"])).await })
     };
     for pid in wait_running("sleep 303.1", 1).await {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
     }
     let run = job.await.unwrap();
     assert_eq!(run.result.exit_code, None);
