@@ -170,6 +170,41 @@ async fn connections_past_the_cap_are_closed_at_once_and_serving_resumes() {
 }
 
 #[tokio::test]
+async fn a_low_open_file_limit_lowers_the_cap_so_accepts_never_run_out_of_descriptors() {
+    // Under this limit the cap is lowered from its default to half the limit
+    // (what is left after the reserve for the node's own files is less).
+    const OPEN_FILES: u64 = 400;
+    const CAP: usize = OPEN_FILES as usize / 2;
+    const SOCKETS: usize = OPEN_FILES as usize;
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start_limited(
+        tmp.path(),
+        &["--header-read-timeout-ms", "600000"],
+        Some(OPEN_FILES),
+    )
+    .await;
+    let url = coordinator.url.clone();
+
+    // More sockets than the coordinator has descriptors: without the lowered
+    // cap its accepts would fail with EMFILE and leave them all hanging.
+    let mut held = Sockets::default();
+    held.silent(&url, SOCKETS);
+    within("the sockets past the lowered cap to be closed", async {
+        eventually("the sockets past the lowered cap to be closed", || async {
+            (held.closed() >= SOCKETS - CAP).then_some(())
+        })
+        .await
+    })
+    .await;
+    drop(held);
+    eventually("/health once the held sockets are gone", || async {
+        let answer = reqwest::get(format!("{url}/health")).await.ok()?;
+        answer.status().is_success().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn timeouts_never_cut_a_long_poll_or_a_slow_upload() {
     let tmp = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(

@@ -20,8 +20,21 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
 pub fn skyclaw() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyclaw"));
-    // Nothing from the developer's environment leaks into a test network.
+    isolated(Command::new(env!("CARGO_BIN_EXE_skyclaw")))
+}
+
+/// `skyclaw` started with its open-file limit, soft and hard, set to `limit`,
+/// as on a machine with a low hard limit.
+pub fn skyclaw_with_open_files(limit: u64) -> Command {
+    let mut cmd = isolated(Command::new("sh"));
+    cmd.args(["-c", r#"ulimit -n "$0" && exec "$@""#])
+        .arg(limit.to_string())
+        .arg(env!("CARGO_BIN_EXE_skyclaw"));
+    cmd
+}
+
+/// Nothing from the developer's environment leaks into a test network.
+fn isolated(mut cmd: Command) -> Command {
     for (name, _) in std::env::vars() {
         if name.starts_with("SKYCLAW_") {
             cmd.env_remove(name);
@@ -53,16 +66,25 @@ pub struct Coordinator {
     pub dir: PathBuf,
     pub url: String,
     extra: Vec<String>,
+    /// The open-file limit it runs under, when not the test process's.
+    open_files: Option<u64>,
 }
 
 impl Coordinator {
     /// Starts a coordinator on a free port with data in `dir`.
     pub async fn start(dir: &Path, extra: &[&str]) -> Coordinator {
+        Coordinator::start_limited(dir, extra, None).await
+    }
+
+    /// Starts a coordinator whose open-file limit, soft and hard, is
+    /// `open_files` when given.
+    pub async fn start_limited(dir: &Path, extra: &[&str], open_files: Option<u64>) -> Coordinator {
         let mut c = Coordinator {
             child: None,
             dir: dir.to_path_buf(),
             url: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            open_files,
         };
         c.spawn("127.0.0.1:0").await;
         c
@@ -71,7 +93,11 @@ impl Coordinator {
     async fn spawn(&mut self, listen: &str) {
         let url_file = self.dir.join("coordinator.url");
         let _ = std::fs::remove_file(&url_file);
-        let child = skyclaw()
+        let mut command = match self.open_files {
+            Some(limit) => skyclaw_with_open_files(limit),
+            None => skyclaw(),
+        };
+        let child = command
             .args([
                 "coordinator",
                 "--listen",

@@ -164,7 +164,8 @@ pub async fn serve<S, B>(
             continue;
         };
         let slot = Slot::take(permit, stats.clone());
-        // Answers are small and written whole; Nagle would only delay them.
+        // hyper may write a head and a body separately: Nagle's algorithm
+        // would hold the second write until the first is acknowledged.
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let stopping = stopping.clone();
