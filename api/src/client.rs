@@ -37,6 +37,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a membership change may take: a joining node first catches up.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an unused pooled connection is kept: well under a listener's idle
+/// keep-alive timeout ([`crate::serve::DEFAULT_IDLE_TIMEOUT`]), so a client
+/// does not reuse a connection just as the server closes it.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Slack added to a long-poll's own wait before the client gives up on it.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(5);
 /// How long one artifact upload or download may take: the largest blob a
@@ -184,7 +188,7 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| ClientError::BadUrl(e.to_string()))?;
         Ok(Client {

@@ -1,10 +1,12 @@
 //! The JSON error envelope every Skyclaw HTTP error uses:
 //! `{"error":{"code":"...","message":"..."}}`.
 
+use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
-/// Machine-readable error codes. The HTTP status goes with the code; the
-/// coordinator maps its errors to both in one place.
+/// Machine-readable error codes. The HTTP status goes with the code
+/// ([`ErrorCode::status`]); the coordinator maps its errors to codes in one
+/// place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -26,6 +28,8 @@ pub enum ErrorCode {
     HostNotRegistered,
     /// The body is larger than the route accepts (413).
     PayloadTooLarge,
+    /// The request line and headers are larger than any listener accepts (431).
+    HeadersTooLarge,
     /// The server could not finish in time (408/504).
     Timeout,
     /// The server cannot take writes right now (503).
@@ -49,10 +53,29 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::HostNotRegistered => "host_not_registered",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status every answer with this code carries.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound | ErrorCode::HostNotRegistered => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict | ErrorCode::StaleLease | ErrorCode::IdempotencyConflict => {
+                StatusCode::CONFLICT
+            }
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::Unavailable | ErrorCode::NoQuorum => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

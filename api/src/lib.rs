@@ -1,9 +1,9 @@
 //! Skyclaw's wire protocol: the JSON types every node speaks, the error envelope,
-//! the auth and idempotency header names, and the client every node and the CLI
-//! use to reach coordinators.
+//! the auth and idempotency header names, the client every node and the CLI
+//! use to reach coordinators, and the HTTP serving every node's listeners share.
 //!
 //! This is the only crate that the coordinator, the host runtime and the CLI
-//! share; nothing else in it does IO except [`client`] and [`datadir`].
+//! share; nothing else in it does IO except [`client`], [`datadir`] and [`serve`].
 
 pub mod apikeys;
 pub mod artifacts;
@@ -14,6 +14,7 @@ pub mod headers;
 pub mod hosts;
 pub mod jobs;
 pub mod network;
+pub mod serve;
 
 pub use client::{Client, ClientError, Credentials};
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};

@@ -1,5 +1,5 @@
-//! The one place that maps coordinator errors to HTTP statuses and the JSON
-//! error envelope.
+//! The one place that maps coordinator errors to error codes (each code has its
+//! HTTP status, [`ErrorCode::status`]) and the JSON error envelope.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -58,19 +58,7 @@ impl ApiError {
     }
 
     fn status(&self) -> StatusCode {
-        match self.code() {
-            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::NotFound | ErrorCode::HostNotRegistered => StatusCode::NOT_FOUND,
-            ErrorCode::Conflict | ErrorCode::StaleLease | ErrorCode::IdempotencyConflict => {
-                StatusCode::CONFLICT
-            }
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::Unavailable | ErrorCode::NoQuorum => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 }
 

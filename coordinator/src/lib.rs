@@ -74,6 +74,8 @@ pub struct Config {
     pub voters: usize,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
+    /// The HTTP listener's connection cap and timeouts.
+    pub listener: skyclaw_api::serve::Limits,
 }
 
 impl Config {
@@ -91,6 +93,7 @@ impl Config {
             bootstrap: Vec::new(),
             voters: DEFAULT_VOTERS,
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+            listener: skyclaw_api::serve::Limits::default(),
         }
     }
 }
@@ -135,28 +138,39 @@ pub async fn run(
     let blobs = artifacts::BlobStore::open(&config.data_dir).map_err(data_dir_error)?;
     let http = reqwest::Client::builder()
         .connect_timeout(PEER_CONNECT_TIMEOUT)
+        .pool_idle_timeout(skyclaw_api::client::POOL_IDLE_TIMEOUT)
         .build()
         .map_err(|e| CoordinatorError::Config(format!("http client: {e}")))?;
     let cluster =
         cluster::Cluster::start(&config, store.clone(), url.clone(), http.clone()).await?;
-    let node = Arc::new(node::Node::new(config.clone(), store, blobs, cluster, http));
+    let connections = Arc::new(skyclaw_api::serve::Stats::default());
+    let node = Arc::new(node::Node::new(
+        config.clone(),
+        store,
+        blobs,
+        cluster,
+        http,
+        connections.clone(),
+    ));
     write_url_file(&config.data_dir, &format!("http://{local}")).map_err(data_dir_error)?;
     tracing::info!(%url, node_id = node.cluster.id, data_dir = %config.data_dir.display(), "coordinator listening");
 
     let sweeper = tokio::spawn(sweep::run(node.clone()));
     let stopping = node.clone();
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<CoordinatorError>();
-    let server = tokio::spawn(
-        axum::serve(listener, http::router(node.clone(), config.max_body_bytes))
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = shutdown => {}
-                    () = stopping.shutting_down() => {}
-                }
-                stopping.begin_shutdown();
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(skyclaw_api::serve::serve(
+        listener,
+        http::router(node.clone(), config.max_body_bytes),
+        config.listener,
+        connections,
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stopping.shutting_down() => {}
+            }
+            stopping.begin_shutdown();
+        },
+    ));
     let joiner = {
         let node = node.clone();
         tokio::spawn(async move {
@@ -172,8 +186,7 @@ pub async fn run(
     };
     let served = server
         .await
-        .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))?
-        .map_err(CoordinatorError::Serve);
+        .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)));
     joiner.abort();
     sweeper.abort();
     let _ = node.cluster.raft.shutdown().await;

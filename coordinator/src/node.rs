@@ -31,6 +31,8 @@ pub struct Node {
     pub token_hash: [u8; 32],
     /// For forwarding writes to the leader and fetching blobs from peers.
     pub http: reqwest::Client,
+    /// What the HTTP listener did with its connections.
+    pub connections: Arc<skyclaw_api::serve::Stats>,
     /// Jobs picked for a lease that is being proposed, so two concurrent
     /// claims do not pick the same jobs.
     reserved: Mutex<HashSet<String>>,
@@ -44,6 +46,7 @@ impl Node {
         blobs: BlobStore,
         cluster: Cluster,
         http: reqwest::Client,
+        connections: Arc<skyclaw_api::serve::Stats>,
     ) -> Node {
         Node {
             token_hash: crate::http::auth::sha256(config.token.as_bytes()),
@@ -53,6 +56,7 @@ impl Node {
             blobs,
             cluster,
             http,
+            connections,
             reserved: Mutex::new(HashSet::new()),
             shutdown: watch::channel(false).0,
         }

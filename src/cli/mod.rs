@@ -193,11 +193,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         CLIENT_LOG_FILTER
     };
     init_logging(cli.log.as_deref().unwrap_or(default_filter))?;
+    if cli.command.is_node() {
+        raise_open_file_limit();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(dispatch(cli.command, cli.json))
+}
+
+/// A node holds a descriptor per connection, job pipe and open file: the usual
+/// soft limit of 1024 is hit long before memory or CPU run out. A node that
+/// cannot raise it still runs, under a lower connection cap.
+fn raise_open_file_limit() {
+    match skyclaw_api::serve::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 fn init_logging(filter: &str) -> Result<()> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use skyclaw_api::jobs::MAX_WASI_MEMORY_MB;
+use skyclaw_api::serve;
 use skyclaw_coordinator::{
     DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SNAPSHOT_LOGS, DEFAULT_VOTERS, MAX_VOTERS,
@@ -20,7 +21,6 @@ use skyclaw_runtime::{
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL, DEFAULT_WASI_MAX_MEMORY_MB,
     DEFAULT_WASI_MAX_TIMEOUT_MS, HostConfig, JobUsers, UidRange,
 };
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -100,6 +100,8 @@ pub struct CoordinatorArgs {
     /// the kept log catches up from a snapshot instead.
     #[arg(long, env = "SKYCLAW_SNAPSHOT_LOGS", default_value_t = DEFAULT_SNAPSHOT_LOGS, value_parser = positive_u64(), value_name = "N")]
     snapshot_logs: u64,
+    #[command(flatten)]
+    listener: ListenerArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -194,6 +196,8 @@ pub struct DevArgs {
     #[arg(long, env = "SKYCLAW_MAX_ARTIFACT_BYTES", default_value_t = DEFAULT_MAX_ARTIFACT_BYTES, value_parser = positive_u64(), value_name = "N")]
     max_artifact_bytes: u64,
     #[command(flatten)]
+    listener: ListenerArgs,
+    #[command(flatten)]
     wasi: WasiArgs,
     #[command(flatten)]
     jobs: JobArgs,
@@ -260,6 +264,33 @@ impl JobArgs {
     }
 }
 
+/// How the coordinator's HTTP listener bounds its connections.
+#[derive(Debug, clap::Args)]
+pub struct ListenerArgs {
+    /// Connections served at once; past it new connections are closed at
+    /// once. Lowered at start to fit under the open-file limit.
+    #[arg(long, env = "SKYCLAW_MAX_CONNECTIONS", default_value_t = serve::DEFAULT_MAX_CONNECTIONS, value_parser = positive_u32(), value_name = "N")]
+    max_connections: u32,
+    /// Milliseconds a client may take to send a request head, from the
+    /// connection's start or the first byte of a later request.
+    #[arg(long, env = "SKYCLAW_HEADER_READ_TIMEOUT_MS", default_value_t = millis(serve::DEFAULT_HEADER_READ_TIMEOUT), value_parser = positive_u64(), value_name = "MS")]
+    header_read_timeout_ms: u64,
+    /// Milliseconds a keep-alive connection may wait for its next request.
+    /// Requests in progress (long-polls, transfers) are never cut by it.
+    #[arg(long, env = "SKYCLAW_IDLE_TIMEOUT_MS", default_value_t = millis(serve::DEFAULT_IDLE_TIMEOUT), value_parser = positive_u64(), value_name = "MS")]
+    idle_timeout_ms: u64,
+}
+
+impl ListenerArgs {
+    fn limits(&self) -> serve::Limits {
+        serve::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
+}
+
 /// What a host grants WASI jobs. A job's own limits are capped at these; one
 /// that names none gets the built-in default (fuel 10^10, 256 MiB, 60 s) or
 /// the maximum when that is lower.
@@ -303,7 +334,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
     restrict_new_files();
     skyclaw_runtime::protect_process().context("cannot make the coordinator non-dumpable")?;
     let bootstrap = bootstrap_urls(args.bootstrap)?;
-    let listener = TcpListener::bind(&args.listen)
+    let listener = serve::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     check_reachable(args.advertise.as_deref(), listener.local_addr()?)?;
@@ -317,6 +348,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
     config.bootstrap = bootstrap;
     config.voters = args.voters;
     config.snapshot_logs = args.snapshot_logs;
+    config.listener = args.listener.limits();
     skyclaw_coordinator::run(config, listener, shutdown_signal()?)
         .await
         .context("coordinator failed")?;
@@ -386,7 +418,7 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     create_dir(&args.data_dir)?;
     create_dir(&coordinator_dir)?;
     create_dir(&host_dir)?;
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port))
+    let listener = serve::bind((Ipv4Addr::LOCALHOST, args.port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -395,6 +427,7 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
 
     let mut coordinator_config = skyclaw_coordinator::Config::new(coordinator_dir, token.clone());
     coordinator_config.max_artifact_bytes = args.max_artifact_bytes;
+    coordinator_config.listener = args.listener.limits();
     let mut host_config = HostConfig::new(vec![url.clone()], token, host_dir);
     host_config.allowed_commands = without_empty(args.allow_commands);
     host_config.max_parallel = args.max_parallel;
@@ -646,6 +679,41 @@ mod tests {
         assert!(bootstrap("http://a:1,ftp://b:2").is_err());
         assert_eq!(bootstrap("http://a:1/,").unwrap(), ["http://a:1"]);
         assert!(bootstrap("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn listener_flags_default_to_the_serving_defaults_and_are_validated() {
+        assert_eq!(
+            coordinator(&[]).unwrap().listener.limits(),
+            serve::Limits::default()
+        );
+        let args = coordinator(&[
+            "--max-connections",
+            "100",
+            "--header-read-timeout-ms",
+            "2000",
+            "--idle-timeout-ms",
+            "3000",
+        ])
+        .unwrap();
+        let limits = args.listener.limits();
+        assert_eq!(limits.max_connections, 100);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(3));
+        for bad in [
+            ["--max-connections", "0"],
+            ["--header-read-timeout-ms", "0"],
+            ["--idle-timeout-ms", "0"],
+        ] {
+            assert!(coordinator(&bad).is_err(), "{bad:?} accepted");
+        }
+        let Node::Dev(dev) = Harness::try_parse_from(["x", "dev", "--max-connections", "7"])
+            .unwrap()
+            .command
+        else {
+            panic!("not dev")
+        };
+        assert_eq!(dev.listener.limits().max_connections, 7);
     }
 
     #[test]

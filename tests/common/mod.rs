@@ -21,8 +21,21 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
 pub fn skyclaw() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyclaw"));
-    // Nothing from the developer's environment leaks into a test network.
+    isolated(Command::new(env!("CARGO_BIN_EXE_skyclaw")))
+}
+
+/// `skyclaw` started with its open-file limit, soft and hard, set to `limit`,
+/// as on a machine with a low hard limit.
+pub fn skyclaw_with_open_files(limit: u64) -> Command {
+    let mut cmd = isolated(Command::new("sh"));
+    cmd.args(["-c", r#"ulimit -n "$0" && exec "$@""#])
+        .arg(limit.to_string())
+        .arg(env!("CARGO_BIN_EXE_skyclaw"));
+    cmd
+}
+
+/// Nothing from the developer's environment leaks into a test network.
+fn isolated(mut cmd: Command) -> Command {
     for (name, _) in std::env::vars() {
         if name.starts_with("SKYCLAW_") {
             cmd.env_remove(name);
@@ -54,16 +67,25 @@ pub struct Coordinator {
     pub dir: PathBuf,
     pub url: String,
     extra: Vec<String>,
+    /// The open-file limit it runs under, when not the test process's.
+    open_files: Option<u64>,
 }
 
 impl Coordinator {
     /// Starts a coordinator on a free port with data in `dir`.
     pub async fn start(dir: &Path, extra: &[&str]) -> Coordinator {
+        Coordinator::start_limited(dir, extra, None).await
+    }
+
+    /// Starts a coordinator whose open-file limit, soft and hard, is
+    /// `open_files` when given.
+    pub async fn start_limited(dir: &Path, extra: &[&str], open_files: Option<u64>) -> Coordinator {
         let mut c = Coordinator {
             child: None,
             dir: dir.to_path_buf(),
             url: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            open_files,
         };
         c.spawn("127.0.0.1:0").await;
         c
@@ -72,7 +94,11 @@ impl Coordinator {
     async fn spawn(&mut self, listen: &str) {
         let url_file = self.dir.join("coordinator.url");
         let _ = std::fs::remove_file(&url_file);
-        let child = skyclaw()
+        let mut command = match self.open_files {
+            Some(limit) => skyclaw_with_open_files(limit),
+            None => skyclaw(),
+        };
+        let child = command
             .args([
                 "coordinator",
                 "--listen",
@@ -260,8 +286,17 @@ pub struct Network {
 
 impl Network {
     pub async fn start(allow: &str, host_extra: &[&str]) -> Network {
+        Network::start_with(&[], allow, host_extra).await
+    }
+
+    /// A network whose coordinator also gets `coordinator_extra`.
+    pub async fn start_with(
+        coordinator_extra: &[&str],
+        allow: &str,
+        host_extra: &[&str],
+    ) -> Network {
         let tmp = tempfile::tempdir().unwrap();
-        let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
+        let coordinator = Coordinator::start(&tmp.path().join("coord"), coordinator_extra).await;
         let host = Host::start(
             &coordinator.url,
             &tmp.path().join("host"),
@@ -374,6 +409,31 @@ pub async fn wait_no_processes(marker: &str) {
         || async { processes_with(marker).is_empty().then_some(()) },
     )
     .await
+}
+
+/// The value of one series on a node's `/metrics`, such as
+/// `skyclaw_jobs{status="queued"}`; `None` when it cannot be read. Each call
+/// opens a connection of its own, so none is left pooled.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Raises this test process's soft open-file limit to its hard limit, as
+/// nodes do, and fails the test unless `needed` descriptors fit.
+pub fn raise_open_files(needed: u64) {
+    let limit = skyclaw_api::serve::raise_nofile_limit().expect("raise the open-file limit");
+    assert!(
+        limit >= needed,
+        "this test needs {needed} open files but the hard limit is {limit} (raise `ulimit -Hn`)"
+    );
 }
 
 /// True once `pid` no longer runs (a zombie counts as gone).
@@ -551,6 +611,172 @@ impl Cluster {
 
 #[allow(unused_imports)] // each test binary uses a different part of the harness
 pub use guests::{example, guest};
+
+/// Misbehaving clients over raw TCP: sockets that send nothing, send one
+/// request and then idle, or send a request head a byte at a time; each is
+/// watched for the server closing it.
+pub mod sockets {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::task::JoinSet;
+
+    use super::DEADLINE;
+
+    /// What a slowloris sender sends first: a request head that never ends.
+    const SLOW_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ";
+
+    /// Sockets held open against a node; dropping this closes them all.
+    #[derive(Default)]
+    pub struct Sockets {
+        tasks: JoinSet<()>,
+        opened: usize,
+        ready: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+    }
+
+    impl Sockets {
+        /// Opens `n` connections to `url` (`http://IP:PORT`) that send nothing.
+        pub fn silent(&mut self, url: &str, n: usize) {
+            self.open(url, n, |stream| async { Some(stream) });
+        }
+
+        /// Opens `n` connections that each send one keep-alive `GET /health`,
+        /// read its answer and then send nothing more.
+        pub fn kept_alive(&mut self, url: &str, n: usize) {
+            self.open(url, n, |mut stream| async move {
+                stream
+                    .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .ok()?;
+                let (status, _) = read_answer(&mut stream).await?;
+                (status == 200).then_some(stream)
+            });
+        }
+
+        /// Opens `n` connections that send the start of a request head and then
+        /// one more byte of a header value every `every`, never ending the head.
+        pub fn slowloris(&mut self, url: &str, n: usize, every: Duration) {
+            let addr = addr(url);
+            for _ in 0..n {
+                let addr = addr.clone();
+                let ready = self.ready.clone();
+                let closed = self.closed.clone();
+                self.tasks.spawn(async move {
+                    let Ok(mut stream) = TcpStream::connect(&addr).await else {
+                        return;
+                    };
+                    if stream.write_all(SLOW_HEAD).await.is_err() {
+                        return;
+                    }
+                    ready.fetch_add(1, Ordering::Relaxed);
+                    let started = Instant::now();
+                    let mut buf = [0u8; 1024];
+                    let mut tick = tokio::time::interval(every);
+                    while started.elapsed() < DEADLINE {
+                        let shut = tokio::select! {
+                            read = stream.read(&mut buf) => matches!(read, Ok(0) | Err(_)),
+                            _ = tick.tick() => stream.write_all(b"a").await.is_err(),
+                        };
+                        if shut {
+                            closed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                });
+            }
+            self.opened += n;
+        }
+
+        /// Connects `n` times and runs `setup` on each connection; one whose
+        /// setup succeeds counts as ready and is then watched until the server
+        /// closes it.
+        fn open<F, Fut>(&mut self, url: &str, n: usize, setup: F)
+        where
+            F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+            Fut: Future<Output = Option<TcpStream>> + Send,
+        {
+            let addr = addr(url);
+            for _ in 0..n {
+                let (addr, setup) = (addr.clone(), setup.clone());
+                let ready = self.ready.clone();
+                let closed = self.closed.clone();
+                self.tasks.spawn(async move {
+                    let Ok(stream) = TcpStream::connect(&addr).await else {
+                        return;
+                    };
+                    let Some(stream) = setup(stream).await else {
+                        return;
+                    };
+                    ready.fetch_add(1, Ordering::Relaxed);
+                    if server_closes(stream).await {
+                        closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            self.opened += n;
+        }
+
+        /// Connections opened so far.
+        pub fn opened(&self) -> usize {
+            self.opened
+        }
+
+        /// Connections connected and set up (a request answered, a head begun).
+        pub fn ready(&self) -> usize {
+            self.ready.load(Ordering::Relaxed)
+        }
+
+        /// Connections the server has closed.
+        pub fn closed(&self) -> usize {
+            self.closed.load(Ordering::Relaxed)
+        }
+    }
+
+    fn addr(url: &str) -> String {
+        url.trim_start_matches("http://").to_string()
+    }
+
+    /// Reads one HTTP/1.1 answer with a `content-length` body: its status and
+    /// body; `None` if the connection closes first or the answer is malformed.
+    pub async fn read_answer(stream: &mut TcpStream) -> Option<(u16, String)> {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = stream.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+            data.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(Some(0), |v| v.trim().parse().ok())?;
+        while data.len() < head_end + length {
+            let n = stream.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+            data.extend_from_slice(&buf[..n]);
+        }
+        let body = String::from_utf8_lossy(&data[head_end..head_end + length]).into_owned();
+        Some((status, body))
+    }
+
+    /// Whether the server closes `stream` (end of file or a reset) within
+    /// [`DEADLINE`]; anything it sends first is discarded.
+    async fn server_closes(mut stream: TcpStream) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(DEADLINE, async {
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await
+        .is_ok()
+    }
+}
 
 /// The WASI programs tests run on hosts: the guests in `tests/guests` and the
 /// examples in `examples/`, built on first use in each test process with the

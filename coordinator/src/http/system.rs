@@ -31,5 +31,28 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Result<impl IntoResponse,
     }
     let _ = writeln!(out, "# TYPE skyclaw_hosts_up gauge");
     let _ = writeln!(out, "skyclaw_hosts_up {}", node.liveness.up_hosts().len());
+    let connections = &node.connections;
+    let _ = writeln!(out, "# TYPE skyclaw_http_connections_open gauge");
+    let _ = writeln!(out, "skyclaw_http_connections_open {}", connections.open());
+    let _ = writeln!(out, "# TYPE skyclaw_http_connections_refused_total counter");
+    let _ = writeln!(
+        out,
+        "skyclaw_http_connections_refused_total {}",
+        connections.refused()
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE skyclaw_http_connections_timed_out_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "skyclaw_http_connections_timed_out_total{{timeout=\"header\"}} {}",
+        connections.header_timeouts()
+    );
+    let _ = writeln!(
+        out,
+        "skyclaw_http_connections_timed_out_total{{timeout=\"idle\"}} {}",
+        connections.idle_timeouts()
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

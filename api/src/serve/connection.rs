@@ -1,0 +1,412 @@
+//! One HTTP/1.1 connection: hyper serves it, a watchdog closes it when a
+//! request head is slow to arrive or when it waits too long between requests,
+//! and heads past [`MAX_HEAD_BYTES`] answer 431 with the JSON envelope.
+//!
+//! hyper's own `header_read_timeout` is not used: hyper 1.x arms it as soon as
+//! a keep-alive connection goes idle after a response (`State::idle` asks for
+//! the next head to be read, and reading a head starts the timer), so it would
+//! close idle keep-alive connections after the header timeout and no longer
+//! idle timeout could be had. The watchdog instead tracks three phases: a head
+//! arriving (since the accept, or since the first byte after an idle spell),
+//! requests in progress (never timed here: long-polls and streaming transfers
+//! keep their own limits), and idle between requests.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::{HYPER_MAX_HEAD_BYTES, Limits, MAX_HEAD_BYTES, MAX_HEADERS, READ_BUFFER_BYTES, Stats};
+use crate::{ErrorCode, ErrorEnvelope};
+
+/// Serves one accepted connection until the client closes it, a timeout
+/// closes it, or (after `stopping` turns true) its last request is answered.
+pub(super) async fn serve<S, B>(
+    stream: TcpStream,
+    service: S,
+    limits: Limits,
+    stats: &Stats,
+    mut stopping: watch::Receiver<bool>,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched {
+        stream,
+        activity: activity.clone(),
+    });
+    let service = Tracking {
+        inner: service,
+        activity: activity.clone(),
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .header_read_timeout(None)
+        .max_header_size(HYPER_MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(READ_BUFFER_BYTES);
+    let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+    let mut phase = activity.subscribe();
+    let mut draining = false;
+    loop {
+        let expiry = limits.expiry(*phase.borrow_and_update());
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopping.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            // `activity` keeps a sender alive, so this never fails.
+            _ = phase.changed() => {}
+            timeout = expire(expiry) => {
+                // No request is in progress, so dropping the connection cuts
+                // nothing short.
+                let counter = match timeout {
+                    Timeout::Header => &stats.header_timeouts,
+                    Timeout::Idle => &stats.idle_timeouts,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?timeout, "closing a connection that timed out");
+                return;
+            }
+        }
+    }
+}
+
+/// Where a connection is between requests.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// A request head is due: the connection is new, or bytes arrived after
+    /// an idle spell.
+    Head { since: Instant },
+    /// Requests are being answered; their responses are not all written.
+    Busy { requests: usize },
+    /// Every response is written and nothing new has arrived.
+    Idle { since: Instant },
+}
+
+/// Which timeout closed a connection.
+#[derive(Debug, Clone, Copy)]
+enum Timeout {
+    Header,
+    Idle,
+}
+
+impl Limits {
+    /// When a connection in `phase` times out, and by which timeout.
+    fn expiry(&self, phase: Phase) -> Option<(Instant, Timeout)> {
+        match phase {
+            Phase::Head { since } => Some((since + self.header_read_timeout, Timeout::Header)),
+            Phase::Busy { .. } => None,
+            Phase::Idle { since } => Some((since + self.idle_timeout, Timeout::Idle)),
+        }
+    }
+}
+
+/// Resolves at the expiry, never without one.
+async fn expire(expiry: Option<(Instant, Timeout)>) -> Timeout {
+    match expiry {
+        Some((at, timeout)) => {
+            tokio::time::sleep_until(at).await;
+            timeout
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection's phase, changed by its socket (bytes read), its service
+/// (requests begun) and its response bodies (requests done), and watched by
+/// its watchdog.
+#[derive(Clone)]
+struct Activity(watch::Sender<Phase>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity(watch::Sender::new(Phase::Head {
+            since: Instant::now(),
+        }))
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.0.subscribe()
+    }
+
+    /// Bytes arrived: after an idle spell they start the next request's head.
+    fn received(&self) {
+        self.0.send_if_modified(|phase| match phase {
+            Phase::Idle { .. } => {
+                *phase = Phase::Head {
+                    since: Instant::now(),
+                };
+                true
+            }
+            Phase::Head { .. } | Phase::Busy { .. } => false,
+        });
+    }
+
+    /// A request head was parsed; the request is in progress until the
+    /// returned guard is dropped.
+    fn begin_request(&self) -> InProgress {
+        self.0.send_modify(|phase| {
+            *phase = match *phase {
+                Phase::Busy { requests } => Phase::Busy {
+                    requests: requests + 1,
+                },
+                Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
+            }
+        });
+        InProgress(self.clone())
+    }
+
+    fn end_request(&self) {
+        self.0.send_modify(|phase| {
+            *phase = match *phase {
+                Phase::Busy { requests } if requests > 1 => Phase::Busy {
+                    requests: requests - 1,
+                },
+                _ => Phase::Idle {
+                    since: Instant::now(),
+                },
+            }
+        });
+    }
+}
+
+/// Held by a request from its head to the end of its response body (hyper
+/// drops the body once it is written, or when the connection is gone).
+struct InProgress(Activity);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}
+
+/// The socket, telling the connection's [`Activity`] when bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    activity: Activity,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.received();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The application's service as hyper calls it: marks each request in
+/// progress until its response is written, and answers heads past
+/// [`MAX_HEAD_BYTES`] itself.
+struct Tracking<S> {
+    inner: S,
+    activity: Activity,
+}
+
+/// A response body of the application's, or of the 431 answer.
+type AnswerBody<B> = Tracked<Either<B, Full<Bytes>>>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracking<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<AnswerBody<B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_progress = self.activity.begin_request();
+        let head = head_len(&request);
+        if head > MAX_HEAD_BYTES {
+            let answer = head_too_large(head).map(|body| Tracked {
+                body: Either::Right(body),
+                _in_progress: in_progress,
+            });
+            return Box::pin(std::future::ready(Ok(answer)));
+        }
+        let answered = self.inner.clone().oneshot(request);
+        Box::pin(async move {
+            let answer = answered.await?;
+            Ok(answer.map(|body| Tracked {
+                body: Either::Left(body),
+                _in_progress: in_progress,
+            }))
+        })
+    }
+}
+
+/// The size of a request's head as it came over the wire, give or take the
+/// spelling of the version: request line, headers, line ends.
+fn head_len<B>(request: &Request<B>) -> usize {
+    const VERSION_AND_LINE_ENDS: usize = " HTTP/1.1\r\n\r\n".len();
+    let uri = request.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": \r\n".len() + value.len())
+        .sum();
+    request.method().as_str().len() + 1 + target + VERSION_AND_LINE_ENDS + headers
+}
+
+/// The 431 answer, with the JSON envelope; the connection closes after it, as
+/// a client sending such heads is misbehaving.
+fn head_too_large(len: usize) -> Response<Full<Bytes>> {
+    let code = ErrorCode::HeadersTooLarge;
+    let envelope = ErrorEnvelope::new(
+        code,
+        format!("the request head is {len} bytes; at most {MAX_HEAD_BYTES} are accepted"),
+    );
+    let body = serde_json::to_vec(&envelope).expect("an error envelope serialises");
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = code.status();
+    let headers = answer.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    answer
+}
+
+/// A response body that keeps its request marked in progress until hyper is
+/// done with it.
+struct Tracked<B> {
+    body: B,
+    _in_progress: InProgress,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_len_counts_the_request_line_and_headers() {
+        let request = Request::get("/v1/jobs?limit=5")
+            .header("x-a", "bc")
+            .body(())
+            .unwrap();
+        let wire = "GET /v1/jobs?limit=5 HTTP/1.1\r\nx-a: bc\r\n\r\n";
+        assert_eq!(head_len(&request), wire.len());
+    }
+
+    #[tokio::test]
+    async fn phases_follow_requests_and_bytes() {
+        let limits = Limits::default();
+        let activity = Activity::new();
+        let phase = activity.subscribe();
+        let started = Instant::now();
+        let expiry = |phase: &watch::Receiver<Phase>| limits.expiry(*phase.borrow());
+        let (at, timeout) = expiry(&phase).unwrap();
+        assert!(matches!(timeout, Timeout::Header));
+        assert!(at <= started + limits.header_read_timeout);
+        activity.received();
+        assert_eq!(
+            expiry(&phase).unwrap().0,
+            at,
+            "bytes of a head restart nothing"
+        );
+        let first = activity.begin_request();
+        let second = activity.begin_request();
+        assert!(expiry(&phase).is_none());
+        activity.received();
+        drop(first);
+        assert!(expiry(&phase).is_none(), "one request is still in progress");
+        drop(second);
+        assert!(matches!(expiry(&phase).unwrap().1, Timeout::Idle));
+        activity.received();
+        assert!(matches!(expiry(&phase).unwrap().1, Timeout::Header));
+    }
+}
