@@ -31,6 +31,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const MAX_OUTPUT_BYTES_LIMIT: usize = 8 * 1024 * 1024;
 /// Capabilities one job may require.
 pub const MAX_CAPABILITIES: usize = 32;
+/// Prefixes of the environment variables a dynamic loader acts on (glibc and
+/// musl read `LD_*`, macOS `DYLD_*`): set for an allowlisted command, they
+/// make it load and run code of the job's choosing, so native jobs may not
+/// set them and hosts may not pass them on.
+pub const LOADER_VARIABLE_PREFIXES: &[&str] = &["LD_", "DYLD_"];
 
 /// The capability a host advertises to run shell jobs.
 pub const CAP_SHELL: &str = "shell";
@@ -324,6 +329,7 @@ impl JobSpec {
                 validate_command(&s.command)?;
                 validate_args(&s.args)?;
                 validate_env(&s.env)?;
+                validate_no_loader_variables(&s.env)?;
                 validate_stdin(&s.stdin)?;
                 validate_requirements(&s.requirements)
             }
@@ -338,9 +344,9 @@ impl JobSpec {
                         s.message.len()
                     ));
                 }
-                validate_word("agent", &s.agent)?;
+                validate_option_value("agent", &s.agent)?;
                 if let Some(model) = &s.model {
-                    validate_word("model", model)?;
+                    validate_option_value("model", model)?;
                 }
                 if let Some(level) = &s.thinking
                     && !THINKING_LEVELS.contains(&level.as_str())
@@ -352,6 +358,9 @@ impl JobSpec {
                 }
                 validate_requirements(&s.requirements)
             }
+            // Loader variables are allowed here: a WASI job's environment is
+            // a list of strings its guest reads, and no loader runs in the
+            // sandbox to act on them.
             JobSpec::Wasi(s) => {
                 validate_args(&s.args)?;
                 validate_env(&s.env)?;
@@ -457,6 +466,29 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
+/// True for a variable a dynamic loader acts on (see [`LOADER_VARIABLE_PREFIXES`]).
+pub fn is_loader_variable(name: &str) -> bool {
+    LOADER_VARIABLE_PREFIXES
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+/// Refuses loader variables in a native job's env, naming every one.
+fn validate_no_loader_variables(env: &BTreeMap<String, String>) -> Result<(), InvalidSpec> {
+    let named: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|name| is_loader_variable(name))
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    invalid(format!(
+        "env may not set loader variables (LD_*, DYLD_*): {}; they would make the host's command load code of the job's choosing",
+        named.join(", ")
+    ))
+}
+
 fn validate_requirements(req: &Requirements) -> Result<(), InvalidSpec> {
     if req.capabilities.len() > MAX_CAPABILITIES {
         return invalid(format!(
@@ -465,6 +497,18 @@ fn validate_requirements(req: &Requirements) -> Result<(), InvalidSpec> {
     }
     for cap in &req.capabilities {
         validate_word("requirements.capabilities", cap)?;
+    }
+    Ok(())
+}
+
+/// A name passed to a command as the value of an option (`--agent NAME`):
+/// one that began with `-` would be read as an option of its own.
+fn validate_option_value(field: &str, value: &str) -> Result<(), InvalidSpec> {
+    validate_word(field, value)?;
+    if value.starts_with('-') {
+        return invalid(format!(
+            "{field} is a name and may not begin with '-', not {value:?}"
+        ));
     }
     Ok(())
 }
@@ -726,6 +770,50 @@ mod tests {
         assert!(asked.excess(&caps).unwrap().contains("fuel 5000"));
         let got = caps.apply(&asked);
         assert_eq!((got.fuel, got.memory_mb, got.timeout_ms), (1000, 16, 10));
+    }
+
+    #[test]
+    fn native_env_may_not_set_loader_variables() {
+        let err = serde_json::from_str::<JobSpec>(
+            r#"{"kind":"shell","command":"echo","env":{"LD_PRELOAD":"/tmp/x.so","DYLD_INSERT_LIBRARIES":"y","OK":"1"}}"#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.0.contains("DYLD_INSERT_LIBRARIES, LD_PRELOAD"),
+            "every one is named: {err}"
+        );
+        let lowercase: JobSpec =
+            serde_json::from_str(r#"{"kind":"shell","command":"echo","env":{"ld_preload":"x"}}"#)
+                .unwrap();
+        lowercase
+            .validate()
+            .expect("the loader reads upper-case names only");
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let wasi: JobSpec = serde_json::from_str(&format!(
+            r#"{{"kind":"wasi","artifact":"{digest}","env":{{"LD_PRELOAD":"x"}}}}"#
+        ))
+        .unwrap();
+        wasi.validate()
+            .expect("no loader runs in the sandbox to act on it");
+    }
+
+    #[test]
+    fn openclaw_names_may_not_look_like_options() {
+        for field in ["agent", "model"] {
+            let spec: JobSpec = serde_json::from_value(serde_json::json!({
+                "kind": "openclaw-run", "message": "hi", field: "-x"
+            }))
+            .unwrap();
+            let err = spec.validate().unwrap_err();
+            assert!(err.0.starts_with(field) && err.0.contains("'-'"), "{err}");
+        }
+        let ok: JobSpec = serde_json::from_str(
+            r#"{"kind":"openclaw-run","message":"hi","agent":"ops-1","model":"a/b-c"}"#,
+        )
+        .unwrap();
+        ok.validate().unwrap();
     }
 
     #[test]
