@@ -223,6 +223,11 @@ async fn bad_input_gets_clear_errors() {
             StatusCode::BAD_REQUEST,
             "thinking must be one of",
         ),
+        (
+            r#"{"kind":"shell","command":"echo","queue_timeout_ms":0}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "queue_timeout_ms must be between 1 and",
+        ),
     ];
     for (body, want, needle) in cases {
         let (status, answer) = api.token("POST", "/v1/jobs", Some(&body)).await;
