@@ -203,6 +203,31 @@ async fn bad_input_gets_clear_errors() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "too large",
         ),
+        (
+            r#"{"kind":"shell","command":"echo","env":{"LD_PRELOAD":"/tmp/evil.so"}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "loader variables (LD_*, DYLD_*): LD_PRELOAD",
+        ),
+        (
+            r#"{"kind":"openclaw-run","message":"hi","agent":"-x"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "agent is a name and may not begin with '-'",
+        ),
+        (
+            r#"{"kind":"openclaw-run","message":"hi","model":"--help"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "model is a name and may not begin with '-'",
+        ),
+        (
+            r#"{"kind":"openclaw-run","message":"hi","thinking":"-x"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "thinking must be one of",
+        ),
+        (
+            r#"{"kind":"shell","command":"echo","queue_timeout_ms":0}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "queue_timeout_ms must be between 1 and",
+        ),
     ];
     for (body, want, needle) in cases {
         let (status, answer) = api.token("POST", "/v1/jobs", Some(&body)).await;

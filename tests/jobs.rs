@@ -78,6 +78,145 @@ async fn output_beyond_the_limit_is_cut_and_counted() {
     assert_eq!(result.stdout_dropped_bytes, 4000);
     assert_eq!(result.stderr, "err\n");
     assert!(!result.stderr_truncated);
+
+    // "é\n" is three bytes: the limit falls inside the 334th "é", which is
+    // dropped whole, so the output stays text.
+    let job = run_job(
+        &net.client(),
+        json!({"kind": "shell", "command": "sh", "args": ["-c", "yes é | head -c 3000"]}),
+    )
+    .await;
+    let result = job.result.unwrap();
+    assert!(result.stdout_encoding.is_utf8(), "{result:?}");
+    assert_eq!(result.stdout, "é\n".repeat(333));
+    assert_eq!(result.stdout_dropped_bytes, 3000 - 999);
+}
+
+/// Output is never altered: bytes that are not UTF-8 travel as base64 and
+/// `job wait` writes them back exactly; people's views escape what could act
+/// on a terminal, while `--json` and the job's own streams stay exact.
+#[tokio::test]
+async fn output_is_kept_exact_and_shown_escaped() {
+    let net = Network::start("sh,echo", &[]).await;
+    let out = net.cli(&[
+        "job",
+        "shell",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "printf '\\377\\376'",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let out = net.cli(&["job", "wait", &id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, [0xff, 0xfe], "the exact bytes");
+    let out = net.cli(&["job", "get", &id, "--json"]);
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["result"]["stdout"], "//4=");
+    assert_eq!(job["result"]["stdout_encoding"], "base64");
+    assert!(job["result"].get("stderr_encoding").is_none(), "{job}");
+    let shown = String::from_utf8(net.cli(&["job", "get", &id]).stdout).unwrap();
+    assert!(shown.contains("stdout (not UTF-8"), "{shown}");
+    assert!(shown.contains("\\xff\\xfe"), "{shown}");
+
+    // An escape sequence and a right-to-left override, in the command and so
+    // in its output.
+    let hostile = "\u{1b}]0;owned\u{7}red\u{202e}txt.exe";
+    let out = net.cli(&["job", "shell", "--wait", "--", "echo", hostile]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("{hostile}\n").as_bytes(),
+        "the job's data, raw"
+    );
+    let escaped = "\\u{1b}]0;owned\\u{7}red\\u{202e}txt.exe";
+    let listed = String::from_utf8(net.cli(&["job", "ls"]).stdout).unwrap();
+    assert!(listed.contains(&format!("echo {escaped}")), "{listed}");
+    let list: serde_json::Value =
+        serde_json::from_slice(&net.cli(&["job", "ls", "--json"]).stdout).unwrap();
+    let last = list["jobs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["result"]["stdout"],
+        format!("{hostile}\n"),
+        "--json is exact"
+    );
+    let shown = String::from_utf8(
+        net.cli(&["job", "get", last["id"].as_str().unwrap()])
+            .stdout,
+    )
+    .unwrap();
+    assert!(shown.contains(&format!("stdout:\n{escaped}\n")), "{shown}");
+    for text in [&listed, &shown] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+    }
+}
+
+/// Names others chose (a key's, a host's capabilities) reach tables escaped.
+#[tokio::test]
+async fn names_in_tables_are_escaped() {
+    use skyclaw_api::apikeys::{CreateApiKey, Scope};
+
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = common::Coordinator::start(dir.path(), &[]).await;
+    let client = coordinator.client();
+    let hostile = "ci\u{1b}[2J\u{202e}";
+    client
+        .create_api_key(&CreateApiKey {
+            name: hostile.into(),
+            scopes: vec![Scope::JobsRead],
+        })
+        .await
+        .unwrap();
+    client
+        .register_host(&common::fake_host("h-named", &["shell", hostile]))
+        .await
+        .unwrap();
+    for args in [["apikey", "ls"], ["hosts", "ls"]] {
+        let out = coordinator.cli_command(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let table = String::from_utf8(out.stdout).unwrap();
+        assert!(table.contains("ci\\u{1b}[2J\\u{202e}"), "{args:?}: {table}");
+        assert!(
+            !table.contains('\u{1b}') && !table.contains('\u{202e}'),
+            "{table:?}"
+        );
+    }
+}
+
+/// Loader variables would make an allowlisted command load code of the
+/// job's choosing: the CLI's own check refuses them, naming each.
+#[tokio::test]
+async fn loader_variables_and_option_like_names_are_refused_before_submitting() {
+    let net = Network::start("echo", &[]).await;
+    let out = net.cli(&[
+        "job",
+        "shell",
+        "--env",
+        "LD_PRELOAD=/tmp/evil.so",
+        "--env",
+        "LD_AUDIT=x",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("LD_AUDIT, LD_PRELOAD"), "{stderr}");
+    let out = net.cli(&["job", "openclaw", "--message", "hi", "--agent=-x"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agent is a name and may not begin with '-'"),
+        "{stderr}"
+    );
+    let list = net.client().list_jobs(&Default::default()).await.unwrap();
+    assert!(list.jobs.is_empty(), "nothing was submitted: {list:?}");
 }
 
 #[tokio::test]
@@ -124,15 +263,7 @@ async fn jobs_get_a_clean_environment() {
 
 #[tokio::test]
 async fn openclaw_run_calls_the_configured_command() {
-    let tmp = common::shared_dir();
-    let fake = tmp.path().join("openclaw");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'openclaw 9.9.9'; exit 0; fi\n\
-         printf '{\"args\":['; sep=''; for a in \"$@\"; do printf '%s\"%s\"' \"$sep\" \"$a\"; sep=','; done; printf ']}'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (_scripts, fake) = common::fake_openclaw();
     let net = Network::start("echo", &["--openclaw-command", fake.to_str().unwrap()]).await;
     let hosts = net.client().list_hosts().await.unwrap();
     assert!(
@@ -281,7 +412,7 @@ async fn batched_completions_are_settled_one_by_one() {
 /// the same leases; a completion sent again under its lease is recorded once.
 #[tokio::test]
 async fn claims_replay_by_key_and_completions_count_once_per_lease() {
-    use skyclaw_api::hosts::{Claim, Complete, CompleteMany, Completion, Outcome, RegisterHost};
+    use skyclaw_api::hosts::{Claim, Complete, CompleteMany, Completion, Outcome};
     use skyclaw_api::jobs::JobResult;
 
     let dir = tempfile::tempdir().unwrap();
@@ -289,17 +420,7 @@ async fn claims_replay_by_key_and_completions_count_once_per_lease() {
     let client = coordinator.client();
     let host_id = "h-by-hand";
     client
-        .register_host(&RegisterHost {
-            host_id: host_id.into(),
-            name: "by-hand".into(),
-            capabilities: vec!["shell".into()],
-            max_parallel: 4,
-            allowed_commands: vec!["true".into()],
-            openclaw_version: None,
-            version: "test".into(),
-            sandbox_only: false,
-            wasi: None,
-        })
+        .register_host(&common::fake_host(host_id, &["shell"]))
         .await
         .unwrap();
     let spec = serde_json::from_value(json!({"kind": "shell", "command": "true"})).unwrap();

@@ -1,8 +1,11 @@
 //! Jobs on the wire: what a user submits ([`JobSpec`]), what the coordinator
 //! reports ([`Job`], [`JobResult`]), and the validation every submission passes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use crate::Millis;
@@ -31,6 +34,15 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const MAX_OUTPUT_BYTES_LIMIT: usize = 8 * 1024 * 1024;
 /// Capabilities one job may require.
 pub const MAX_CAPABILITIES: usize = 32;
+/// Longest a job may wait in the queue for a host, when it sets a queue
+/// timeout: a week outlasts any planned host outage, and keeps the deadline
+/// (a time in milliseconds since the epoch) far from overflowing.
+pub const MAX_QUEUE_TIMEOUT_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Prefixes of the environment variables a dynamic loader acts on (glibc and
+/// musl read `LD_*`, macOS `DYLD_*`): set for an allowlisted command, they
+/// make it load and run code of the job's choosing, so native jobs may not
+/// set them and hosts may not pass them on.
+pub const LOADER_VARIABLE_PREFIXES: &[&str] = &["LD_", "DYLD_"];
 
 /// The capability a host advertises to run shell jobs.
 pub const CAP_SHELL: &str = "shell";
@@ -80,6 +92,9 @@ pub struct WasiSpec {
     pub max_attempts: u32,
     #[serde(default)]
     pub requirements: Requirements,
+    /// Fail the job if it waits in the queue longer than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// Resource limits of one WASI job. Each one left out takes the running host's
@@ -206,6 +221,9 @@ pub struct ShellSpec {
     pub max_attempts: u32,
     #[serde(default)]
     pub requirements: Requirements,
+    /// Fail the job if it waits in the queue longer than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// `openclaw agent --message M --agent A --json …` on a host that has OpenClaw.
@@ -229,6 +247,9 @@ pub struct OpenclawSpec {
     pub max_attempts: u32,
     #[serde(default)]
     pub requirements: Requirements,
+    /// Fail the job if it waits in the queue longer than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// What a host must offer to be given the job, beyond what its kind implies.
@@ -299,6 +320,15 @@ impl JobSpec {
         }
     }
 
+    /// How long the job may wait in the queue each time it is queued.
+    pub fn queue_timeout_ms(&self) -> Option<u64> {
+        match self {
+            JobSpec::Shell(s) => s.queue_timeout_ms,
+            JobSpec::OpenclawRun(s) => s.queue_timeout_ms,
+            JobSpec::Wasi(s) => s.queue_timeout_ms,
+        }
+    }
+
     /// Every capability a host needs for this job: the kind's own plus any extra.
     pub fn required_capabilities(&self) -> Vec<String> {
         let (own, extra) = match self {
@@ -318,12 +348,14 @@ impl JobSpec {
     /// Checks every bound; the first violation is returned, naming its field.
     pub fn validate(&self) -> Result<(), InvalidSpec> {
         validate_attempts(self.max_attempts())?;
+        validate_queue_timeout(self.queue_timeout_ms())?;
         match self {
             JobSpec::Shell(s) => {
                 validate_timeout(s.timeout_ms)?;
                 validate_command(&s.command)?;
                 validate_args(&s.args)?;
                 validate_env(&s.env)?;
+                validate_no_loader_variables(&s.env)?;
                 validate_stdin(&s.stdin)?;
                 validate_requirements(&s.requirements)
             }
@@ -338,9 +370,9 @@ impl JobSpec {
                         s.message.len()
                     ));
                 }
-                validate_word("agent", &s.agent)?;
+                validate_option_value("agent", &s.agent)?;
                 if let Some(model) = &s.model {
-                    validate_word("model", model)?;
+                    validate_option_value("model", model)?;
                 }
                 if let Some(level) = &s.thinking
                     && !THINKING_LEVELS.contains(&level.as_str())
@@ -352,6 +384,9 @@ impl JobSpec {
                 }
                 validate_requirements(&s.requirements)
             }
+            // Loader variables are allowed here: a WASI job's environment is
+            // a list of strings its guest reads, and no loader runs in the
+            // sandbox to act on them.
             JobSpec::Wasi(s) => {
                 validate_args(&s.args)?;
                 validate_env(&s.env)?;
@@ -457,6 +492,40 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
+fn validate_queue_timeout(queue_timeout_ms: Option<u64>) -> Result<(), InvalidSpec> {
+    if let Some(t) = queue_timeout_ms
+        && (t == 0 || t > MAX_QUEUE_TIMEOUT_MS)
+    {
+        return invalid(format!(
+            "queue_timeout_ms must be between 1 and {MAX_QUEUE_TIMEOUT_MS} (7 days), not {t}"
+        ));
+    }
+    Ok(())
+}
+
+/// True for a variable a dynamic loader acts on (see [`LOADER_VARIABLE_PREFIXES`]).
+pub fn is_loader_variable(name: &str) -> bool {
+    LOADER_VARIABLE_PREFIXES
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+/// Refuses loader variables in a native job's env, naming every one.
+fn validate_no_loader_variables(env: &BTreeMap<String, String>) -> Result<(), InvalidSpec> {
+    let named: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|name| is_loader_variable(name))
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    invalid(format!(
+        "env may not set loader variables (LD_*, DYLD_*): {}; they would make the host's command load code of the job's choosing",
+        named.join(", ")
+    ))
+}
+
 fn validate_requirements(req: &Requirements) -> Result<(), InvalidSpec> {
     if req.capabilities.len() > MAX_CAPABILITIES {
         return invalid(format!(
@@ -465,6 +534,18 @@ fn validate_requirements(req: &Requirements) -> Result<(), InvalidSpec> {
     }
     for cap in &req.capabilities {
         validate_word("requirements.capabilities", cap)?;
+    }
+    Ok(())
+}
+
+/// A name passed to a command as the value of an option (`--agent NAME`):
+/// one that began with `-` would be read as an option of its own.
+fn validate_option_value(field: &str, value: &str) -> Result<(), InvalidSpec> {
+    validate_word(field, value)?;
+    if value.starts_with('-') {
+        return invalid(format!(
+            "{field} is a name and may not begin with '-', not {value:?}"
+        ));
     }
     Ok(())
 }
@@ -557,14 +638,25 @@ pub struct Job {
     pub updated_at: Millis,
     /// Present once the job is terminal (and for cancelled jobs, what is known).
     pub result: Option<JobResult>,
+    /// Why no live host can run the job, while it is queued and none can:
+    /// such as "no live host offers capability gpu".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
 }
 
 /// What running a job produced.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub exit_code: Option<i32>,
+    /// The job's stdout as text, or base64 when `stdout_encoding` says so.
     pub stdout: String,
     pub stderr: String,
+    /// How `stdout` carries the bytes: absent (UTF-8) unless they are not
+    /// valid UTF-8, which JSON text cannot hold unaltered.
+    #[serde(default, skip_serializing_if = "OutputEncoding::is_utf8")]
+    pub stdout_encoding: OutputEncoding,
+    #[serde(default, skip_serializing_if = "OutputEncoding::is_utf8")]
+    pub stderr_encoding: OutputEncoding,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     /// Bytes of stdout past the host's output limit that were dropped.
@@ -609,7 +701,63 @@ impl JobResult {
             ..JobResult::default()
         }
     }
+
+    /// The bytes the job wrote to stdout (those kept), exactly.
+    pub fn stdout_bytes(&self) -> Result<Cow<'_, [u8]>, OutputDecodeError> {
+        self.stdout_encoding.decode("stdout", &self.stdout)
+    }
+
+    /// The bytes the job wrote to stderr (those kept), exactly.
+    pub fn stderr_bytes(&self) -> Result<Cow<'_, [u8]>, OutputDecodeError> {
+        self.stderr_encoding.decode("stderr", &self.stderr)
+    }
 }
+
+/// How an output stream's bytes are carried in a JSON string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputEncoding {
+    /// The string is the output itself.
+    #[default]
+    Utf8,
+    /// The output is not valid UTF-8; the string is its standard base64.
+    Base64,
+}
+
+impl OutputEncoding {
+    pub fn is_utf8(&self) -> bool {
+        *self == OutputEncoding::Utf8
+    }
+
+    /// `bytes` as a JSON string can carry them unaltered: themselves when
+    /// they are UTF-8, else their base64.
+    pub fn encode(bytes: Vec<u8>) -> (String, OutputEncoding) {
+        match String::from_utf8(bytes) {
+            Ok(text) => (text, OutputEncoding::Utf8),
+            Err(e) => (BASE64.encode(e.as_bytes()), OutputEncoding::Base64),
+        }
+    }
+
+    /// The bytes `text` carries in this encoding.
+    fn decode<'a>(
+        self,
+        stream: &'static str,
+        text: &'a str,
+    ) -> Result<Cow<'a, [u8]>, OutputDecodeError> {
+        match self {
+            OutputEncoding::Utf8 => Ok(Cow::Borrowed(text.as_bytes())),
+            OutputEncoding::Base64 => BASE64
+                .decode(text)
+                .map(Cow::Owned)
+                .map_err(|e| OutputDecodeError(format!("{stream} is not valid base64: {e}"))),
+        }
+    }
+}
+
+/// A result whose base64 output does not decode: it was not written by a host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OutputDecodeError(String);
 
 /// One page of `GET /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -726,6 +874,114 @@ mod tests {
         assert!(asked.excess(&caps).unwrap().contains("fuel 5000"));
         let got = caps.apply(&asked);
         assert_eq!((got.fuel, got.memory_mb, got.timeout_ms), (1000, 16, 10));
+    }
+
+    #[test]
+    fn native_env_may_not_set_loader_variables() {
+        let err = serde_json::from_str::<JobSpec>(
+            r#"{"kind":"shell","command":"echo","env":{"LD_PRELOAD":"/tmp/x.so","DYLD_INSERT_LIBRARIES":"y","OK":"1"}}"#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.0.contains("DYLD_INSERT_LIBRARIES, LD_PRELOAD"),
+            "every one is named: {err}"
+        );
+        let lowercase: JobSpec =
+            serde_json::from_str(r#"{"kind":"shell","command":"echo","env":{"ld_preload":"x"}}"#)
+                .unwrap();
+        lowercase
+            .validate()
+            .expect("the loader reads upper-case names only");
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let wasi: JobSpec = serde_json::from_str(&format!(
+            r#"{{"kind":"wasi","artifact":"{digest}","env":{{"LD_PRELOAD":"x"}}}}"#
+        ))
+        .unwrap();
+        wasi.validate()
+            .expect("no loader runs in the sandbox to act on it");
+    }
+
+    #[test]
+    fn openclaw_names_may_not_look_like_options() {
+        for field in ["agent", "model"] {
+            let spec: JobSpec = serde_json::from_value(serde_json::json!({
+                "kind": "openclaw-run", "message": "hi", field: "-x"
+            }))
+            .unwrap();
+            let err = spec.validate().unwrap_err();
+            assert!(err.0.starts_with(field) && err.0.contains("'-'"), "{err}");
+        }
+        let ok: JobSpec = serde_json::from_str(
+            r#"{"kind":"openclaw-run","message":"hi","agent":"ops-1","model":"a/b-c"}"#,
+        )
+        .unwrap();
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn queue_timeout_is_bounded() {
+        let spec = |t: u64| -> JobSpec {
+            serde_json::from_str(&format!(
+                r#"{{"kind":"shell","command":"echo","queue_timeout_ms":{t}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(spec(5).queue_timeout_ms(), Some(5));
+        spec(MAX_QUEUE_TIMEOUT_MS).validate().unwrap();
+        for bad in [0, MAX_QUEUE_TIMEOUT_MS + 1] {
+            let err = spec(bad).validate().unwrap_err();
+            assert!(err.0.contains("queue_timeout_ms"), "{err}");
+        }
+        let none: JobSpec = serde_json::from_str(r#"{"kind":"shell","command":"echo"}"#).unwrap();
+        let text = serde_json::to_string(&none).unwrap();
+        assert!(!text.contains("queue_timeout_ms"), "{text}");
+    }
+
+    #[test]
+    fn output_that_is_not_utf8_travels_as_base64() {
+        let (text, encoding) = OutputEncoding::encode(b"plain\n".to_vec());
+        assert_eq!((text.as_str(), encoding), ("plain\n", OutputEncoding::Utf8));
+        let (stdout, stdout_encoding) = OutputEncoding::encode(vec![0xff, 0xfe]);
+        let result = JobResult {
+            stdout,
+            stdout_encoding,
+            stderr: text,
+            ..JobResult::default()
+        };
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["stdout"], "//4=");
+        assert_eq!(json["stdout_encoding"], "base64");
+        assert!(
+            json.get("stderr_encoding").is_none(),
+            "UTF-8 is the default"
+        );
+        let back: JobResult = serde_json::from_value(json).unwrap();
+        assert_eq!(back.stdout_bytes().unwrap().as_ref(), [0xff, 0xfe]);
+        assert_eq!(back.stderr_bytes().unwrap().as_ref(), b"plain\n");
+        let old: JobResult = serde_json::from_str(
+            r#"{"exit_code":0,"stdout":"hi","stderr":"","stdout_truncated":false,
+                "stderr_truncated":false,"duration_ms":1,"error":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.stdout_bytes().unwrap().as_ref(),
+            b"hi",
+            "records from before"
+        );
+        let forged = JobResult {
+            stdout: "not base64!".into(),
+            stdout_encoding: OutputEncoding::Base64,
+            ..JobResult::default()
+        };
+        assert!(
+            forged
+                .stdout_bytes()
+                .unwrap_err()
+                .to_string()
+                .contains("stdout")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod scheduler;
 mod state;
 mod store;
 mod sweep;
+mod waiting;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,7 +1,10 @@
 //! Host liveness, kept in memory on purpose: heartbeats are frequent and need
 //! no durability. Only the verdict "this host is down" becomes a command.
+//! What jobs can run on changes with the live hosts, so every change to them
+//! is counted and marks queued jobs' waiting reasons for a fresh look.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +34,17 @@ impl Tracked {
 /// The hosts this coordinator considers up, with when each was last heard.
 pub struct Liveness {
     ttl: Duration,
-    hosts: Mutex<HashMap<String, Tracked>>,
+    hosts: Mutex<Hosts>,
+    /// Set by every change to the live hosts (and by [`Liveness::mark_stale`]):
+    /// queued jobs' waiting reasons may no longer hold.
+    reasons_stale: AtomicBool,
+}
+
+#[derive(Default)]
+struct Hosts {
+    tracked: HashMap<String, Tracked>,
+    /// Counts changes to which hosts are live or what they registered.
+    generation: u64,
 }
 
 impl Liveness {
@@ -39,14 +52,16 @@ impl Liveness {
     pub fn new(ttl: Duration) -> Liveness {
         Liveness {
             ttl,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(Hosts::default()),
+            reasons_stale: AtomicBool::new(false),
         }
     }
 
     /// Forgets every host and tracks `up` instead, each as if just heard: a
     /// newly elected leader gives every host one full TTL of grace.
     pub fn reset(&self, up: Vec<RegisterHost>, now: Instant) {
-        *self.lock() = up
+        let mut hosts = self.lock();
+        hosts.tracked = up
             .into_iter()
             .map(|registration| {
                 (
@@ -55,6 +70,7 @@ impl Liveness {
                 )
             })
             .collect();
+        self.changed(&mut hosts);
     }
 
     pub fn ttl(&self) -> Duration {
@@ -63,13 +79,15 @@ impl Liveness {
 
     pub fn register(&self, registration: RegisterHost, now: Instant) {
         let id = registration.host_id.clone();
-        self.lock().insert(id, Tracked::new(registration, now));
+        let mut hosts = self.lock();
+        hosts.tracked.insert(id, Tracked::new(registration, now));
+        self.changed(&mut hosts);
     }
 
     /// Records a heartbeat and the artifacts the host reports holding; false
     /// when the host is not (or no longer) up.
     pub fn beat(&self, host_id: &str, now: Instant, artifacts: Vec<Digest>) -> bool {
-        match self.lock().get_mut(host_id) {
+        match self.lock().tracked.get_mut(host_id) {
             Some(tracked) => {
                 tracked.last_seen = now;
                 let artifacts: HashSet<Digest> = artifacts.into_iter().collect();
@@ -85,21 +103,35 @@ impl Liveness {
     /// What each live host grants WASI jobs (hosts without WASI left out).
     pub fn wasi_caps(&self) -> Vec<WasiCaps> {
         self.lock()
+            .tracked
             .values()
             .filter_map(|h| h.host.registration.wasi)
             .collect()
     }
 
     pub fn get(&self, host_id: &str) -> Option<LiveHost> {
-        self.lock().get(host_id).map(|h| h.host.clone())
+        self.lock().tracked.get(host_id).map(|h| h.host.clone())
     }
 
     pub fn up_hosts(&self) -> Vec<LiveHost> {
-        self.lock().values().map(|h| h.host.clone()).collect()
+        self.up_hosts_counted().1
+    }
+
+    /// The live hosts and the count of changes that led to them, read together.
+    pub fn up_hosts_counted(&self) -> (u64, Vec<LiveHost>) {
+        let hosts = self.lock();
+        let up = hosts.tracked.values().map(|h| h.host.clone()).collect();
+        (hosts.generation, up)
+    }
+
+    /// How many times the live hosts have changed.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
     }
 
     pub fn last_seen_ago(&self, host_id: &str, now: Instant) -> Option<Duration> {
         self.lock()
+            .tracked
             .get(host_id)
             .map(|h| now.saturating_duration_since(h.last_seen))
     }
@@ -107,6 +139,7 @@ impl Liveness {
     /// Hosts silent for longer than the TTL.
     pub fn overdue(&self, now: Instant) -> Vec<String> {
         self.lock()
+            .tracked
             .iter()
             .filter(|(_, h)| now.saturating_duration_since(h.last_seen) > self.ttl)
             .map(|(id, _)| id.clone())
@@ -116,10 +149,29 @@ impl Liveness {
     /// Stops tracking a host that was marked down; its next heartbeat is told
     /// to register again.
     pub fn remove(&self, host_id: &str) {
-        self.lock().remove(host_id);
+        let mut hosts = self.lock();
+        if hosts.tracked.remove(host_id).is_some() {
+            self.changed(&mut hosts);
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+    /// Asks for queued jobs' waiting reasons to be looked at again: one was
+    /// judged against hosts that have changed since.
+    pub fn mark_stale(&self) {
+        self.reasons_stale.store(true, Ordering::SeqCst);
+    }
+
+    /// True once after any change: the caller then looks at every queued job.
+    pub fn take_stale(&self) -> bool {
+        self.reasons_stale.swap(false, Ordering::SeqCst)
+    }
+
+    fn changed(&self, hosts: &mut Hosts) {
+        hosts.generation += 1;
+        self.mark_stale();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hosts> {
         self.hosts.lock().expect("liveness lock")
     }
 }

@@ -1,5 +1,6 @@
-//! Which queued jobs a claiming host gets. Pure: the caller reads the queue, the
-//! live hosts and their loads; this decides.
+//! Which queued jobs a claiming host gets, and why a job no live host can run
+//! waits. Pure: the caller reads the queue, the live hosts and their loads;
+//! this decides.
 //!
 //! Hosts pull work, so placement is a matter of which jobs a host is *not*
 //! given: a job is left in the queue for another host when that host is a
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::hosts::RegisterHost;
-use skyclaw_api::jobs::{CAP_WASI, Job, JobSpec};
+use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL, CAP_WASI, Job, JobSpec};
 
 /// A live host as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub fn pick<'a>(
         .collect();
     queued
         .iter()
-        .filter(|job| can_run(job, &host.registration))
+        .filter(|job| can_run(&job.spec, &host.registration))
         .filter(|job| !better_elsewhere(job, host, &others, loads))
         .take(max)
         .collect()
@@ -68,24 +69,57 @@ pub fn needs_loads(queued: &[Job], host: &LiveHost, live: &[LiveHost]) -> bool {
         })
 }
 
-/// Whether the host is able to run the job at all: capabilities, sandbox-only
-/// mode and (for WASI) the runtime being there.
-fn can_run(job: &Job, host: &RegisterHost) -> bool {
-    if job.spec.is_native() && host.sandbox_only {
-        return false;
+/// Why no live host can run a job with this spec, or `None` when one can
+/// (busy or not). It names the first thing missing: no host at all, only
+/// sandbox-only hosts for a native job, a capability no host offers, or no
+/// one host offering all of them.
+///
+/// A shell job whose command no live host allows is not waiting: a shell
+/// host takes it and fails it with that reason (see [`pick`]).
+pub fn waiting_reason(spec: &JobSpec, live: &[LiveHost]) -> Option<String> {
+    if live.iter().any(|h| can_run(spec, &h.registration)) {
+        return None;
     }
-    let has_caps = job
-        .spec
-        .required_capabilities()
+    if live.is_empty() {
+        return Some("no host is live".to_string());
+    }
+    let eligible: Vec<&RegisterHost> = live
         .iter()
-        .all(|cap| host.capabilities.contains(cap));
-    if !has_caps {
-        return false;
+        .map(|h| &h.registration)
+        .filter(|h| !(spec.is_native() && h.sandbox_only))
+        .collect();
+    if eligible.is_empty() {
+        return Some(format!(
+            "no live host runs {} jobs: every live host is sandbox-only",
+            spec.kind()
+        ));
     }
-    match &job.spec {
-        JobSpec::Wasi(_) => host.wasi.is_some() && host.capabilities.iter().any(|c| c == CAP_WASI),
-        JobSpec::Shell(_) | JobSpec::OpenclawRun(_) => true,
-    }
+    let needed = spec.required_capabilities();
+    let missing = needed
+        .iter()
+        .find(|cap| !eligible.iter().any(|h| offers(h, cap)));
+    Some(match missing.map(String::as_str) {
+        Some(CAP_SHELL) => "no live host runs shell jobs".to_string(),
+        Some(CAP_OPENCLAW) => "no live host runs openclaw-run jobs".to_string(),
+        Some(CAP_WASI) => "no live host runs wasi jobs".to_string(),
+        Some(cap) => format!("no live host offers capability {cap}"),
+        None => format!("no live host offers all of {} at once", needed.join(", ")),
+    })
+}
+
+/// Whether the host is able to run the job at all: capabilities and
+/// sandbox-only mode.
+fn can_run(spec: &JobSpec, host: &RegisterHost) -> bool {
+    !(spec.is_native() && host.sandbox_only)
+        && spec
+            .required_capabilities()
+            .iter()
+            .all(|cap| offers(host, cap))
+}
+
+/// Whether the host offers a capability; `wasi` also needs the runtime's caps.
+fn offers(host: &RegisterHost, cap: &str) -> bool {
+    host.capabilities.iter().any(|c| c == cap) && (cap != CAP_WASI || host.wasi.is_some())
 }
 
 /// Whether another live host is a better place for the job than `host`.
@@ -94,7 +128,7 @@ fn better_elsewhere(job: &Job, host: &LiveHost, others: &[&LiveHost], loads: &Lo
         JobSpec::Shell(shell) => {
             !allows(&host.registration, &shell.command)
                 && others.iter().any(|h| {
-                    can_run(job, &h.registration) && allows(&h.registration, &shell.command)
+                    can_run(&job.spec, &h.registration) && allows(&h.registration, &shell.command)
                 })
         }
         JobSpec::OpenclawRun(_) => false,
@@ -103,14 +137,14 @@ fn better_elsewhere(job: &Job, host: &LiveHost, others: &[&LiveHost], loads: &Lo
             if !covers(&host.registration)
                 && others
                     .iter()
-                    .any(|h| can_run(job, &h.registration) && covers(&h.registration))
+                    .any(|h| can_run(&job.spec, &h.registration) && covers(&h.registration))
             {
                 return true;
             }
             !host.artifacts.contains(&wasi.artifact)
                 && others.iter().any(|h| {
                     h.artifacts.contains(&wasi.artifact)
-                        && can_run(job, &h.registration)
+                        && can_run(&job.spec, &h.registration)
                         && covers(&h.registration) >= covers(&host.registration)
                         && has_free_slot(h, loads)
                 })
@@ -170,6 +204,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             result: None,
+            waiting_reason: None,
         }
     }
 
@@ -239,6 +274,46 @@ mod tests {
         assert_eq!(ids(pick(&queued, &holder, &live, &idle, 10)), ["1"]);
         let full = Loads::from([("h".to_string(), 2)]);
         assert_eq!(ids(pick(&queued, &other, &live, &full, 10)), ["1"]);
+    }
+
+    #[test]
+    fn waiting_reasons_name_what_no_live_host_offers() {
+        let reason = |spec: &str, live: &[LiveHost]| waiting_reason(&job("1", spec).spec, live);
+        let gpu = r#"{"kind":"shell","command":"echo","requirements":{"capabilities":["gpu"]}}"#;
+        let claw = r#"{"kind":"openclaw-run","message":"hi"}"#;
+        let shell = host("a", &["shell", "wasi"], &["echo"]);
+        assert_eq!(reason(gpu, &[]).as_deref(), Some("no host is live"));
+        assert_eq!(
+            reason(gpu, std::slice::from_ref(&shell)).as_deref(),
+            Some("no live host offers capability gpu")
+        );
+        assert_eq!(
+            reason(claw, std::slice::from_ref(&shell)).as_deref(),
+            Some("no live host runs openclaw-run jobs")
+        );
+        let mut sandbox = host("s", &["wasi", "gpu"], &[]);
+        sandbox.registration.sandbox_only = true;
+        assert_eq!(
+            reason(gpu, std::slice::from_ref(&sandbox)).as_deref(),
+            Some("no live host runs shell jobs: every live host is sandbox-only")
+        );
+        let gpu_only = host("g", &["gpu"], &[]);
+        assert_eq!(
+            reason(gpu, &[shell.clone(), gpu_only]).as_deref(),
+            Some("no live host offers all of shell, gpu at once")
+        );
+        let both = host("b", &["shell", "gpu"], &[]);
+        assert_eq!(reason(gpu, &[shell.clone(), both]), None);
+        // A command no host allows is failed by a shell host, not left waiting.
+        let other = r#"{"kind":"shell","command":"python3"}"#;
+        assert_eq!(reason(other, std::slice::from_ref(&shell)), None);
+        let d = digest(2);
+        let wasi = format!(r#"{{"kind":"wasi","artifact":"{d}"}}"#);
+        assert_eq!(reason(&wasi, std::slice::from_ref(&shell)), None);
+        assert_eq!(
+            reason(&wasi, &[host("n", &["shell"], &["echo"])]).as_deref(),
+            Some("no live host runs wasi jobs")
+        );
     }
 
     #[test]

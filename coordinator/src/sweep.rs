@@ -1,6 +1,8 @@
 //! Background duties of the leader: taking over host liveness when it is
 //! elected, marking silent hosts down, requeueing jobs whose leases expired,
-//! and forgetting old idempotency records. Followers only watch for election.
+//! keeping queued jobs' waiting reasons current and failing those past their
+//! queue timeout, and forgetting old idempotency records. Followers only
+//! watch for election.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,10 @@ use crate::state::read;
 
 /// How often expired leases are looked for.
 const LEASE_SWEEP: Duration = Duration::from_millis(500);
+/// How soon waiting reasons follow a change of the live hosts, and how late
+/// a queue timeout may be honoured: each look costs one indexed read when
+/// nothing changed.
+const QUEUE_SWEEP: Duration = Duration::from_millis(250);
 /// Idempotency keys are honoured for a day, like most public APIs do.
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How often old idempotency records are pruned.
@@ -26,7 +32,8 @@ pub async fn run(node: Arc<Node>) {
     let mut hosts = tokio::time::interval(node.liveness.ttl() / 4);
     let mut leases = tokio::time::interval(LEASE_SWEEP);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
-    for tick in [&mut hosts, &mut leases, &mut prune] {
+    let mut queue = tokio::time::interval(QUEUE_SWEEP);
+    for tick in [&mut hosts, &mut leases, &mut prune, &mut queue] {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
@@ -48,6 +55,7 @@ pub async fn run(node: Arc<Node>) {
             _ = hosts.tick(), if leading => mark_silent_hosts_down(&node).await,
             _ = leases.tick(), if leading => expire_leases(&node).await,
             _ = prune.tick(), if leading => prune_idempotency(&node).await,
+            _ = queue.tick(), if leading => queue_duties(&node).await,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "background duty failed; retrying on the next tick");
@@ -81,6 +89,13 @@ async fn expire_leases(node: &Node) -> Result<(), crate::ApiError> {
         tracing::warn!(jobs = expired.len(), "leases expired; jobs requeued");
     }
     Ok(())
+}
+
+/// Both duties run each time: one failing does not hold up the other.
+async fn queue_duties(node: &Node) -> Result<(), crate::ApiError> {
+    let refreshed = crate::waiting::refresh_reasons(node).await;
+    let failed = crate::waiting::fail_overdue(node).await;
+    refreshed.and(failed)
 }
 
 async fn prune_idempotency(node: &Node) -> Result<(), crate::ApiError> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use skyclaw_api::hosts::MAX_HOST_LIST;
-use skyclaw_api::jobs::{MAX_OUTPUT_BYTES_LIMIT, WasiCaps};
+use skyclaw_api::jobs::{MAX_OUTPUT_BYTES_LIMIT, WasiCaps, is_loader_variable};
 
 use crate::HostError;
 use crate::confine::{DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB, JobUsers};
@@ -186,6 +186,18 @@ impl HostConfig {
         {
             return invalid(format!("pass_env name {bad:?} is not a variable name"));
         }
+        let loader: Vec<&str> = self
+            .pass_env
+            .iter()
+            .map(String::as_str)
+            .filter(|n| is_loader_variable(n))
+            .collect();
+        if !loader.is_empty() {
+            return invalid(format!(
+                "pass_env may not pass loader variables (LD_*, DYLD_*) to jobs: {}",
+                loader.join(", ")
+            ));
+        }
         Ok(())
     }
 }
@@ -233,6 +245,10 @@ mod tests {
         let mut c = config();
         c.pass_env = vec!["A=B".into()];
         assert!(c.validate().unwrap_err().to_string().contains("pass_env"));
+        let mut c = config();
+        c.pass_env = vec!["HOME".into(), "LD_LIBRARY_PATH".into(), "DYLD_X".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("LD_LIBRARY_PATH, DYLD_X"), "{err}");
         let mut c = config();
         c.sandbox_only = true;
         c.allowed_commands = vec!["echo".into()];

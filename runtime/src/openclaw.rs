@@ -48,7 +48,9 @@ impl Runner {
             timeout: Duration::from_millis(spec.timeout_ms),
         };
         let mut run = self.execute(job_id, invocation, stop).await;
-        if !run.result.stdout_truncated {
+        // Base64 text could happen to parse as JSON (a number); only text is
+        // the agent's answer.
+        if !run.result.stdout_truncated && run.result.stdout_encoding.is_utf8() {
             run.result.output = serde_json::from_str(run.result.stdout.trim()).ok();
         }
         run
@@ -78,9 +80,8 @@ impl Runner {
             );
             return None;
         }
-        let version: String = run
-            .result
-            .stdout
+        let stdout = run.result.stdout_bytes().unwrap_or_default();
+        let version: String = String::from_utf8_lossy(&stdout)
             .trim()
             .chars()
             .take(MAX_VERSION_CHARS)

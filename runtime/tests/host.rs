@@ -84,6 +84,7 @@ impl Fake {
             created_at: 0,
             updated_at: 0,
             result: None,
+            waiting_reason: None,
         });
         self.work.notify_waiters();
     }

@@ -8,7 +8,7 @@ use skyclaw_api::Millis;
 use skyclaw_api::apikeys::{ApiKey, CreateApiKey, Scope};
 
 use super::ClientArgs;
-use super::output::{self, NONE};
+use super::output::{self, Layout, NONE};
 
 #[derive(Debug, clap::Args)]
 pub struct ApikeyArgs {
@@ -68,7 +68,7 @@ pub async fn run(args: ApikeyArgs, json: bool) -> Result<ExitCode> {
             eprintln!(
                 "created API key {} ({}) with scopes {}; its secret above will not be shown again",
                 created.key.id,
-                created.key.name,
+                output::escape(&created.key.name, Layout::Line),
                 scope_list(&created.key.scopes)
             );
         }
@@ -85,7 +85,8 @@ pub async fn run(args: ApikeyArgs, json: bool) -> Result<ExitCode> {
             if json {
                 output::print_json(&key)?;
             } else {
-                output::out(&format!("revoked API key {} ({})\n", key.id, key.name))?;
+                let name = output::escape(&key.name, Layout::Line);
+                output::out(&format!("revoked API key {} ({name})\n", key.id))?;
             }
         }
     }

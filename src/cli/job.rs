@@ -12,13 +12,13 @@ use clap::builder::PossibleValuesParser;
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::jobs::{
     CodeSource, DEFAULT_OPENCLAW_TIMEOUT_MS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, Job,
-    JobList, JobQuery, JobSpec, JobStatus, MAX_PAGE, MAX_WASI_MEMORY_MB, OpenclawSpec,
-    Requirements, ShellSpec, THINKING_LEVELS, WasiLimits, WasiSpec,
+    JobList, JobQuery, JobSpec, JobStatus, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS, MAX_WASI_MEMORY_MB,
+    OpenclawSpec, OutputEncoding, Requirements, ShellSpec, THINKING_LEVELS, WasiLimits, WasiSpec,
 };
 use skyclaw_api::{Client, Millis, now_ms};
 use tokio::time::Instant;
 
-use super::output::{self, NONE};
+use super::output::{self, Layout, NONE};
 use super::{ClientArgs, EXIT_JOB_FAILED};
 
 /// Attempts of a shell job, as the API defaults them: a shell job is rerun on
@@ -181,12 +181,22 @@ struct SubmitArgs {
         value_name = "CAP"
     )]
     require: Vec<String>,
+    /// Fail the job if no host has taken it this many milliseconds after it
+    /// was queued (again, after a lost host) [default: wait as long as it takes].
+    #[arg(
+        long,
+        env = "SKYCLAW_JOB_QUEUE_TIMEOUT_MS",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_TIMEOUT_MS),
+        value_name = "N"
+    )]
+    queue_timeout_ms: Option<u64>,
     /// Names this submission: submitting again with the same key returns the
     /// first job instead of starting another.
     #[arg(long, env = "SKYCLAW_IDEMPOTENCY_KEY", value_name = "KEY")]
     idempotency_key: Option<String>,
     /// Wait for the job to end, print its output as the command would, and exit
-    /// 0 if it succeeded, 1 if it failed or was cancelled.
+    /// 0 if it succeeded, 1 if it failed or was cancelled. While no live host
+    /// can run it, says why on stderr (`waiting: …`), once.
     #[arg(long, env = "SKYCLAW_WAIT")]
     wait: bool,
 }
@@ -241,7 +251,8 @@ pub async fn run(args: JobArgs, json: bool) -> Result<ExitCode> {
         JobCommand::Ls(ls) => list(&client, ls, json).await,
         JobCommand::Wait(wait) => {
             let timeout = wait.timeout_ms.map(Duration::from_millis);
-            let job = wait_until_ended(&client, &wait.id, timeout).await?;
+            let job = client.get_job(&wait.id).await?;
+            let job = wait_until_ended(&client, job, timeout).await?;
             report_end(&job, json)
         }
         JobCommand::Cancel { id } => show(&client.cancel_job(&id).await?, json),
@@ -259,6 +270,7 @@ impl ShellArgs {
             timeout_ms: self.timeout_ms,
             max_attempts: self.max_attempts,
             requirements: self.submit.requirements(),
+            queue_timeout_ms: self.submit.queue_timeout_ms,
         })
     }
 }
@@ -274,6 +286,7 @@ impl OpenclawArgs {
             timeout_ms: self.timeout_ms,
             max_attempts: self.max_attempts,
             requirements: self.submit.requirements(),
+            queue_timeout_ms: self.submit.queue_timeout_ms,
         })
     }
 }
@@ -292,6 +305,7 @@ impl WasiArgs {
             },
             max_attempts: self.max_attempts,
             requirements: self.submit.requirements(),
+            queue_timeout_ms: self.submit.queue_timeout_ms,
         })
     }
 }
@@ -351,13 +365,20 @@ async fn submit(
         return Ok(ExitCode::SUCCESS);
     }
     tracing::info!(job = %job.id, "submitted, waiting for it to end");
-    let job = wait_until_ended(client, &job.id, None).await?;
+    let job = wait_until_ended(client, job, None).await?;
     report_end(&job, json)
 }
 
-/// Long-polls until the job is terminal or `timeout` has passed, riding out a
-/// few failed polls (a coordinator restarting or failing over).
-async fn wait_until_ended(client: &Client, id: &str, timeout: Option<Duration>) -> Result<Job> {
+/// Long-polls until the job (as last seen: `job`) is terminal or `timeout`
+/// has passed, riding out a few failed polls (a coordinator restarting or
+/// failing over). Says on stderr why the job waits, once per reason.
+async fn wait_until_ended(client: &Client, job: Job, timeout: Option<Duration>) -> Result<Job> {
+    let mut said = None;
+    say_why_waiting(&job, &mut said);
+    if job.status.is_terminal() {
+        return Ok(job);
+    }
+    let id = job.id.as_str();
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut failures = 0;
     loop {
@@ -371,6 +392,7 @@ async fn wait_until_ended(client: &Client, id: &str, timeout: Option<Duration>) 
             Ok(job) if job.status.is_terminal() => return Ok(job),
             Ok(job) => {
                 failures = 0;
+                say_why_waiting(&job, &mut said);
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     bail!("job {id} is still {} after the wait timeout", job.status);
                 }
@@ -382,6 +404,16 @@ async fn wait_until_ended(client: &Client, id: &str, timeout: Option<Duration>) 
             }
             Err(e) => return Err(anyhow::Error::new(e).context(format!("waiting for job {id}"))),
         }
+    }
+}
+
+/// `waiting: <reason>` on stderr when the job waits for a reason not said yet.
+fn say_why_waiting(job: &Job, said: &mut Option<String>) {
+    if let Some(reason) = &job.waiting_reason
+        && said.as_ref() != Some(reason)
+    {
+        eprintln!("waiting: {}", output::escape(reason, Layout::Line));
+        *said = Some(reason.clone());
     }
 }
 
@@ -398,12 +430,14 @@ fn report_end(job: &Job, json: bool) -> Result<ExitCode> {
     })
 }
 
-/// The job's stdout on stdout and stderr on stderr, as if the command had run
-/// here, then a line on stderr if output was cut or the job did not succeed.
+/// The job's stdout on stdout and stderr on stderr, byte for byte, as if the
+/// command had run here (they are the job's data, for scripts to read), then
+/// a line on stderr if output was cut or the job did not succeed. Those lines
+/// are skyclaw's words around text the job chose, so they are escaped.
 fn print_job_output(job: &Job) -> Result<()> {
     if let Some(result) = &job.result {
-        output::out(&result.stdout)?;
-        eprint!("{}", result.stderr);
+        output::out_bytes(&result.stdout_bytes()?)?;
+        output::err_bytes(&result.stderr_bytes()?)?;
         if result.stdout_truncated {
             eprintln!(
                 "skyclaw: job {} stdout was truncated ({} bytes dropped)",
@@ -418,7 +452,11 @@ fn print_job_output(job: &Job) -> Result<()> {
         }
     }
     match job.status {
-        JobStatus::Failed => eprintln!("error: job {} failed: {}", job.id, failure_reason(job)),
+        JobStatus::Failed => eprintln!(
+            "error: job {} failed: {}",
+            job.id,
+            output::escape(failure_reason(job), Layout::Block)
+        ),
         JobStatus::Cancelled => eprintln!("error: job {} was cancelled", job.id),
         _ => {}
     }
@@ -443,6 +481,12 @@ fn show(job: &Job, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut text = jobs_table(std::slice::from_ref(job), now_ms());
+    if let Some(reason) = &job.waiting_reason {
+        text.push_str(&format!(
+            "\nwaiting: {}\n",
+            output::escape(reason, Layout::Line)
+        ));
+    }
     if let Some(result) = &job.result {
         let exit = result
             .exit_code
@@ -466,11 +510,59 @@ fn show(job: &Job, json: bool) -> Result<ExitCode> {
             text.push_str(&format!("code: {source}\n"));
         }
         if let Some(error) = &result.error {
-            text.push_str(&format!("error: {error}\n"));
+            text.push_str(&format!(
+                "error: {}\n",
+                output::escape(error, Layout::Block)
+            ));
         }
+        let stdout = result.stdout_bytes()?;
+        output_section(
+            &mut text,
+            "stdout",
+            &stdout,
+            result.stdout_encoding,
+            result.stdout_dropped_bytes,
+        );
+        let stderr = result.stderr_bytes()?;
+        output_section(
+            &mut text,
+            "stderr",
+            &stderr,
+            result.stderr_encoding,
+            result.stderr_dropped_bytes,
+        );
     }
     output::out(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stream of a job's output as `job get` shows it: escaped, marked when it
+/// is not UTF-8, with what was cut; nothing when the job wrote nothing there.
+fn output_section(
+    text: &mut String,
+    name: &str,
+    bytes: &[u8],
+    encoding: OutputEncoding,
+    dropped: u64,
+) {
+    if bytes.is_empty() && dropped == 0 {
+        return;
+    }
+    let mark = match encoding {
+        OutputEncoding::Utf8 => "",
+        OutputEncoding::Base64 => " (not UTF-8: base64 in --json, other bytes shown as \\xNN)",
+    };
+    text.push_str(&format!("\n{name}{mark}:\n"));
+    let mut body = output::escape(bytes, Layout::Block);
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    text.push_str(&body);
+    if dropped > 0 {
+        text.push_str(&format!(
+            "({dropped} more bytes dropped at the host's output limit)\n"
+        ));
+    }
 }
 
 async fn list(client: &Client, args: LsArgs, json: bool) -> Result<ExitCode> {

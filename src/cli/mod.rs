@@ -180,7 +180,9 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Messages quote what others chose (names, commands, answers).
+            let message = output::escape(format!("{e:#}"), output::Layout::Block);
+            eprintln!("error: {message}");
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -1,5 +1,8 @@
-//! What client commands print: pretty JSON, aligned tables, short ages.
+//! What client commands print: pretty JSON, aligned tables, short ages, and
+//! the escaping that keeps what jobs, hosts and key owners wrote from acting
+//! on an operator's terminal.
 
+use std::fmt::Write as _;
 use std::io::Write;
 
 use anyhow::{Context, Result};
@@ -15,13 +18,74 @@ const MINUTE_MS: u64 = 60 * SECOND_MS;
 const HOUR_MS: u64 = 60 * MINUTE_MS;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
+/// Unicode's bidirectional controls: they reorder the text around them, so
+/// `abc\u{202e}txt.exe` shows as `abcexe.txt`.
+const BIDI_CONTROLS: &[char] = &[
+    '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+
+/// How much of the layout of escaped text is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One table cell or line: newlines and tabs are escaped too.
+    Line,
+    /// Multi-line text (a job's output, an error): newlines and tabs stay.
+    Block,
+}
+
+/// `text` safe to show on a terminal: C0 and C1 controls (escape sequences
+/// begin with one), DEL and Unicode bidi controls become visible escapes such
+/// as `\u{1b}` and `\u{202e}`, and bytes that are not UTF-8 become `\xff`.
+/// Backslashes are left alone, so paths read as they are; the escape of a
+/// control can thus look like text that spells it, which is harmless.
+pub fn escape(text: impl AsRef<[u8]>, layout: Layout) -> String {
+    let bytes = text.as_ref();
+    let mut escaped = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let kept = layout == Layout::Block && (c == '\n' || c == '\t');
+            if kept || !(c.is_control() || BIDI_CONTROLS.contains(&c)) {
+                escaped.push(c);
+                continue;
+            }
+            match c {
+                '\n' => escaped.push_str("\\n"),
+                '\t' => escaped.push_str("\\t"),
+                '\r' => escaped.push_str("\\r"),
+                _ => {
+                    let _ = write!(escaped, "\\u{{{:x}}}", c as u32);
+                }
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(escaped, "\\x{byte:02x}");
+        }
+    }
+    escaped
+}
+
 /// Writes text to stdout; a closed pipe (`| head`) is an error, not a panic.
 pub fn out(text: &str) -> Result<()> {
+    out_bytes(text.as_bytes())
+}
+
+/// Writes bytes to stdout as they are: a job's output, for scripts to read.
+pub fn out_bytes(bytes: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(text.as_bytes())
+        .write_all(bytes)
         .and_then(|()| stdout.flush())
         .context("cannot write to stdout")
+}
+
+/// Writes bytes to stderr as they are: a job's stderr.
+pub fn err_bytes(bytes: &[u8]) -> Result<()> {
+    let mut stderr = std::io::stderr().lock();
+    stderr
+        .write_all(bytes)
+        .and_then(|()| stderr.flush())
+        .context("cannot write to stderr")
 }
 
 /// Prints a value exactly as the API represents it, pretty-printed.
@@ -31,17 +95,22 @@ pub fn print_json(value: &impl Serialize) -> Result<()> {
     out(&text)
 }
 
-/// Rows under a header, each column as wide as its widest cell.
+/// Rows under a header, each column as wide as its widest cell. Every cell is
+/// escaped ([`Layout::Line`]): tables show names and commands others chose.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell, Layout::Line)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     std::iter::once(&header)
-        .chain(rows)
+        .chain(&rows)
         .map(|row| format_row(row, &widths))
         .collect()
 }
@@ -97,6 +166,29 @@ mod tests {
             table(&["ID", "NAME", "Z"], &rows),
             "ID   NAME    Z\na    longer  x\nbbb  c       y\n"
         );
+    }
+
+    #[test]
+    fn controls_bidi_and_stray_bytes_are_escaped() {
+        let text = "red\u{1b}[31m \u{202e}txt\u{9b}\tend\r\n";
+        assert_eq!(
+            escape(text, Layout::Line),
+            "red\\u{1b}[31m \\u{202e}txt\\u{9b}\\tend\\r\\n"
+        );
+        assert_eq!(
+            escape(text, Layout::Block),
+            "red\\u{1b}[31m \\u{202e}txt\\u{9b}\tend\\r\n"
+        );
+        assert_eq!(escape(b"ok\xff\xfe", Layout::Block), "ok\\xff\\xfe");
+        for c in BIDI_CONTROLS.iter().chain(&['\u{0}', '\u{7f}']) {
+            assert!(
+                escape(c.to_string(), Layout::Block).starts_with("\\u{"),
+                "{c:?}"
+            );
+        }
+        assert_eq!(escape("C:\\dir é 日本", Layout::Line), "C:\\dir é 日本");
+        let cells = vec![vec!["a\u{1b}b".to_string(), "x".to_string()]];
+        assert_eq!(table(&["ID", "Z"], &cells), "ID        Z\na\\u{1b}b  x\n");
     }
 
     #[test]

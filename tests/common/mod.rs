@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use skyclaw_api::hosts::RegisterHost;
 use skyclaw_api::jobs::{Job, JobSpec};
 use skyclaw_api::{Client, Credentials};
 
@@ -132,6 +133,16 @@ impl Coordinator {
             Credentials::Token(TOKEN.into()),
         )
         .unwrap()
+    }
+
+    /// The CLI against this coordinator with the cluster token.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = skyclaw();
+        cmd.args(args)
+            .env("SKYCLAW_COORDINATOR_URLS", &self.url)
+            .env("SKYCLAW_TOKEN", TOKEN)
+            .stdin(Stdio::null());
+        cmd
     }
 
     pub fn kill9(&mut self) {
@@ -319,14 +330,46 @@ impl Network {
 
     /// Runs the CLI against this network with the cluster token.
     pub fn cli(&self, args: &[&str]) -> Output {
-        skyclaw()
-            .args(args)
-            .env("SKYCLAW_COORDINATOR_URLS", &self.coordinator.url)
-            .env("SKYCLAW_TOKEN", TOKEN)
-            .current_dir(self.tmp.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run skyclaw")
+        self.cli_command(args).output().expect("run skyclaw")
+    }
+
+    /// The CLI against this network, to start and wait on later.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.coordinator.cli_command(args);
+        cmd.current_dir(self.tmp.path());
+        cmd
+    }
+}
+
+/// A stand-in for the OpenClaw CLI, in a directory of its own that job users
+/// can enter (kept while the returned guard lives): `--version` answers
+/// `openclaw 9.9.9`, and an agent turn prints its arguments as JSON.
+pub fn fake_openclaw() -> (tempfile::TempDir, PathBuf) {
+    let dir = shared_dir();
+    let path = dir.path().join("openclaw");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'openclaw 9.9.9'; exit 0; fi\n\
+         printf '{\"args\":['; sep=''; for a in \"$@\"; do printf '%s\"%s\"' \"$sep\" \"$a\"; sep=','; done; printf ']}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (dir, path)
+}
+
+/// A host registered by hand (no daemon behind it) offering `capabilities`:
+/// it stays live for one host TTL unless the test heartbeats for it.
+pub fn fake_host(host_id: &str, capabilities: &[&str]) -> RegisterHost {
+    RegisterHost {
+        host_id: host_id.into(),
+        name: host_id.into(),
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+        max_parallel: 4,
+        allowed_commands: vec!["true".into()],
+        openclaw_version: None,
+        version: "test".into(),
+        sandbox_only: false,
+        wasi: None,
     }
 }
 

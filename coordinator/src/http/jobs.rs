@@ -17,6 +17,7 @@ use super::auth::{ClusterToken, Principal};
 use super::extract::{ApiQuery, IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::scheduler;
 use crate::state::read::{self, JobRow};
 use crate::state::{Command, Output};
 
@@ -38,15 +39,24 @@ pub async fn submit(
     if let JobSpec::Wasi(wasi) = &spec {
         check_wasi(&node, wasi)?;
     }
+    // Judged here, on the leader, which alone knows the live hosts.
+    let (generation, live) = node.liveness.up_hosts_counted();
+    let waiting_reason = scheduler::waiting_reason(&spec, &live);
     let now = now_ms();
     let command = Command::EnqueueJob {
         id: new_job_id(),
         spec,
         owner: principal.owner(),
         now,
+        waiting_reason,
     };
     let record = idempotency.record(&principal, &body.request_hash, now);
     let job = expect_job(node.execute(command, record).await?)?;
+    // Hosts that changed while the job was being enqueued may have been
+    // judged by a refresh that did not see it yet.
+    if node.liveness.generation() != generation {
+        node.liveness.mark_stale();
+    }
     Ok((StatusCode::CREATED, Json(job)))
 }
 

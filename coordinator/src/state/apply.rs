@@ -140,7 +140,20 @@ fn apply_command(
             spec,
             owner,
             now,
-        } => enqueue_job(conn, id, spec, owner, *now, effects),
+            waiting_reason,
+        } => enqueue_job(
+            conn,
+            Enqueue {
+                id,
+                spec,
+                owner,
+                now: *now,
+                waiting_reason: waiting_reason.as_deref(),
+            },
+            effects,
+        ),
+        Command::SetWaitingReasons { reasons } => set_waiting_reasons(conn, reasons),
+        Command::FailQueued { jobs, now } => fail_queued(conn, jobs, *now, effects),
         Command::LeaseJobs {
             host_id,
             leases,
@@ -276,7 +289,9 @@ enum Token {
     Clear,
 }
 
-/// Moves a job out of `running` (or `queued`), ending its lease.
+/// Moves a job out of `running` (or `queued`), ending its lease. A job
+/// queued again has no waiting reason until the leader finds one, and its
+/// queue timeout starts over.
 fn set_status(
     conn: &Connection,
     id: &str,
@@ -289,7 +304,8 @@ fn set_status(
     conn.prepare_cached(
         "UPDATE jobs SET status = ?2, result = COALESCE(?3, result),
                 lease_token = CASE WHEN ?4 THEN NULL ELSE lease_token END,
-                lease_expires_at = NULL, updated_at = ?5
+                lease_expires_at = NULL, updated_at = ?5, waiting_reason = NULL,
+                queue_deadline = CASE WHEN ?2 = 'queued' THEN ?5 + queue_timeout_ms END
          WHERE id = ?1",
     )?
     .execute(params![
@@ -302,19 +318,34 @@ fn set_status(
     Ok(())
 }
 
+/// What an `EnqueueJob` carries.
+struct Enqueue<'a> {
+    id: &'a str,
+    spec: &'a JobSpec,
+    owner: &'a Owner,
+    now: Millis,
+    waiting_reason: Option<&'a str>,
+}
+
 fn enqueue_job(
     conn: &Connection,
-    id: &str,
-    spec: &JobSpec,
-    owner: &Owner,
-    now: Millis,
+    job: Enqueue<'_>,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
+    let Enqueue {
+        id,
+        spec,
+        owner,
+        now,
+        waiting_reason,
+    } = job;
+    let queue_timeout = spec.queue_timeout_ms();
     let inserted = conn
         .prepare_cached(
             "INSERT INTO jobs (id, status, kind, spec, owner, attempts, max_attempts,
-                               created_at, updated_at)
-             VALUES (?1, 'queued', ?2, ?3, ?4, 0, ?5, ?6, ?6)
+                               created_at, updated_at, waiting_reason, queue_timeout_ms,
+                               queue_deadline)
+             VALUES (?1, 'queued', ?2, ?3, ?4, 0, ?5, ?6, ?6, ?7, ?8, ?6 + ?8)
              ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
@@ -323,7 +354,9 @@ fn enqueue_job(
             serde_json::to_string(spec).expect("wire types serialise"),
             owner.as_column(),
             spec.max_attempts(),
-            now
+            now,
+            waiting_reason,
+            queue_timeout,
         ])?;
     if inserted == 0 {
         return Ok(Err(CommandError::Conflict(format!(
@@ -340,7 +373,53 @@ fn enqueue_job(
         created_at: now,
         updated_at: now,
         result: None,
+        waiting_reason: waiting_reason.map(str::to_string),
     }))))
+}
+
+fn set_waiting_reasons(
+    conn: &Connection,
+    reasons: &[(String, Option<String>)],
+) -> rusqlite::Result<CommandResult> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE jobs SET waiting_reason = ?2 WHERE id = ?1 AND status = 'queued'",
+    )?;
+    let mut changed = 0;
+    for (id, reason) in reasons {
+        changed += stmt.execute(params![id, reason])?;
+    }
+    Ok(Ok(Output::Count(changed as u64)))
+}
+
+/// Fails each named job that is still queued past its queue deadline; the
+/// deadline is checked here, so a job leased or requeued since the proposer
+/// looked is left alone.
+fn fail_queued(
+    conn: &Connection,
+    jobs: &[(String, String)],
+    now: Millis,
+    effects: &mut Effects,
+) -> rusqlite::Result<CommandResult> {
+    let mut overdue = conn.prepare_cached(
+        "SELECT 1 FROM jobs WHERE id = ?1 AND status = 'queued' AND queue_deadline <= ?2",
+    )?;
+    let mut failed = 0;
+    for (id, reason) in jobs {
+        if overdue.exists(params![id, now])? {
+            let result = JobResult::error(reason.clone());
+            set_status(
+                conn,
+                id,
+                JobStatus::Failed,
+                Some(&result),
+                Token::Clear,
+                now,
+            )?;
+            effects.finished.push(id.clone());
+            failed += 1;
+        }
+    }
+    Ok(Ok(Output::Count(failed)))
 }
 
 fn lease_jobs(
@@ -359,7 +438,8 @@ fn lease_jobs(
     }
     let mut stmt = conn.prepare_cached(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, host_id = ?2,
-                lease_token = ?3, lease_expires_at = ?4, updated_at = ?5
+                lease_token = ?3, lease_expires_at = ?4, updated_at = ?5,
+                waiting_reason = NULL, queue_deadline = NULL
          WHERE id = ?1 AND status = 'queued'
          RETURNING attempts",
     )?;
@@ -605,6 +685,7 @@ mod tests {
                 spec,
                 owner: Owner::Token,
                 now: 2,
+                waiting_reason: None,
             },
         );
         assert!(applied.effects.jobs_queued);
@@ -834,6 +915,7 @@ mod tests {
                 spec: serde_json::from_str(r#"{"kind":"shell","command":"echo"}"#).unwrap(),
                 owner: Owner::Token,
                 now: 1,
+                waiting_reason: None,
             })
             .with_idempotency(Some(record(hash)))
         };
@@ -897,6 +979,117 @@ mod tests {
             .collect();
         assert_eq!(listed, [digest.clone(), other], "in the order recorded");
         assert_eq!(read::artifact(&conn, &digest).unwrap(), Some(info));
+    }
+
+    fn enqueue_with(conn: &Connection, id: &str, spec: serde_json::Value, reason: Option<&str>) {
+        run(
+            conn,
+            Command::EnqueueJob {
+                id: id.into(),
+                spec: serde_json::from_value(spec).unwrap(),
+                owner: Owner::Token,
+                now: 2,
+                waiting_reason: reason.map(String::from),
+            },
+        );
+    }
+
+    fn waiting_reason(conn: &Connection, job: &str) -> Option<String> {
+        read::job(conn, job).unwrap().unwrap().job.waiting_reason
+    }
+
+    #[test]
+    fn waiting_reasons_are_kept_only_while_queued() {
+        let conn = db();
+        run(&conn, host("h1"));
+        let spec = serde_json::json!({"kind": "shell", "command": "echo"});
+        enqueue_with(
+            &conn,
+            "j1",
+            spec.clone(),
+            Some("no live host offers capability gpu"),
+        );
+        enqueue_with(&conn, "j2", spec, None);
+        assert_eq!(
+            waiting_reason(&conn, "j1").as_deref(),
+            Some("no live host offers capability gpu")
+        );
+        let set = run(
+            &conn,
+            Command::SetWaitingReasons {
+                reasons: vec![
+                    ("j1".into(), None),
+                    ("j2".into(), Some("no host is live".into())),
+                ],
+            },
+        );
+        assert_eq!(set.outcome, Ok(Output::Count(2)));
+        assert_eq!(waiting_reason(&conn, "j1"), None);
+        assert_eq!(
+            waiting_reason(&conn, "j2").as_deref(),
+            Some("no host is live")
+        );
+        lease(&conn, "h1", "j2", "t1", 100);
+        assert_eq!(
+            waiting_reason(&conn, "j2"),
+            None,
+            "a leased job waits for nothing"
+        );
+        let late = run(
+            &conn,
+            Command::SetWaitingReasons {
+                reasons: vec![("j2".into(), Some("stale".into()))],
+            },
+        );
+        assert_eq!(
+            late.outcome,
+            Ok(Output::Count(0)),
+            "only queued jobs take one"
+        );
+    }
+
+    #[test]
+    fn queue_timeouts_fail_jobs_still_queued_and_start_over_on_requeue() {
+        let conn = db();
+        run(&conn, host("h1"));
+        let spec = serde_json::json!({"kind": "shell", "command": "echo", "queue_timeout_ms": 10});
+        enqueue_with(&conn, "j1", spec.clone(), None);
+        enqueue_with(&conn, "j2", spec, None);
+        // Queued at 2 with 10 ms to wait: overdue from 12 on.
+        let overdue = |now| {
+            read::queue_overdue(&conn, now, 10)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        };
+        assert!(overdue(11).is_empty());
+        assert_eq!(overdue(12), ["j1", "j2"]);
+        lease(&conn, "h1", "j2", "t1", 100);
+        assert_eq!(overdue(12), ["j1"], "a leased job is not waiting");
+        let fail = |now| Command::FailQueued {
+            jobs: vec![
+                ("j1".into(), "no live host offers capability gpu".into()),
+                ("j2".into(), "no live host offers capability gpu".into()),
+            ],
+            now,
+        };
+        let early = run(&conn, fail(11));
+        assert_eq!(early.outcome, Ok(Output::Count(0)), "not yet overdue");
+        let failed = run(&conn, fail(12));
+        assert_eq!(failed.outcome, Ok(Output::Count(1)));
+        assert_eq!(failed.effects.finished, ["j1"]);
+        let row = read::job(&conn, "j1").unwrap().unwrap();
+        assert_eq!(row.job.status, JobStatus::Failed);
+        assert_eq!(
+            row.job.result.unwrap().error.as_deref(),
+            Some("no live host offers capability gpu")
+        );
+        assert_eq!(status(&conn, "j2"), (JobStatus::Running, 1));
+        // Its lease lost at 101, j2 waits in the queue again for 10 ms.
+        run(&conn, Command::ExpireLeases { now: 101 });
+        assert!(overdue(110).is_empty());
+        assert_eq!(overdue(111), ["j2"]);
     }
 
     #[test]

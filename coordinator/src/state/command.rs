@@ -44,6 +44,21 @@ pub enum Command {
         spec: JobSpec,
         owner: Owner,
         now: Millis,
+        /// Why no live host can run the job, as the proposer saw the hosts.
+        #[serde(default)]
+        waiting_reason: Option<String>,
+    },
+    /// Records why queued jobs wait, as the leader sees the live hosts now
+    /// (`None`: some live host can run it); jobs no longer queued are skipped.
+    SetWaitingReasons {
+        reasons: Vec<(String, Option<String>)>,
+    },
+    /// Fails queued jobs whose queue deadline is not after `now`, each with
+    /// the proposer's sentence; jobs leased or requeued since are skipped.
+    FailQueued {
+        /// `(job id, reason)` pairs.
+        jobs: Vec<(String, String)>,
+        now: Millis,
     },
     /// Leases queued jobs to a host; jobs no longer queued are skipped.
     LeaseJobs {
@@ -191,6 +206,7 @@ impl Leases {
                 leased.attempts = g.attempts;
                 leased.host_id = Some(host_id.clone());
                 leased.updated_at = granted_at;
+                leased.waiting_reason = None;
                 Some(LeasedJob {
                     job: leased,
                     lease_token: g.lease_token,

@@ -23,8 +23,8 @@ pub struct HostRow {
     pub updated_at: u64,
 }
 
-const JOB_COLUMNS: &str =
-    "id, status, spec, attempts, host_id, created_at, updated_at, result, owner, lease_token";
+const JOB_COLUMNS: &str = "id, status, spec, attempts, host_id, created_at, updated_at, result, \
+     owner, lease_token, waiting_reason";
 
 fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
     let status: String = row.get(1)?;
@@ -43,6 +43,7 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
                 .map(|r| serde_json::from_str(&r))
                 .transpose()
                 .map_err(|e| corrupt(7, e.to_string()))?,
+            waiting_reason: row.get(10)?,
         },
         owner: row.get(8)?,
         lease_token: row.get(9)?,
@@ -126,8 +127,19 @@ pub fn queued_jobs(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![after_seq, limit as i64], |row| {
-        Ok((row.get(10)?, job_row(row)?.job))
+        Ok((row.get(11)?, job_row(row)?.job))
     })?;
+    rows.collect()
+}
+
+/// Up to `limit` queued jobs whose queue deadline is not after `now`, oldest
+/// deadline first.
+pub fn queue_overdue(conn: &Connection, now: u64, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE queue_deadline <= ?1 ORDER BY queue_deadline LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![now, limit as i64], |row| Ok(job_row(row)?.job))?;
     rows.collect()
 }
 

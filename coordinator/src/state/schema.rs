@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 /// The schema version this build writes. A database with a newer version was
 /// written by a newer skyclaw and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const V1: &str = "
 CREATE TABLE meta (
@@ -82,6 +82,16 @@ CREATE TABLE artifacts (
 ) STRICT;
 ";
 
+/// Version 4: why a queued job waits (set by the leader while no live host
+/// can run it), and when a queued job with a queue timeout fails (NULL while
+/// it is not queued, or has none). Earlier jobs get NULL in both.
+const V4: &str = "
+ALTER TABLE jobs ADD COLUMN waiting_reason TEXT;
+ALTER TABLE jobs ADD COLUMN queue_timeout_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN queue_deadline INTEGER;
+CREATE INDEX jobs_by_queue_deadline ON jobs (queue_deadline) WHERE queue_deadline IS NOT NULL;
+";
+
 /// Errors opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -112,6 +122,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     if found < 3 {
         tx.execute_batch(V3)?;
     }
+    if found < 4 {
+        tx.execute_batch(V4)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -120,6 +133,31 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database written by the previous version keeps its jobs, which read
+    /// as having no waiting reason and no queue deadline.
+    #[test]
+    fn version_3_jobs_survive_the_migration() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("{V1}{V2}{V3}PRAGMA user_version = 3;"))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, status, kind, spec, owner, attempts, max_attempts,
+                               created_at, updated_at)
+             VALUES ('j1', 'queued', 'shell', '{}', 'token', 0, 1, 5, 5)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let row: (Option<String>, Option<i64>, Option<i64>) = conn
+            .query_row(
+                "SELECT waiting_reason, queue_timeout_ms, queue_deadline FROM jobs WHERE id = 'j1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (None, None, None));
+    }
 
     #[test]
     fn migrates_once_and_refuses_newer() {

@@ -66,6 +66,7 @@ fn shell(command: &str, args: &[&str]) -> ShellSpec {
         timeout_ms: 30_000,
         max_attempts: 1,
         requirements: Requirements::default(),
+        queue_timeout_ms: None,
     }
 }
 
@@ -367,6 +368,7 @@ fn openclaw_spec() -> OpenclawSpec {
         timeout_ms: 30_000,
         max_attempts: 1,
         requirements: Requirements::default(),
+        queue_timeout_ms: None,
     }
 }
 

@@ -200,6 +200,7 @@ fn spec(artifact: &Artifact, limits: WasiLimits) -> WasiSpec {
         limits,
         max_attempts: 1,
         requirements: Requirements::default(),
+        queue_timeout_ms: None,
     }
 }
 
