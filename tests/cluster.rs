@@ -321,7 +321,7 @@ async fn leader_sigkill_under_load_loses_nothing_and_runs_nothing_twice() {
     // A lease orphaned by the failover would end within the test's deadlines
     // (and show as a second attempt) rather than after the default 30 s.
     let mut cluster = Cluster::start(3, 3, &["--lease-ms", "10000"]).await;
-    let log = cluster.tmp.path().join("executions.log");
+    let (_log_dir, log) = common::execution_log();
     let hosts: Vec<Host> = (0..2)
         .map(|i| {
             Host::start(
@@ -851,7 +851,7 @@ async fn a_claim_whose_answer_is_lost_is_replayed_to_the_host() {
     );
     let client = coordinator.client();
     host_up(&client, &host.id().await).await;
-    let log = tmp.path().join("executions.log");
+    let (_log_dir, log) = common::execution_log();
 
     // A first job takes one slot; the host's next claim asks for one job.
     let first = client.submit_job(&marked_job(&log, 1), None).await.unwrap();
@@ -952,7 +952,7 @@ async fn a_single_coordinator_restarted_on_another_port_announces_its_new_addres
 #[tokio::test]
 async fn a_host_given_one_coordinator_url_fails_over_to_the_peers_it_learned() {
     let mut cluster = Cluster::start(3, 3, &[]).await;
-    let log = cluster.tmp.path().join("executions.log");
+    let (_log_dir, log) = common::execution_log();
     // The host knows node 1 only, and learns the others from it.
     let host = Host::start(
         &cluster.nodes[0].url,
@@ -1030,7 +1030,7 @@ async fn removing_the_live_leader_promotes_a_learner_and_hands_over() {
 #[tokio::test]
 async fn a_new_leader_marks_a_host_that_died_with_the_old_one_down() {
     let mut cluster = Cluster::start(3, 3, &["--host-ttl-ms", "2000"]).await;
-    let log = cluster.tmp.path().join("executions.log");
+    let (_log_dir, log) = common::execution_log();
     let mut hosts: Vec<Host> = (0..2)
         .map(|i| {
             Host::start(

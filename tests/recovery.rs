@@ -58,7 +58,7 @@ async fn coordinator_sigkill_loses_nothing_and_completes_nothing_twice() {
     );
     let client = coordinator.client();
     host_up(&client, &host.id().await).await;
-    let log = tmp.path().join("executions.log");
+    let (_log_dir, log) = common::execution_log();
 
     let mut accepted = Vec::new();
     for mark in 0..30 {
@@ -108,7 +108,7 @@ async fn a_job_whose_host_dies_is_finished_by_another() {
     let first_id = first.id().await;
     host_up(&client, &first_id).await;
 
-    let log = tmp.path().join("executions.log");
+    let (_log_dir, log) = common::execution_log();
     let job = client
         .submit_job(&logged_job(&log, 7, "2"), None)
         .await
@@ -145,7 +145,7 @@ async fn sigterm_hands_running_jobs_back() {
         &["--shutdown-grace-ms", "200"],
     );
     host_up(&client, &host.id().await).await;
-    let log = tmp.path().join("executions.log");
+    let (_log_dir, log) = common::execution_log();
     let job = client
         .submit_job(&logged_job(&log, 1, "300"), None)
         .await

@@ -400,6 +400,18 @@ pub fn shared_dir() -> tempfile::TempDir {
     dir
 }
 
+/// A file every job may append to, outside /tmp (which jobs do not see), for
+/// tests that count how often jobs ran: jobs run as users of their own, so
+/// the file is writable by all. Kept while the returned guard lives.
+pub fn execution_log() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = shared_dir();
+    let log = dir.path().join("executions.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    (dir, log)
+}
+
 /// Job uids in ranges of this size, one range per host a test starts.
 const JOB_UIDS_PER_HOST: u32 = 256;
 /// Ranges a test process may hand out: each process gets its own stretch.
