@@ -93,6 +93,13 @@ async fn preview1_module_runs_through_the_cli() {
     );
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["result"]["exit_code"], 5);
+
+    // Codes above 125, which WASI reserves, are reported as they are too.
+    let out = net.cli(&["job", "wasi", "--wait", "--json", module, "--", "200"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["result"]["exit_code"], 200, "{job}");
+    assert_eq!(job["result"]["error"], "exited with code 200", "{job}");
 }
 
 #[tokio::test]

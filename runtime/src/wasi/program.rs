@@ -9,12 +9,17 @@ use std::path::{Path, PathBuf};
 use skyclaw_api::artifacts::{ArtifactKind, KIND_SNIFF_BYTES};
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store};
+use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 
 use super::sandbox::Guest;
 
 /// The function a preview 1 command exports as its `main`.
 const START: &str = "_start";
+/// The module of every preview 1 import.
+const PREVIEW1: &str = "wasi_snapshot_preview1";
+/// The preview 1 import a command exits through.
+const PROC_EXIT: &str = "proc_exit";
 
 /// Why an artifact could not be made into a [`Program`].
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +168,14 @@ impl Linkers {
         wasmtime_wasi::p2::add_to_linker_sync(&mut component)?;
         let mut module = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut module, |guest: &mut Guest| guest.wasi())?;
+        // wasmtime-wasi refuses codes above 125 (reserved by WASI) with an
+        // error carrying a wasm backtrace; the job is told the code instead.
+        module
+            .allow_shadowing(true)
+            .func_wrap(PREVIEW1, PROC_EXIT, |code: i32| -> wasmtime::Result<()> {
+                Err(I32Exit(code).into())
+            })?
+            .allow_shadowing(false);
         Ok(Linkers { component, module })
     }
 }

@@ -68,6 +68,14 @@ const ECHO: &str = r#"
         (i32.load (i32.const 24))))))
 "#;
 
+/// Exits with code 200, one of those WASI reserves.
+const EXIT_200: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $proc_exit (i32.const 200))))
+"#;
+
 /// Never ends on its own.
 const BUSY: &str = r#"
 (module
@@ -343,6 +351,16 @@ async fn busy_loop_times_out() {
     assert!(run.result.fuel_consumed.is_some());
     assert!(run.stopped.is_none());
     assert_hello(&engine, dir.path()).await;
+}
+
+#[tokio::test]
+async fn exit_codes_above_125_are_reported_as_they_are() {
+    let dir = TempDir::new().unwrap();
+    let engine = engine(dir.path());
+    let exit = store_wat(dir.path(), EXIT_200);
+    let run = run_with(&engine, &exit, WasiLimits::default()).await;
+    assert_eq!(run.result.exit_code, Some(200), "{:?}", run.result);
+    assert_eq!(run.result.error.as_deref(), Some("exited with code 200"));
 }
 
 #[tokio::test]
