@@ -1,13 +1,16 @@
 //! WASI jobs end to end: real guests built by the harness, pushed as artifacts,
 //! run by real host processes in wasmtime under fuel, memory, stack, time and
-//! output limits; sandbox-only hosts; compiled-code and artifact caches;
-//! scheduling by artifact locality.
+//! output limits; guests parked in host calls, stopped by their deadline, a
+//! cancel or the host's shutdown; sandbox-only hosts; compiled-code and
+//! artifact caches; scheduling by artifact locality.
 
 mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Coordinator, Host, Network, eventually, guest, host_up, run_job, wait_terminal};
+use common::{
+    Coordinator, Host, Network, eventually, guest, host_up, run_job, wait_status, wait_terminal,
+};
 use serde_json::json;
 use skyclaw_api::Client;
 use skyclaw_api::artifacts::Digest;
@@ -26,6 +29,20 @@ async fn run_wasi(client: &Client, spec: serde_json::Value) -> Job {
     let mut spec = spec;
     spec["kind"] = json!("wasi");
     run_job(client, spec).await
+}
+
+/// Submits a WASI job without waiting for it.
+async fn submit_wasi(client: &Client, spec: serde_json::Value) -> Job {
+    let mut spec = spec;
+    spec["kind"] = json!("wasi");
+    let spec: JobSpec = serde_json::from_value(spec).expect("valid spec");
+    client.submit_job(&spec, None).await.expect("submit")
+}
+
+/// A job of the sleep guest, which parks in a host clock wait for an hour,
+/// under a time limit of `timeout_ms`.
+fn sleeper(sleep: &Digest, timeout_ms: u64) -> serde_json::Value {
+    json!({"artifact": sleep, "limits": {"timeout_ms": timeout_ms}})
 }
 
 fn error_of(job: &Job) -> String {
@@ -93,6 +110,13 @@ async fn preview1_module_runs_through_the_cli() {
     );
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(job["result"]["exit_code"], 5);
+
+    // Codes above 125, which WASI reserves, are reported as they are too.
+    let out = net.cli(&["job", "wasi", "--wait", "--json", module, "--", "200"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["result"]["exit_code"], 200, "{job}");
+    assert_eq!(job["result"]["error"], "exited with code 200", "{job}");
 }
 
 #[tokio::test]
@@ -329,4 +353,133 @@ async fn jobs_go_to_the_host_that_holds_their_artifact() {
         ran_on.insert(job.host_id.unwrap());
     }
     assert_eq!(ran_on, BTreeSet::from([holder]));
+}
+
+#[tokio::test]
+async fn a_guest_asleep_in_a_host_call_times_out_at_its_deadline_or_stops_when_cancelled() {
+    let net = Network::start("true", &["--max-parallel", "1"]).await;
+    let client = net.client();
+    let sleep = push(&client, "sleep").await;
+    let echo = push(&client, "echo").await;
+
+    let job = run_wasi(&client, json!({"artifact": sleep, "args": ["10"]})).await;
+    assert_eq!(
+        job.status,
+        JobStatus::Succeeded,
+        "a short sleep ends: {job:?}"
+    );
+    assert_eq!(job.result.unwrap().stdout, "awake\n");
+
+    let job = run_wasi(&client, sleeper(&sleep, 500)).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(error_of(&job), "timed out after 500 ms");
+    let result = job.result.unwrap();
+    assert_eq!(result.exit_code, None);
+    assert!(result.duration_ms >= 500, "{result:?}");
+
+    // The host learns of the cancel at its next heartbeat; the sleeper then
+    // gives back the host's only slot at once, not at its deadline.
+    let job = submit_wasi(&client, sleeper(&sleep, 600_000)).await;
+    wait_status(&client, &job.id, JobStatus::Running).await;
+    let out = net.cli(&["job", "cancel", &job.id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    host_still_serves(&client, &echo).await;
+    let job = client.get_job(&job.id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled, "{job:?}");
+}
+
+#[tokio::test]
+async fn guests_asleep_or_busy_hold_only_their_own_slots() {
+    // One busy guest per core keeps every worker of the host's runtime busy
+    // unless guests yield to other work.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let sleepers = 4;
+    let max_parallel = (sleepers + cores + 2).to_string();
+    let net = Network::start("true", &["--max-parallel", &max_parallel]).await;
+    let client = net.client();
+    let (sleep, busy, echo) = (
+        push(&client, "sleep").await,
+        push(&client, "busy").await,
+        push(&client, "echo").await,
+    );
+    let mut holding = Vec::new();
+    for _ in 0..sleepers {
+        holding.push(submit_wasi(&client, sleeper(&sleep, 600_000)).await);
+    }
+    for _ in 0..cores {
+        let spec = json!({"artifact": busy,
+            "limits": {"fuel": 1_000_000_000_000u64, "timeout_ms": 600_000}});
+        holding.push(submit_wasi(&client, spec).await);
+    }
+    for job in &holding {
+        wait_status(&client, &job.id, JobStatus::Running).await;
+    }
+
+    for _ in 0..5 {
+        host_still_serves(&client, &echo).await;
+        let job = run_job(&client, json!({"kind": "shell", "command": "true"})).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    }
+    for job in &holding {
+        let job = client.get_job(&job.id).await.unwrap();
+        assert_eq!(
+            job.status,
+            JobStatus::Running,
+            "still holding its slot: {job:?}"
+        );
+    }
+    host_up(&client, &net.host_id).await;
+}
+
+#[tokio::test]
+async fn sleepers_filling_every_slot_do_not_stop_the_host_claiming_once_they_time_out() {
+    let net = Network::start("true", &["--max-parallel", "4"]).await;
+    let client = net.client();
+    let (sleep, echo) = (push(&client, "sleep").await, push(&client, "echo").await);
+    let mut sleepers = Vec::new();
+    for _ in 0..4 {
+        sleepers.push(submit_wasi(&client, sleeper(&sleep, 1_000)).await);
+    }
+    // Queued behind the sleepers: it runs only in a slot one of them frees.
+    host_still_serves(&client, &echo).await;
+    for job in &sleepers {
+        let job = wait_terminal(&client, &job.id).await;
+        assert_eq!(job.status, JobStatus::Failed);
+        assert_eq!(error_of(&job), "timed out after 1000 ms");
+    }
+    host_still_serves(&client, &echo).await;
+}
+
+#[tokio::test]
+async fn sigterm_with_guests_asleep_in_host_calls_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    let client = coordinator.client();
+    let mut host = Host::start_logged(
+        &coordinator.url,
+        &tmp.path().join("host"),
+        "true",
+        &["--shutdown-grace-ms", "200"],
+    );
+    host_up(&client, &host.id().await).await;
+    let sleep = push(&client, "sleep").await;
+    let mut sleepers = Vec::new();
+    for _ in 0..4 {
+        sleepers.push(submit_wasi(&client, sleeper(&sleep, 600_000)).await);
+    }
+    for job in &sleepers {
+        wait_status(&client, &job.id, JobStatus::Running).await;
+    }
+
+    let status = host.terminate();
+    let stderr = host.stderr();
+    assert!(
+        status.success(),
+        "the host exits 0 on SIGTERM: {status:?}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for job in &sleepers {
+        let job = client.get_job(&job.id).await.unwrap();
+        assert_eq!(job.status, JobStatus::Queued, "handed back: {job:?}");
+    }
 }

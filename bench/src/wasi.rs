@@ -142,6 +142,7 @@ fn engine(dir: &Path, max_parallel: u32) -> Result<WasiEngine> {
     Ok(WasiEngine::new(WasiSettings {
         caps: config.wasi_caps(),
         max_parallel,
+        guest_threads: crate::cores(),
         max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         code_cache_dir: dir.join("code"),
         host_name: "bench".into(),
@@ -163,8 +164,8 @@ fn digest_of(path: &Path) -> Result<Digest> {
 }
 
 /// Times `engine.run` of a loaded no-op component, one run at a time: slot
-/// admission, a blocking-pool hop, a fresh store and WASI context,
-/// instantiation, the guest's run, and collecting its result.
+/// admission, the hop to the guest runtime and back, a fresh store and WASI
+/// context, instantiation, the guest's run, and collecting its result.
 async fn overhead_phase(noop: &Path, dir: &Path, runs: usize) -> Result<()> {
     let engine = engine(dir, 4)?;
     let digest = digest_of(noop)?;
@@ -175,7 +176,7 @@ async fn overhead_phase(noop: &Path, dir: &Path, runs: usize) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     let (_keep, stop) = watch::channel(None);
     let mut samples = Vec::with_capacity(runs);
-    // The first runs warm up allocator slots, caches and the blocking pool.
+    // The first runs warm up allocator slots, fiber stacks and caches.
     for i in 0..WARMUP_RUNS + runs {
         let t = Instant::now();
         let run = engine

@@ -126,6 +126,7 @@ pub async fn run(
         let engine = WasiEngine::new(WasiSettings {
             caps: config.wasi_caps(),
             max_parallel: config.max_parallel,
+            guest_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_output_bytes: config.max_output_bytes,
             code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
             host_name: config.name.clone(),

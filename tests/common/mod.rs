@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use skyclaw_api::hosts::RegisterHost;
-use skyclaw_api::jobs::{Job, JobSpec};
+use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
 use skyclaw_api::{Client, Credentials};
 
 /// The cluster token every test network uses.
@@ -157,15 +157,13 @@ impl Coordinator {
         self.child.is_some()
     }
 
-    /// Sends SIGTERM and returns the exit status.
+    /// Sends SIGTERM and returns the exit status; fails the test when the
+    /// process does not exit within [`DEADLINE`].
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("coordinator running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("sigterm coordinator");
-        child.wait().expect("reap coordinator")
+        let child = self.child.as_mut().expect("coordinator running");
+        let status = sigterm_and_reap(child, "coordinator");
+        self.child = None;
+        status
     }
 
     /// The applied Raft log index this coordinator reports on `/health`.
@@ -197,20 +195,41 @@ impl Drop for Coordinator {
 pub struct Host {
     child: Option<Child>,
     pub dir: PathBuf,
+    /// Where the process's stderr goes, when the test reads it.
+    stderr: Option<PathBuf>,
 }
 
 impl Host {
     /// Starts a host allowing `allow` (comma-separated) against `coordinators`.
     pub fn start(coordinators: &str, dir: &Path, allow: &str, extra: &[&str]) -> Host {
-        Host::spawn(coordinators, dir, &["--allow-commands", allow], extra)
+        Host::spawn(coordinators, dir, &["--allow-commands", allow], extra, None)
+    }
+
+    /// [`Host::start`], with the host's stderr kept for [`Host::stderr`]
+    /// (in `<dir>.stderr`) instead of shown.
+    pub fn start_logged(coordinators: &str, dir: &Path, allow: &str, extra: &[&str]) -> Host {
+        let log = dir.with_extension("stderr");
+        Host::spawn(
+            coordinators,
+            dir,
+            &["--allow-commands", allow],
+            extra,
+            Some(log),
+        )
     }
 
     /// Starts a sandbox-only host (WASI jobs only) against `coordinators`.
     pub fn start_sandboxed(coordinators: &str, dir: &Path, extra: &[&str]) -> Host {
-        Host::spawn(coordinators, dir, &["--sandbox-only"], extra)
+        Host::spawn(coordinators, dir, &["--sandbox-only"], extra, None)
     }
 
-    fn spawn(coordinators: &str, dir: &Path, mode: &[&str], extra: &[&str]) -> Host {
+    fn spawn(
+        coordinators: &str,
+        dir: &Path,
+        mode: &[&str],
+        extra: &[&str],
+        stderr: Option<PathBuf>,
+    ) -> Host {
         let mut command = skyclaw();
         command
             .args(["host", "--coordinator", coordinators, "--token", TOKEN])
@@ -225,11 +244,24 @@ impl Host {
         if !chose_users {
             command.args(["--job-uids", &job_uids()]);
         }
+        if let Some(log) = &stderr {
+            command.stderr(std::fs::File::create(log).expect("create the host's stderr file"));
+        }
         let child = command.spawn().expect("spawn host");
         Host {
             child: Some(child),
             dir: dir.to_path_buf(),
+            stderr,
         }
+    }
+
+    /// What the host wrote to stderr so far (started with [`Host::start_logged`]).
+    pub fn stderr(&self) -> String {
+        let log = self
+            .stderr
+            .as_ref()
+            .expect("host started with start_logged");
+        std::fs::read_to_string(log).expect("read the host's stderr")
     }
 
     pub fn pid(&self) -> u32 {
@@ -255,15 +287,37 @@ impl Host {
         }
     }
 
-    /// Sends SIGTERM and returns the exit status.
+    /// Sends SIGTERM and returns the exit status; fails the test when the
+    /// process does not exit within [`DEADLINE`].
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("host running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("sigterm host");
-        child.wait().expect("reap host")
+        let child = self.child.as_mut().expect("host running");
+        let status = sigterm_and_reap(child, "host");
+        self.child = None;
+        status
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to [`DEADLINE`] for it to exit. On
+/// failure the child stays where it was, for its owner's `Drop` to kill.
+fn sigterm_and_reap(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap_or_else(|e| panic!("sigterm {what}: {e}"));
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("reap {what}: {e}"))
+        {
+            return status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the {what} did not exit within {DEADLINE:?} of SIGTERM"
+        );
+        std::thread::sleep(POLL);
     }
 }
 
@@ -378,6 +432,15 @@ pub async fn run_job(client: &Client, spec: serde_json::Value) -> Job {
     let spec: JobSpec = serde_json::from_value(spec).expect("valid spec");
     let job = client.submit_job(&spec, None).await.expect("submit");
     wait_terminal(client, &job.id).await
+}
+
+/// Waits until job `id` has `status`.
+pub async fn wait_status(client: &Client, id: &str, status: JobStatus) -> Job {
+    eventually(&format!("job {id} to be {status:?}"), || async {
+        let job = client.get_job(id).await.ok()?;
+        (job.status == status).then_some(job)
+    })
+    .await
 }
 
 pub async fn wait_terminal(client: &Client, id: &str) -> Job {

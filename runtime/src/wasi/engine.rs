@@ -1,6 +1,8 @@
 //! The engine: one wasmtime engine with a pooling allocator sized for the
-//! host's parallel jobs, an admission limit in front of the pool, an epoch
-//! ticker for wall-clock limits, and the caches of compiled programs.
+//! host's parallel jobs (their instances and the fibers guests run on), an
+//! admission limit in front of the pool, a tokio runtime of its own that
+//! guests run on as futures, an epoch ticker that makes running guests
+//! yield, and the caches of compiled programs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::jobs::{CodeSource, EffectiveLimits, JobResult, WasiSpec};
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
@@ -26,14 +30,17 @@ use crate::captured::output_result;
 use crate::native::{Run, StopReason, StopSignal};
 use crate::turns::Turns;
 
-/// How often the epoch advances. Deadlines and stop signals take effect
-/// within one tick; 5 ms is precise enough for millisecond limits and costs
-/// one wakeup per tick however many guests run.
+/// How often the epoch advances, and so how long a running guest keeps its
+/// thread before it yields to other tasks (and notices its deadline or stop
+/// order); 5 ms is precise enough for millisecond limits and costs one
+/// wakeup per tick however many guests run.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-/// Native stack a guest's wasm frames may use. Guests run on tokio blocking
-/// threads (2 MiB stacks by default); wasmtime's default of 512 KiB leaves
-/// the rest for host calls made from deep guest frames.
+/// Native stack a guest's wasm frames may use; wasmtime's default.
 pub(super) const MAX_WASM_STACK: usize = 512 * 1024;
+/// Native stack of the fiber each guest runs on: its wasm frames (up to
+/// [`MAX_WASM_STACK`]) and the host calls they make. wasmtime's default of
+/// 2 MiB leaves 1.5 MiB to host calls made from the deepest guest frames.
+const FIBER_STACK: usize = 2 * 1024 * 1024;
 /// Core instances one component may hold. A Rust `wasm32-wasip2` command has
 /// about four (program, WASI adapter, shim, fixup); other toolchains add a
 /// few. Security: bounds what one job takes from the pool.
@@ -56,7 +63,7 @@ const KEEP_RESIDENT_TABLE: usize = 64 * 1024;
 const TABLE_ELEMENTS: usize = 100_000;
 
 /// Runs WASI programs. Cheap to clone: clones share the engine, pool,
-/// ticker and caches.
+/// guest runtime, ticker and caches.
 #[derive(Clone)]
 pub struct WasiEngine {
     inner: Arc<Inner>,
@@ -74,6 +81,7 @@ struct Inner {
     disk: DiskCache,
     /// One lock per artifact being loaded, so that it is compiled once.
     loading: Turns,
+    guests: GuestRuntime,
     /// Kept for its `Drop`, which stops the ticker thread.
     _ticker: Ticker,
 }
@@ -96,6 +104,8 @@ impl WasiEngine {
                 source,
             }
         })?;
+        let guests = GuestRuntime::start(settings.guest_threads)
+            .map_err(|e| HostError::Wasi(format!("cannot start the guest runtime: {e}")))?;
         let ticker = Ticker::start(engine.clone())
             .map_err(|e| HostError::Wasi(format!("cannot start the epoch ticker: {e}")))?;
         Ok(WasiEngine {
@@ -107,6 +117,7 @@ impl WasiEngine {
                 loaded: Loaded::default(),
                 disk,
                 loading: Turns::default(),
+                guests,
                 _ticker: ticker,
             }),
         })
@@ -180,20 +191,7 @@ impl WasiEngine {
             stop: stop.clone(),
         };
         let outcome = match self.admit(&mut stop).await {
-            Ok(slot) => {
-                let inner = Arc::clone(&self.inner);
-                let running = tokio::task::spawn_blocking(move || {
-                    let outcome = sandbox::execute(&inner.engine, &program, job);
-                    drop(slot);
-                    outcome
-                });
-                running.await.unwrap_or_else(|e| {
-                    Outcome::failed(format!(
-                        "the WASI run on host {} failed: {e}",
-                        self.inner.settings.host_name
-                    ))
-                })
-            }
+            Ok(slot) => self.execute(program, job, slot).await,
             Err(refused) => refused,
         };
         debug!(artifact = %spec.artifact, error = ?outcome.error, "WASI job ended");
@@ -206,6 +204,34 @@ impl WasiEngine {
     #[cfg(test)]
     pub(super) fn free_slots(&self) -> usize {
         self.inner.slots.available_permits()
+    }
+
+    /// Runs the job on the guest runtime, holding its pool slot until the
+    /// store is gone. Dropping the future aborts the run.
+    async fn execute(
+        &self,
+        program: Arc<Program>,
+        job: Job,
+        slot: OwnedSemaphorePermit,
+    ) -> Outcome {
+        let engine = self.inner.engine.clone();
+        // A set of one, for its abort on drop.
+        let mut running = JoinSet::new();
+        running.spawn_on(
+            async move {
+                let outcome = sandbox::execute(&engine, &program, job).await;
+                drop(slot);
+                outcome
+            },
+            self.inner.guests.handle(),
+        );
+        let ran = running.join_next().await.expect("the set holds the run");
+        ran.unwrap_or_else(|e| {
+            Outcome::failed(format!(
+                "the WASI run on host {} failed: {e}",
+                self.inner.settings.host_name
+            ))
+        })
     }
 
     /// Waits for a pool slot, unless the job is told to stop first.
@@ -269,8 +295,9 @@ impl Inner {
     }
 }
 
-/// The wasmtime configuration: pooled instances for `max_parallel` jobs,
-/// copy-on-write memory images, fuel, epoch interruption and a stack limit.
+/// The wasmtime configuration: pooled instances and fiber stacks for
+/// `max_parallel` jobs, copy-on-write memory images, fuel, epoch
+/// interruption and stack limits.
 fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
     let slots = settings.max_parallel;
     if slots == 0 {
@@ -289,6 +316,9 @@ fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
         .map_err(|_| HostError::Wasi("max_memory_mb does not fit this platform".to_string()))?;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
+        // A job runs on one fiber at a time: its instantiation, then its
+        // command.
+        .total_stacks(slots)
         .total_core_instances(total(MAX_CORE_INSTANCES_PER_COMPONENT)?)
         .total_memories(total(MAX_MEMORIES_PER_COMPONENT)?)
         .total_tables(total(MAX_TABLES_PER_COMPONENT)?)
@@ -307,12 +337,13 @@ fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
         .consume_fuel(true)
         .epoch_interruption(true)
         .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(FIBER_STACK)
         .wasm_backtrace_details(WasmBacktraceDetails::Disable);
     Ok(config)
 }
 
 /// Resolves once the job is told to stop; never if it cannot be any more.
-async fn stop_order(stop: &mut StopSignal) -> StopReason {
+pub(super) async fn stop_order(stop: &mut StopSignal) -> StopReason {
     if let Ok(reason) = stop.wait_for(Option::is_some).await
         && let Some(reason) = *reason
     {
@@ -342,6 +373,44 @@ fn finish(outcome: Outcome, code: CodeSource, limits: EffectiveLimits, took: Dur
             ..output_result(stdout, stderr)
         },
         stopped,
+    }
+}
+
+/// The runtime guests run on, apart from the host's own tasks: a burst of
+/// guests queues on its threads rather than in front of the host's claims,
+/// reports and heartbeats, which the kernel then schedules beside them.
+struct GuestRuntime {
+    /// `Some` until dropped.
+    runtime: Option<Runtime>,
+}
+
+impl GuestRuntime {
+    fn start(threads: usize) -> std::io::Result<GuestRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("wasi-guest")
+            .enable_all()
+            .build()?;
+        Ok(GuestRuntime {
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> &Handle {
+        self.runtime
+            .as_ref()
+            .expect("the guest runtime runs until dropped")
+            .handle()
+    }
+}
+
+impl Drop for GuestRuntime {
+    /// Drops the guests still running (unwinding them) without waiting: the
+    /// engine may be dropped on an async thread, where blocking is refused.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -29,6 +29,9 @@ pub struct WasiSettings {
     pub caps: WasiCaps,
     /// Jobs that may run at once: the pool holds instances for this many.
     pub max_parallel: u32,
+    /// Threads guests run on: one per core lets guests use every core while
+    /// the host's own threads stay free for its control work.
+    pub guest_threads: usize,
     /// Bytes kept of each of a job's stdout and stderr.
     pub max_output_bytes: usize,
     /// Where compiled code (`.cwasm`) is kept across restarts.

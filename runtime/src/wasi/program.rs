@@ -1,6 +1,7 @@
 //! Programs: a WASI artifact told apart as a component or a preview 1 module,
 //! compiled (or taken from compiled code), and pre-instantiated against the
-//! host's WASI imports so that each job only instantiates and calls it.
+//! host's async WASI imports so that each job only instantiates and calls it,
+//! as a future the host may drop while the guest waits in a host call.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -9,12 +10,17 @@ use std::path::{Path, PathBuf};
 use skyclaw_api::artifacts::{ArtifactKind, KIND_SNIFF_BYTES};
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store};
-use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p2::bindings::CommandPre;
 
 use super::sandbox::Guest;
 
 /// The function a preview 1 command exports as its `main`.
 const START: &str = "_start";
+/// The module of every preview 1 import.
+const PREVIEW1: &str = "wasi_snapshot_preview1";
+/// The preview 1 import a command exits through.
+const PROC_EXIT: &str = "proc_exit";
 
 /// Why an artifact could not be made into a [`Program`].
 #[derive(Debug, thiserror::Error)]
@@ -157,12 +163,21 @@ pub(super) struct Linkers {
 
 impl Linkers {
     /// WASI 0.2 (`wasi:cli` and everything it imports) for components,
-    /// `wasi_snapshot_preview1` for modules.
+    /// `wasi_snapshot_preview1` for modules, both async: a guest waiting in
+    /// a host call (a clock, a stream) leaves its thread to other work.
     pub(super) fn new(engine: &Engine) -> wasmtime::Result<Linkers> {
         let mut component = ComponentLinker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut component)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut component)?;
         let mut module = Linker::new(engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut module, |guest: &mut Guest| guest.wasi())?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut module, |guest: &mut Guest| guest.wasi())?;
+        // wasmtime-wasi refuses codes above 125 (reserved by WASI) with an
+        // error carrying a wasm backtrace; the job is told the code instead.
+        module
+            .allow_shadowing(true)
+            .func_wrap(PREVIEW1, PROC_EXIT, |code: i32| -> wasmtime::Result<()> {
+                Err(I32Exit(code).into())
+            })?
+            .allow_shadowing(false);
         Ok(Linkers { component, module })
     }
 }
@@ -180,18 +195,19 @@ enum Command {
 impl Program {
     /// Instantiates the command in `store` and runs it to its end. `Ok` is the
     /// exit code of a command that returned; exits through `wasi:cli/exit` or
-    /// `proc_exit`, and traps, are errors.
-    pub(super) fn start(&self, store: &mut Store<Guest>) -> wasmtime::Result<i32> {
+    /// `proc_exit`, and traps, are errors. Dropping the future unwinds the
+    /// guest wherever it is; the store stays usable.
+    pub(super) async fn start(&self, store: &mut Store<Guest>) -> wasmtime::Result<i32> {
         match &self.command {
             Command::Component(pre) => {
-                let command = pre.instantiate(&mut *store)?;
-                let ran = command.wasi_cli_run().call_run(&mut *store)?;
+                let command = pre.instantiate_async(&mut *store).await?;
+                let ran = command.wasi_cli_run().call_run(&mut *store).await?;
                 Ok(if ran.is_ok() { 0 } else { 1 })
             }
             Command::Module(pre) => {
-                let instance = pre.instantiate(&mut *store)?;
+                let instance = pre.instantiate_async(&mut *store).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut *store, START)?;
-                start.call(&mut *store, ())?;
+                start.call_async(&mut *store, ()).await?;
                 Ok(0)
             }
         }

@@ -1,26 +1,30 @@
 //! One run of a program: a fresh store holding only the job's args, env and
-//! stdin, with captured output, its fuel, a memory cap and a deadline; run on
-//! the calling (blocking) thread, then described as an exit code and error.
+//! stdin, with captured output, its fuel and a memory cap; run as a future
+//! that yields at every epoch tick and is dropped at the job's deadline or
+//! stop order, wherever the guest is (a host call included); then described
+//! as an exit code and error.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skyclaw_api::jobs::EffectiveLimits;
+use tokio::time::Instant;
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::MIB;
-use super::engine::MAX_WASM_STACK;
+use super::engine::{MAX_WASM_STACK, stop_order};
 use super::output::OutputCapture;
 use super::program::Program;
 use crate::captured::Captured;
 use crate::native::{StopReason, StopSignal};
 
-/// Epoch ticks between two checks of a running guest's deadline and stop
-/// signal: every tick, so both take effect within one tick.
-const TICKS_PER_CHECK: u64 = 1;
+/// Epoch ticks a guest runs between two yields to the other tasks of its
+/// thread: one, so a compute-bound guest holds a worker for at most a tick
+/// at a time and sees its deadline and stop order within a tick.
+const TICKS_PER_YIELD: u64 = 1;
 
 /// Everything one run is given.
 #[derive(Debug)]
@@ -64,11 +68,10 @@ impl Outcome {
     }
 }
 
-/// What a store holds: the guest's WASI context and the host's watch on it.
+/// What a store holds: the guest's WASI context and its memory cap.
 pub(super) struct Guest {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
-    watch: Watch,
 }
 
 impl Guest {
@@ -84,18 +87,28 @@ impl WasiView for Guest {
     }
 }
 
-/// Runs `program` once for `job` on this thread, to its end or a limit.
-pub(super) fn execute(engine: &Engine, program: &Program, job: Job) -> Outcome {
+/// Runs `program` once for `job`, to its end, a limit, or a stop order.
+pub(super) async fn execute(engine: &Engine, program: &Program, mut job: Job) -> Outcome {
     let stdout = OutputCapture::new(job.max_output_bytes);
     let stderr = OutputCapture::new(job.max_output_bytes);
     let limits = job.limits;
     let guest = Guest {
         wasi: sandbox(&job.argv, &job.env, job.stdin, &stdout, &stderr),
         memory: MemoryCap::new(limits.memory_mb),
-        watch: Watch::new(Duration::from_millis(limits.timeout_ms), job.stop),
     };
     let mut store = Store::new(engine, guest);
-    let ended = arm(&mut store, limits.fuel).and_then(|()| program.start(&mut store));
+    let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+    let ended = match arm(&mut store, limits.fuel) {
+        // The guest's future is dropped as soon as the interruption comes:
+        // that unwinds it even from inside a host call, which no epoch
+        // check would reach.
+        Ok(()) => tokio::select! {
+            biased;
+            why = interruption(deadline, &mut job.stop) => Ended::Interrupted(why),
+            ran = program.start(&mut store) => Ended::Ran(ran),
+        },
+        Err(e) => Ended::Ran(Err(e)),
+    };
     let fuel_left = store.get_fuel().unwrap_or(0);
     // Dropping the store frees its instances' pool slots.
     let guest = store.into_data();
@@ -134,14 +147,39 @@ fn sandbox(
     builder.build_p1()
 }
 
-/// Sets the store's limits: memory, fuel, and the epoch check that enforces
-/// the deadline and the stop signal.
+/// Sets the store's limits, memory and fuel, and makes the guest yield at
+/// every epoch tick so that it shares its thread and can be interrupted.
 fn arm(store: &mut Store<Guest>, fuel: u64) -> wasmtime::Result<()> {
     store.limiter(|guest| &mut guest.memory);
     store.set_fuel(fuel)?;
-    store.set_epoch_deadline(TICKS_PER_CHECK);
-    store.epoch_deadline_callback(|mut store| Ok(store.data_mut().watch.check()));
+    store.set_epoch_deadline(TICKS_PER_YIELD);
+    // tokio's own yield, unlike wasmtime's plain one, lets the runtime poll
+    // its timers before the guest goes on, so the deadline fires on time.
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            TICKS_PER_YIELD,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
     Ok(())
+}
+
+/// Resolves when the run must end: once the job is told to stop, or at its
+/// deadline.
+async fn interruption(deadline: Instant, stop: &mut StopSignal) -> Interruption {
+    tokio::select! {
+        biased;
+        reason = stop_order(stop) => Interruption::Stopped(reason),
+        () = tokio::time::sleep_until(deadline) => Interruption::TimedOut,
+    }
+}
+
+/// How a guest's run ended.
+enum Ended {
+    /// The guest returned, exited or trapped.
+    Ran(wasmtime::Result<i32>),
+    /// The host ended it before it did.
+    Interrupted(Interruption),
 }
 
 /// The exit code, error and stop reason of a run. A limit the guest hit
@@ -149,20 +187,20 @@ fn arm(store: &mut Store<Guest>, fuel: u64) -> wasmtime::Result<()> {
 /// no exit code, and a denied memory growth fails the job even when the
 /// guest handled it and exited on its own (its exit code is kept).
 fn describe(
-    ended: wasmtime::Result<i32>,
+    ended: Ended,
     guest: &Guest,
     limits: &EffectiveLimits,
 ) -> (Option<i32>, Option<String>, Option<StopReason>) {
-    match guest.watch.why {
-        Some(Interruption::Stopped(reason)) => {
+    let ended = match ended {
+        Ended::Interrupted(Interruption::Stopped(reason)) => {
             return (None, Some(reason.message().to_string()), Some(reason));
         }
-        Some(Interruption::TimedOut) => {
+        Ended::Interrupted(Interruption::TimedOut) => {
             let error = format!("timed out after {} ms", limits.timeout_ms);
             return (None, Some(error), None);
         }
-        None => {}
-    }
+        Ended::Ran(ended) => ended,
+    };
     let (exit_code, error) = match ended {
         Ok(code) => exited(code),
         Err(e) => match e.downcast_ref::<I32Exit>() {
@@ -240,32 +278,4 @@ impl ResourceLimiter for MemoryCap {
 enum Interruption {
     TimedOut,
     Stopped(StopReason),
-}
-
-/// The wall-clock deadline and stop signal of a run, checked at epoch ticks.
-struct Watch {
-    deadline: Instant,
-    stop: StopSignal,
-    why: Option<Interruption>,
-}
-
-impl Watch {
-    fn new(timeout: Duration, stop: StopSignal) -> Watch {
-        Watch {
-            deadline: Instant::now() + timeout,
-            stop,
-            why: None,
-        }
-    }
-
-    /// Interrupts the guest once it was told to stop or is past its deadline.
-    fn check(&mut self) -> UpdateDeadline {
-        let stop = *self.stop.borrow();
-        self.why = match stop {
-            Some(reason) => Some(Interruption::Stopped(reason)),
-            None if Instant::now() >= self.deadline => Some(Interruption::TimedOut),
-            None => return UpdateDeadline::Continue(TICKS_PER_CHECK),
-        };
-        UpdateDeadline::Interrupt
-    }
 }

@@ -2,6 +2,7 @@
 //! written in WAT (preview 1 modules, and small `wasi:cli/run` components).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,9 @@ use super::*;
 use crate::native::{Run, StopReason, StopSignal};
 
 const HOST: &str = "test-host";
+/// One thread for all guests: a guest that never yielded would stall the
+/// others.
+const GUEST_THREADS: usize = 1;
 /// Output kept per stream in most tests.
 const OUTPUT_LIMIT: usize = 64 * 1024;
 /// What `load` says about anything that is not a runnable command.
@@ -67,6 +71,57 @@ const ECHO: &str = r#"
         (i32.mul (i32.load (i32.const 16)) (i32.const 10))
         (i32.load (i32.const 24))))))
 "#;
+
+/// Exits with code 200, one of those WASI reserves.
+const EXIT_200: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $proc_exit (i32.const 200))))
+"#;
+
+/// Sleeps `nanos` on the monotonic clock in one `poll_oneoff`: the guest
+/// waits inside the host call, where no epoch check reaches it.
+fn sleep_p1(nanos: u64) -> String {
+    format!(
+        r#"
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; The subscription at 0: a relative clock (tag 0) on the monotonic clock (id 1).
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const {nanos}))
+    (if (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128))
+      (then unreachable))))
+"#
+    )
+}
+
+/// Waits in one `poll_oneoff` for stdin to be readable or an hour to pass,
+/// and exits 0 when stdin was the one that woke it.
+const WAIT_FOR_STDIN: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    ;; Subscription 0: fd_read (tag 1) on fd 0.
+    (i32.store8 (i32.const 8) (i32.const 1))
+    (i32.store (i32.const 16) (i32.const 0))
+    ;; Subscription 1: an hour on the monotonic clock.
+    (i32.store8 (i32.const 56) (i32.const 0))
+    (i32.store (i32.const 64) (i32.const 1))
+    (i64.store (i32.const 72) (i64.const 3600000000000))
+    (if (call $poll (i32.const 0) (i32.const 128) (i32.const 2) (i32.const 256))
+      (then unreachable))
+    ;; The first event's type, at offset 10: 1 for fd_read.
+    (call $proc_exit (i32.sub (i32.load8_u (i32.const 138)) (i32.const 1)))))
+"#;
+
+/// An hour, in nanoseconds: longer than any test's time limit.
+const HOUR_NANOS: u64 = 3_600_000_000_000;
 
 /// Never ends on its own.
 const BUSY: &str = r#"
@@ -162,6 +217,7 @@ fn settings(dir: &Path, max_parallel: u32, max_output_bytes: usize) -> WasiSetti
     WasiSettings {
         caps: caps(),
         max_parallel,
+        guest_threads: GUEST_THREADS,
         max_output_bytes,
         code_cache_dir: dir.join("code"),
         host_name: HOST.to_string(),
@@ -234,6 +290,16 @@ async fn assert_hello(engine: &WasiEngine, dir: &Path) {
 
 /// Longest a test waits for a guest to be admitted.
 const ADMISSION_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest a test waits for a run that should end promptly: a short guest,
+/// or one interrupted by its deadline or a stop order.
+const RUN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Awaits `run`, failing the test when it takes longer than [`RUN_DEADLINE`].
+async fn promptly<T>(what: &str, run: impl Future<Output = T>) -> T {
+    tokio::time::timeout(RUN_DEADLINE, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within {RUN_DEADLINE:?}"))
+}
 
 /// Polls until at most `free` pool slots are left: the guests started hold
 /// the others, so they are running.
@@ -344,6 +410,104 @@ async fn busy_loop_times_out() {
     assert!(run.result.fuel_consumed.is_some());
     assert!(run.stopped.is_none());
     assert_hello(&engine, dir.path()).await;
+}
+
+#[tokio::test]
+async fn exit_codes_above_125_are_reported_as_they_are() {
+    let dir = TempDir::new().unwrap();
+    let engine = engine(dir.path());
+    let exit = store_wat(dir.path(), EXIT_200);
+    let run = run_with(&engine, &exit, WasiLimits::default()).await;
+    assert_eq!(run.result.exit_code, Some(200), "{:?}", run.result);
+    assert_eq!(run.result.error.as_deref(), Some("exited with code 200"));
+}
+
+#[tokio::test]
+async fn guest_asleep_in_a_host_call_times_out() {
+    let dir = TempDir::new().unwrap();
+    let engine = engine(dir.path());
+    let nap = store_wat(dir.path(), &sleep_p1(1_000_000));
+    let run = run_with(&engine, &nap, WasiLimits::default()).await;
+    assert_eq!(run.result.exit_code, Some(0), "{:?}", run.result);
+    assert_eq!(run.result.error, None);
+
+    let sleeper = store_wat(dir.path(), &sleep_p1(HOUR_NANOS));
+    let limits = WasiLimits {
+        timeout_ms: Some(200),
+        ..WasiLimits::default()
+    };
+    let run = promptly("the sleeper", run_with(&engine, &sleeper, limits)).await;
+    assert_eq!(run.result.error.as_deref(), Some("timed out after 200 ms"));
+    assert_eq!(run.result.exit_code, None);
+    assert!(run.result.duration_ms >= 200, "{}", run.result.duration_ms);
+    // Saved when the guest made the host call.
+    assert!(run.result.fuel_consumed.is_some_and(|f| f > 0));
+    assert!(run.stopped.is_none());
+    assert_hello(&engine, dir.path()).await;
+}
+
+#[tokio::test]
+async fn stop_signal_interrupts_a_guest_asleep_in_a_host_call() {
+    let dir = TempDir::new().unwrap();
+    let engine = engine(dir.path());
+    let sleeper = store_wat(dir.path(), &sleep_p1(HOUR_NANOS));
+    let (program, code) = engine.load(&sleeper.digest, &sleeper.path).await.unwrap();
+    let (stop_tx, stop) = never_stopped();
+    let running = tokio::spawn({
+        let (engine, spec) = (engine.clone(), spec(&sleeper, WasiLimits::default()));
+        async move { engine.run(program, code, &spec, stop).await }
+    });
+    wait_until_free_slots(&engine, 1).await;
+    stop_tx.send_replace(Some(StopReason::ShuttingDown));
+    let run = promptly("the stopped sleeper", running).await.unwrap();
+    assert_eq!(run.stopped, Some(StopReason::ShuttingDown));
+    assert_eq!(
+        run.result.error.as_deref(),
+        Some(StopReason::ShuttingDown.message())
+    );
+    assert_eq!(engine.free_slots(), 2, "the slot is given back");
+    assert_hello(&engine, dir.path()).await;
+}
+
+#[tokio::test]
+async fn stdin_the_job_did_not_give_is_at_its_end_and_never_blocks() {
+    let dir = TempDir::new().unwrap();
+    let engine = engine(dir.path());
+    let waiter = store_wat(dir.path(), WAIT_FOR_STDIN);
+    let run = promptly(
+        "the stdin waiter",
+        run_with(&engine, &waiter, WasiLimits::default()),
+    )
+    .await;
+    assert_eq!(run.result.exit_code, Some(0), "{:?}", run.result);
+}
+
+#[tokio::test]
+async fn a_busy_guest_yields_its_thread_to_other_guests() {
+    // The busy guest and the other share the engine's one guest thread.
+    let dir = TempDir::new().unwrap();
+    let engine = engine(dir.path());
+    let busy = store_wat(dir.path(), BUSY);
+    let (program, code) = engine.load(&busy.digest, &busy.path).await.unwrap();
+    let limits = WasiLimits {
+        fuel: Some(1 << 40),
+        ..WasiLimits::default()
+    };
+    let (stop_tx, stop) = never_stopped();
+    let running = tokio::spawn({
+        let (engine, spec) = (engine.clone(), spec(&busy, limits));
+        async move { engine.run(program, code, &spec, stop).await }
+    });
+    wait_until_free_slots(&engine, 1).await;
+    promptly(
+        "a guest beside the busy one",
+        assert_hello(&engine, dir.path()),
+    )
+    .await;
+    assert!(!running.is_finished());
+    stop_tx.send_replace(Some(StopReason::Revoked));
+    let run = promptly("the stopped busy guest", running).await.unwrap();
+    assert_eq!(run.stopped, Some(StopReason::Revoked));
 }
 
 #[tokio::test]
