@@ -7,6 +7,7 @@
 
 mod artifacts;
 mod checkpoint;
+mod claims;
 mod cluster;
 mod error;
 mod http;

@@ -2,8 +2,7 @@
 //! in the cluster, host liveness (kept by the leader), scheduling reservations
 //! and the shutdown signal, with the operations handlers share.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use skyclaw_api::hosts::HostStatus;
@@ -11,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::Config;
 use crate::artifacts::BlobStore;
+use crate::claims::Reservations;
 use crate::cluster::Cluster;
 use crate::cluster::types::Response;
 use crate::error::ApiError;
@@ -33,9 +33,8 @@ pub struct Node {
     pub http: reqwest::Client,
     /// What the HTTP listener did with its connections.
     pub connections: Arc<skyclaw_api::serve::Stats>,
-    /// Jobs picked for a lease that is being proposed, so two concurrent
-    /// claims do not pick the same jobs.
-    reserved: Mutex<HashSet<String>>,
+    /// Jobs being leased by claims in flight on this leader.
+    pub reservations: Reservations,
     shutdown: watch::Sender<bool>,
 }
 
@@ -57,7 +56,7 @@ impl Node {
             cluster,
             http,
             connections,
-            reserved: Mutex::new(HashSet::new()),
+            reservations: Reservations::default(),
             shutdown: watch::channel(false).0,
         }
     }
@@ -98,34 +97,6 @@ impl Node {
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
         Ok(self.store.read(|c| read::job(c, id))?)
-    }
-
-    /// Marks `ids` as being leased; returns the ones that were free.
-    pub fn reserve(&self, ids: Vec<String>) -> Vec<String> {
-        let mut reserved = self.reserved.lock().expect("reservations lock");
-        ids.into_iter()
-            .filter(|id| reserved.insert(id.clone()))
-            .collect()
-    }
-
-    pub fn is_reserved(&self, id: &str) -> bool {
-        self.reserved
-            .lock()
-            .expect("reservations lock")
-            .contains(id)
-    }
-
-    /// Jobs being leased right now: the oldest queued ones, which a claim
-    /// reads past.
-    pub fn reserved_count(&self) -> usize {
-        self.reserved.lock().expect("reservations lock").len()
-    }
-
-    pub fn release(&self, ids: &[String]) {
-        let mut reserved = self.reserved.lock().expect("reservations lock");
-        for id in ids {
-            reserved.remove(id);
-        }
     }
 
     /// Tells long-polls to answer now: the server is stopping.

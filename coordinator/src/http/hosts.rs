@@ -1,39 +1,29 @@
 //! Host routes: registration, heartbeats (which renew leases), claiming jobs
 //! by long-poll, and the host list.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
-use rand::RngCore;
 use skyclaw_api::hosts::{
     Claim, Claimed, CompleteMany, CompletedMany, Completion, CompletionResult, Heartbeat,
     HeartbeatAck, Host, HostList, HostStatus, MAX_CLAIM_JOBS, MAX_CLAIM_WAIT_MS,
     MAX_COMPLETE_BATCH, MAX_HOST_LIST, MAX_REPORTED_ARTIFACTS, RegisterHost, Registered,
 };
-use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL, Job};
+use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL};
 use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal};
 use super::extract::{IdempotencyKey, JsonBody};
+use crate::claims::{self, not_registered};
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::scheduler::{self, LiveHost, Loads};
 use crate::state::read;
-use crate::state::{Command, CommandError, IdempotencyRecord, Output};
+use crate::state::{Command, Output};
 
 /// Hosts heartbeat this many times per TTL, so one lost beat is harmless.
 const BEATS_PER_TTL: u32 = 5;
-/// Queued jobs the scheduler looks at per claim, oldest first. Jobs that no
-/// live host can run sit in the queue; past this many of them, younger jobs
-/// wait until the old ones are cancelled or a host that can run them appears.
-const SCHEDULING_WINDOW: usize = 4096;
-/// Most queued jobs read per step of that scan.
-const SCHEDULING_PAGE: usize = 256;
-/// Fewest queued jobs read by the first step.
-const FIRST_PAGE_MIN: usize = 8;
 /// Longest accepted host id or name.
 const MAX_HOST_NAME: usize = 128;
 /// Highest `max_parallel` a host may claim.
@@ -111,12 +101,6 @@ fn validate_registration(host: &RegisterHost) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn not_registered(host_id: &str) -> ApiError {
-    ApiError::Command(CommandError::HostNotRegistered(format!(
-        "host {host_id} is not registered or was marked down; register again"
-    )))
-}
-
 pub async fn heartbeat(
     State(node): State<Arc<Node>>,
     _token: ClusterToken,
@@ -163,143 +147,9 @@ pub async fn claim(
         )));
     }
     let record = idempotency.record(&Principal::Token, &body.request_hash, now_ms());
-    if let Some(replayed) = replay(&node, record.as_ref())? {
-        return Ok(Json(replayed));
-    }
     let deadline = Instant::now() + Duration::from_millis(wait_ms.min(MAX_CLAIM_WAIT_MS));
-    loop {
-        let queued = node.store.events().jobs_queued.notified();
-        tokio::pin!(queued);
-        queued.as_mut().enable();
-        let host = node
-            .liveness
-            .get(&host_id)
-            .ok_or_else(|| not_registered(&host_id))?;
-        // Once a lease is proposed its answer is final: the idempotency key
-        // now names it, so proposing again would only replay it.
-        if let Some(leased) = lease_some(&node, &host, max_jobs as usize, record.clone()).await? {
-            return Ok(Json(leased));
-        }
-        if Instant::now() >= deadline {
-            return Ok(Json(Claimed::default()));
-        }
-        tokio::select! {
-            _ = queued => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = node.shutting_down() => return Ok(Json(Claimed::default())),
-        }
-    }
-}
-
-/// The answer recorded for this claim's idempotency key, if any: a host that
-/// lost the answer to a claim gets the same jobs again.
-fn replay(node: &Node, record: Option<&IdempotencyRecord>) -> Result<Option<Claimed>, ApiError> {
-    let Some(record) = record else {
-        return Ok(None);
-    };
-    let stored = node
-        .store
-        .read(|c| read::idempotency(c, &record.principal, &record.key))?;
-    let Some((hash, outcome)) = stored else {
-        return Ok(None);
-    };
-    if hash != record.request_hash {
-        return Err(CommandError::IdempotencyConflict(record.key.clone()).into());
-    }
-    let outcome: Result<Output, CommandError> = serde_json::from_str(&outcome)
-        .map_err(|e| ApiError::Internal(format!("stored claim does not decode: {e}")))?;
-    let leases = match outcome? {
-        Output::Leased(leases) => leases,
-        other => return Err(ApiError::Internal(format!("stored claim is {other:?}"))),
-    };
-    // The jobs as they are now: one may have moved on since, and its host
-    // then learns so when it reports or renews the lease.
-    let mut rows = HashMap::new();
-    for granted in &leases.granted {
-        if let Some(row) = node.job(&granted.job_id)? {
-            rows.insert(granted.job_id.clone(), row.job);
-        }
-    }
-    let jobs = leases.into_leased(|id| rows.remove(id));
-    Ok(Some(Claimed { jobs }))
-}
-
-/// Picks jobs for the host and leases them; `None` when none fit right now.
-async fn lease_some(
-    node: &Node,
-    host: &LiveHost,
-    max: usize,
-    record: Option<IdempotencyRecord>,
-) -> Result<Option<Claimed>, ApiError> {
-    let live = node.liveness.up_hosts();
-    let mut picked = Vec::new();
-    let mut after_seq = 0;
-    let mut scanned = 0;
-    // Page through the queue, starting small: every row read is parsed, and
-    // a host usually finds its jobs right after those other claims are
-    // leasing (the oldest).
-    let mut page_size = (max + node.reserved_count()).clamp(FIRST_PAGE_MIN, SCHEDULING_PAGE);
-    // Read only when locality needs them: most claims never do.
-    let mut loads: Option<Loads> = None;
-    let no_loads = Loads::new();
-    while picked.len() < max && scanned < SCHEDULING_WINDOW {
-        let page = node
-            .store
-            .read(|c| read::queued_jobs(c, after_seq, page_size))?;
-        page_size = (page_size * 2).min(SCHEDULING_PAGE);
-        let Some((last_seq, _)) = page.last() else {
-            break;
-        };
-        after_seq = *last_seq;
-        scanned += page.len();
-        let free: Vec<_> = page
-            .into_iter()
-            .map(|(_, job)| job)
-            .filter(|job| !node.is_reserved(&job.id))
-            .collect();
-        let want = max - picked.len();
-        if loads.is_none() && scheduler::needs_loads(&free, host, &live) {
-            loads = Some(load_by_host(node)?);
-        }
-        picked.extend(
-            scheduler::pick(
-                &free,
-                host,
-                &live,
-                loads.as_ref().unwrap_or(&no_loads),
-                want,
-            )
-            .into_iter()
-            .cloned(),
-        );
-    }
-    let picked_ids = picked.iter().map(|j| j.id.clone()).collect();
-    let mut jobs: HashMap<String, Job> = picked.into_iter().map(|j| (j.id.clone(), j)).collect();
-    let picked = node.reserve(picked_ids);
-    if picked.is_empty() {
-        return Ok(None);
-    }
-    let now = now_ms();
-    let leases = picked
-        .iter()
-        .map(|id| (id.clone(), new_lease_token()))
-        .collect();
-    let command = Command::LeaseJobs {
-        host_id: host.registration.host_id.clone(),
-        leases,
-        expires_at: now + node.config.lease_duration.as_millis() as u64,
-        now,
-    };
-    let result = node.execute(command, record).await;
-    node.release(&picked);
-    match result? {
-        Output::Leased(leases) => Ok(Some(Claimed {
-            jobs: leases.into_leased(|id| jobs.remove(id)),
-        })),
-        other => Err(ApiError::Internal(format!(
-            "expected leases from the state machine, got {other:?}"
-        ))),
-    }
+    let claimed = claims::claim(&node, &host_id, max_jobs as usize, deadline, record).await?;
+    Ok(Json(claimed))
 }
 
 /// Records the ends of several jobs: each completion is proposed on its own
@@ -345,18 +195,6 @@ async fn complete_one(node: &Node, completion: Completion, now: u64) -> Completi
         job_id,
         error: error.map(|e| e.body()),
     }
-}
-
-/// Jobs running per host, as the state machine has them.
-fn load_by_host(node: &Node) -> Result<Loads, ApiError> {
-    Ok(node.store.read(read::running_counts)?.into_iter().collect())
-}
-
-/// 128 random bits: a lease token cannot be guessed by another host.
-fn new_lease_token() -> String {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
 }
 
 pub async fn list(

@@ -1,0 +1,230 @@
+//! Claims: a live host asks for work and is leased the queued jobs the
+//! scheduler gives it. The queue scan, the reservations that keep two
+//! concurrent claims from picking the same jobs, the lease proposal, and the
+//! replay of a claim whose answer the host lost all live here; `http/hosts.rs`
+//! only translates HTTP.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rand::RngCore;
+use skyclaw_api::hosts::Claimed;
+use skyclaw_api::jobs::Job;
+use skyclaw_api::now_ms;
+
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::scheduler::{self, LiveHost, Loads};
+use crate::state::read;
+use crate::state::{Command, CommandError, IdempotencyRecord, Output};
+
+/// Queued jobs the scheduler looks at per claim, oldest first. Jobs that no
+/// live host can run sit in the queue; past this many of them, younger jobs
+/// wait until the old ones are cancelled or a host that can run them appears.
+const SCHEDULING_WINDOW: usize = 4096;
+/// Most queued jobs read per step of that scan.
+const SCHEDULING_PAGE: usize = 256;
+/// Fewest queued jobs read by the first step.
+const FIRST_PAGE_MIN: usize = 8;
+
+/// Leases up to `max` queued jobs to `host_id`, waiting until `deadline` for
+/// some to be queued; an empty answer when none came, or when the
+/// coordinator is stopping.
+pub async fn claim(
+    node: &Node,
+    host_id: &str,
+    max: usize,
+    deadline: Instant,
+    record: Option<IdempotencyRecord>,
+) -> Result<Claimed, ApiError> {
+    if let Some(replayed) = replay(node, record.as_ref())? {
+        return Ok(replayed);
+    }
+    loop {
+        let queued = node.store.events().jobs_queued.notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
+        let host = node
+            .liveness
+            .get(host_id)
+            .ok_or_else(|| not_registered(host_id))?;
+        // Once a lease is proposed its answer is final: the idempotency key
+        // now names it, so proposing again would only replay it.
+        if let Some(leased) = lease_some(node, &host, max, record.clone()).await? {
+            return Ok(leased);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Claimed::default());
+        }
+        tokio::select! {
+            _ = queued => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = node.shutting_down() => return Ok(Claimed::default()),
+        }
+    }
+}
+
+/// What a host that is not (or no longer) live is told.
+pub fn not_registered(host_id: &str) -> ApiError {
+    ApiError::Command(CommandError::HostNotRegistered(format!(
+        "host {host_id} is not registered or was marked down; register again"
+    )))
+}
+
+/// The answer recorded for this claim's idempotency key, if any: a host that
+/// lost the answer to a claim gets the same jobs again.
+fn replay(node: &Node, record: Option<&IdempotencyRecord>) -> Result<Option<Claimed>, ApiError> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let stored = node
+        .store
+        .read(|c| read::idempotency(c, &record.principal, &record.key))?;
+    let Some((hash, outcome)) = stored else {
+        return Ok(None);
+    };
+    if hash != record.request_hash {
+        return Err(CommandError::IdempotencyConflict(record.key.clone()).into());
+    }
+    let outcome: Result<Output, CommandError> = serde_json::from_str(&outcome)
+        .map_err(|e| ApiError::Internal(format!("stored claim does not decode: {e}")))?;
+    let leases = match outcome? {
+        Output::Leased(leases) => leases,
+        other => return Err(ApiError::Internal(format!("stored claim is {other:?}"))),
+    };
+    // The jobs as they are now: one may have moved on since, and its host
+    // then learns so when it reports or renews the lease.
+    let mut rows = HashMap::new();
+    for granted in &leases.granted {
+        if let Some(row) = node.job(&granted.job_id)? {
+            rows.insert(granted.job_id.clone(), row.job);
+        }
+    }
+    let jobs = leases.into_leased(|id| rows.remove(id));
+    Ok(Some(Claimed { jobs }))
+}
+
+/// Picks jobs for the host and leases them; `None` when none fit right now.
+async fn lease_some(
+    node: &Node,
+    host: &LiveHost,
+    max: usize,
+    record: Option<IdempotencyRecord>,
+) -> Result<Option<Claimed>, ApiError> {
+    let live = node.liveness.up_hosts();
+    let mut picked = Vec::new();
+    let mut after_seq = 0;
+    let mut scanned = 0;
+    // Page through the queue, starting small: every row read is parsed, and
+    // a host usually finds its jobs right after those other claims are
+    // leasing (the oldest).
+    let mut page_size = (max + node.reservations.count()).clamp(FIRST_PAGE_MIN, SCHEDULING_PAGE);
+    // Read only when locality needs them: most claims never do.
+    let mut loads: Option<Loads> = None;
+    let no_loads = Loads::new();
+    while picked.len() < max && scanned < SCHEDULING_WINDOW {
+        let page = node
+            .store
+            .read(|c| read::queued_jobs(c, after_seq, page_size))?;
+        page_size = (page_size * 2).min(SCHEDULING_PAGE);
+        let Some((last_seq, _)) = page.last() else {
+            break;
+        };
+        after_seq = *last_seq;
+        scanned += page.len();
+        let free: Vec<_> = page
+            .into_iter()
+            .map(|(_, job)| job)
+            .filter(|job| !node.reservations.contains(&job.id))
+            .collect();
+        let want = max - picked.len();
+        if loads.is_none() && scheduler::needs_loads(&free, host, &live) {
+            loads = Some(load_by_host(node)?);
+        }
+        picked.extend(
+            scheduler::pick(
+                &free,
+                host,
+                &live,
+                loads.as_ref().unwrap_or(&no_loads),
+                want,
+            )
+            .into_iter()
+            .cloned(),
+        );
+    }
+    let picked_ids = picked.iter().map(|j| j.id.clone()).collect();
+    let mut jobs: HashMap<String, Job> = picked.into_iter().map(|j| (j.id.clone(), j)).collect();
+    let picked = node.reservations.reserve(picked_ids);
+    if picked.is_empty() {
+        return Ok(None);
+    }
+    let now = now_ms();
+    let leases = picked
+        .iter()
+        .map(|id| (id.clone(), new_lease_token()))
+        .collect();
+    let command = Command::LeaseJobs {
+        host_id: host.registration.host_id.clone(),
+        leases,
+        expires_at: now + node.config.lease_duration.as_millis() as u64,
+        now,
+    };
+    let result = node.execute(command, record).await;
+    node.reservations.release(&picked);
+    match result? {
+        Output::Leased(leases) => Ok(Some(Claimed {
+            jobs: leases.into_leased(|id| jobs.remove(id)),
+        })),
+        other => Err(ApiError::Internal(format!(
+            "expected leases from the state machine, got {other:?}"
+        ))),
+    }
+}
+
+/// Jobs running per host, as the state machine has them.
+fn load_by_host(node: &Node) -> Result<Loads, ApiError> {
+    Ok(node.store.read(read::running_counts)?.into_iter().collect())
+}
+
+/// 128 random bits: a lease token cannot be guessed by another host.
+fn new_lease_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Jobs picked for a lease that is being proposed, so two concurrent claims
+/// on this leader do not pick the same jobs.
+#[derive(Default)]
+pub struct Reservations {
+    ids: Mutex<HashSet<String>>,
+}
+
+impl Reservations {
+    /// Marks `ids` as being leased; returns the ones that were free.
+    fn reserve(&self, ids: Vec<String>) -> Vec<String> {
+        let mut reserved = self.ids.lock().expect("reservations lock");
+        ids.into_iter()
+            .filter(|id| reserved.insert(id.clone()))
+            .collect()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.lock().expect("reservations lock").contains(id)
+    }
+
+    /// Jobs being leased right now: the oldest queued ones, which a claim
+    /// reads past.
+    fn count(&self) -> usize {
+        self.ids.lock().expect("reservations lock").len()
+    }
+
+    fn release(&self, ids: &[String]) {
+        let mut reserved = self.ids.lock().expect("reservations lock");
+        for id in ids {
+            reserved.remove(id);
+        }
+    }
+}
