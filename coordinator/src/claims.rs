@@ -156,12 +156,15 @@ async fn lease_some(
     }
     let picked_ids = picked.iter().map(|j| j.id.clone()).collect();
     let mut jobs: HashMap<String, Job> = picked.into_iter().map(|j| (j.id.clone(), j)).collect();
+    // Released when dropped: after the proposal, or when this claim is
+    // abandoned while it waits (its client gone, a timeout).
     let picked = node.reservations.reserve(picked_ids);
-    if picked.is_empty() {
+    if picked.ids.is_empty() {
         return Ok(None);
     }
     let now = now_ms();
     let leases = picked
+        .ids
         .iter()
         .map(|id| (id.clone(), new_lease_token()))
         .collect();
@@ -172,7 +175,7 @@ async fn lease_some(
         now,
     };
     let result = node.execute(command, record).await;
-    node.reservations.release(&picked);
+    drop(picked);
     match result? {
         Output::Leased(leases) => Ok(Some(Claimed {
             jobs: leases.into_leased(|id| jobs.remove(id)),
@@ -203,12 +206,14 @@ pub struct Reservations {
 }
 
 impl Reservations {
-    /// Marks `ids` as being leased; returns the ones that were free.
-    fn reserve(&self, ids: Vec<String>) -> Vec<String> {
+    /// Reserves those of `ids` that are free, until the answer is dropped.
+    fn reserve(&self, ids: Vec<String>) -> Reserved<'_> {
         let mut reserved = self.ids.lock().expect("reservations lock");
-        ids.into_iter()
+        let ids = ids
+            .into_iter()
             .filter(|id| reserved.insert(id.clone()))
-            .collect()
+            .collect();
+        Reserved { owner: self, ids }
     }
 
     fn contains(&self, id: &str) -> bool {
@@ -220,10 +225,19 @@ impl Reservations {
     fn count(&self) -> usize {
         self.ids.lock().expect("reservations lock").len()
     }
+}
 
-    fn release(&self, ids: &[String]) {
-        let mut reserved = self.ids.lock().expect("reservations lock");
-        for id in ids {
+/// The jobs one claim reserved; released when dropped, however the claim
+/// ends, so that no job stays reserved by a claim nobody waits for.
+struct Reserved<'a> {
+    owner: &'a Reservations,
+    ids: Vec<String>,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut reserved = self.owner.ids.lock().expect("reservations lock");
+        for id in &self.ids {
             reserved.remove(id);
         }
     }

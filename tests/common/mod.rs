@@ -127,6 +127,18 @@ impl Coordinator {
         .await;
     }
 
+    /// Takes the write lock of the coordinator's state database until the
+    /// answer is dropped: entries commit to the Raft log but cannot apply, so
+    /// every write waits (for less than SQLite's busy timeout, 5 s, or the
+    /// coordinator fails the write).
+    pub fn hold_state_database(&self) -> DatabaseLock {
+        let conn = rusqlite::Connection::open(self.dir.join("coordinator.db"))
+            .expect("open the coordinator's database");
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .expect("take the database's write lock");
+        DatabaseLock(conn)
+    }
+
     pub fn client(&self) -> Client {
         Client::new(
             std::slice::from_ref(&self.url),
@@ -192,6 +204,18 @@ impl Drop for Coordinator {
 }
 
 /// A host daemon process.
+/// A coordinator's state database held locked; see
+/// [`Coordinator::hold_state_database`].
+pub struct DatabaseLock(rusqlite::Connection);
+
+impl Drop for DatabaseLock {
+    fn drop(&mut self) {
+        self.0
+            .execute_batch("ROLLBACK")
+            .expect("release the database's write lock");
+    }
+}
+
 pub struct Host {
     child: Option<Child>,
     pub dir: PathBuf,
@@ -425,6 +449,21 @@ pub fn fake_host(host_id: &str, capabilities: &[&str]) -> RegisterHost {
         sandbox_only: false,
         wasi: None,
     }
+}
+
+/// Heartbeats for a [`fake_host`] (holding no leases) every `every` until
+/// the task is aborted, as its daemon would.
+pub fn keep_alive(client: &Client, host_id: &str, every: Duration) -> tokio::task::JoinHandle<()> {
+    let (client, host_id) = (client.clone(), host_id.to_string());
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(every);
+        loop {
+            beat.tick().await;
+            let _ = client
+                .heartbeat(&host_id, &skyclaw_api::hosts::Heartbeat::default())
+                .await;
+        }
+    })
 }
 
 /// Submits a spec given as JSON and waits for the job to be terminal.
