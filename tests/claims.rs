@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Coordinator, eventually, fake_host, keep_alive};
+use common::{Coordinator, eventually, fake_host, keep_alive, metric, wait_status};
+use skyclaw_api::ErrorCode;
 use skyclaw_api::hosts::Claim;
 use skyclaw_api::jobs::{JobSpec, JobStatus};
 
@@ -70,4 +71,142 @@ async fn a_claim_abandoned_mid_proposal_leaves_its_jobs_claimable() {
     assert_eq!(leased.job.id, job.id);
     assert_eq!(leased.job.status, JobStatus::Running);
     assert_eq!(leased.job.attempts, 2, "{:?}", leased.job);
+}
+
+/// A host whose claim answer was lost and who was marked down meanwhile
+/// gets nothing back under that claim's key: not while it is down, and
+/// after it registers again not the job its lost lease named, which another
+/// host now runs.
+#[tokio::test]
+async fn a_replayed_claim_hands_out_only_leases_the_host_still_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(
+        &tmp.path().join("coord"),
+        &["--lease-ms", "1000", "--host-ttl-ms", "1000"],
+    )
+    .await;
+    let client = coordinator.client();
+    client
+        .register_host(&fake_host("h-partitioned", &["shell"]))
+        .await
+        .unwrap();
+    let partitioned = keep_alive(&client, "h-partitioned", HEARTBEAT);
+    let job = client.submit_job(&true_job(), None).await.unwrap();
+    let claim = Claim {
+        max_jobs: 1,
+        wait_ms: 0,
+    };
+    let lost = client
+        .claim("h-partitioned", &claim, "lost-answer")
+        .await
+        .unwrap();
+    assert_eq!(lost.jobs.len(), 1, "{lost:?}");
+
+    // The host falls silent past its TTL: it is marked down and the job is
+    // queued again, then leased to another host.
+    partitioned.abort();
+    wait_status(&client, &job.id, JobStatus::Queued).await;
+    client
+        .register_host(&fake_host("h-other", &["shell"]))
+        .await
+        .unwrap();
+    let _other = keep_alive(&client, "h-other", HEARTBEAT);
+    let taken = client.claim("h-other", &claim, "other").await.unwrap();
+    assert_eq!(taken.jobs.len(), 1, "{taken:?}");
+    assert_eq!(taken.jobs[0].job.id, job.id);
+
+    let refused = client
+        .claim("h-partitioned", &claim, "lost-answer")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::HostNotRegistered),
+        "{refused}"
+    );
+    client
+        .register_host(&fake_host("h-partitioned", &["shell"]))
+        .await
+        .unwrap();
+    let _back = keep_alive(&client, "h-partitioned", HEARTBEAT);
+    let replayed = client
+        .claim("h-partitioned", &claim, "lost-answer")
+        .await
+        .unwrap();
+    assert!(
+        replayed.jobs.is_empty(),
+        "a dead lease handed out: {replayed:?}"
+    );
+    let running = client.get_job(&job.id).await.unwrap();
+    assert_eq!(running.host_id.as_deref(), Some("h-other"), "{running:?}");
+}
+
+/// Two attempts of one claim (the same key) in flight at once pick
+/// different jobs; the one that applies second replays the first one's
+/// grants, and both answer those grants, so no job is left running on a
+/// lease nobody was told of.
+#[tokio::test]
+async fn attempts_of_one_claim_all_answer_the_grants_that_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    let client = coordinator.client();
+    client
+        .register_host(&fake_host("h-retries", &["shell"]))
+        .await
+        .unwrap();
+    let _beats = keep_alive(&client, "h-retries", HEARTBEAT);
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        jobs.push(client.submit_job(&true_job(), None).await.unwrap());
+    }
+    let claim = Claim {
+        max_jobs: 2,
+        wait_ms: 0,
+    };
+    let attempt = |client: &skyclaw_api::Client| {
+        let (client, claim) = (client.clone(), claim.clone());
+        tokio::spawn(async move { client.claim("h-retries", &claim, "retried").await })
+    };
+    let reserved = |count: f64| {
+        let url = coordinator.url.clone();
+        async move {
+            let now = metric(&url, "skyclaw_claims_reserved_jobs").await;
+            (now == Some(count)).then_some(())
+        }
+    };
+
+    let (first, second) = {
+        // The first attempt's lease cannot apply while the database is
+        // held, and the second one's waits behind it: the second attempt
+        // starts once the first reserved its jobs, and picks others.
+        let _held = coordinator.hold_state_database();
+        let first = attempt(&client);
+        eventually("the first attempt to reserve two jobs", || reserved(2.0)).await;
+        let second = attempt(&client);
+        eventually("the second attempt to reserve two more", || reserved(4.0)).await;
+        (first, second)
+    };
+    let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    let leases = |claimed: &skyclaw_api::hosts::Claimed| {
+        let mut leases: Vec<_> = claimed
+            .jobs
+            .iter()
+            .map(|l| (l.job.id.clone(), l.lease_token.clone()))
+            .collect();
+        leases.sort();
+        leases
+    };
+    assert_eq!(leases(&first).len(), 2, "{first:?}");
+    assert_eq!(leases(&first), leases(&second));
+    for job in &jobs {
+        let job = client.get_job(&job.id).await.unwrap();
+        let granted = leases(&first).iter().any(|(id, _)| *id == job.id);
+        let expected = if granted {
+            JobStatus::Running
+        } else {
+            JobStatus::Queued
+        };
+        assert_eq!(job.status, expected, "{job:?}");
+    }
 }

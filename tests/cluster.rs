@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Host, TOKEN, eventually, host_up, process_gone, skyclaw, wait_terminal};
+use common::{
+    Cluster, Host, TOKEN, eventually, host_up, last_log_index, last_purged_index, log_holds,
+    open_read_only, process_gone, skyclaw, wait_terminal,
+};
 use reqwest::StatusCode;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::{Value, json};
 use skyclaw_api::apikeys::{CreateApiKey, Scope};
 use skyclaw_api::jobs::{Job, JobQuery, JobSpec, JobStatus};
@@ -103,15 +105,6 @@ async fn raw_submit(url: &str, key: &str) -> (StatusCode, Value) {
     (status, body)
 }
 
-fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
-}
-
 /// A coordinator's replicated state, read in one transaction from its
 /// database: the applied index and every row of the state tables, in key order.
 fn state_of(dir: &Path) -> rusqlite::Result<(u64, Vec<String>)> {
@@ -182,42 +175,6 @@ async fn same_state(dirs: &[PathBuf]) -> usize {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The highest index in a coordinator's Raft log (or the last purged one).
-fn last_log_index(dir: &Path) -> u64 {
-    let conn = open_read_only(&dir.join("raft-log.db")).unwrap();
-    let last: Option<i64> = conn
-        .query_row("SELECT max(idx) FROM log", [], |r| r.get(0))
-        .unwrap();
-    last.map_or_else(|| last_purged_index(dir).unwrap_or(0), |i| i as u64)
-}
-
-/// The index up to which a coordinator's Raft log was purged, if it was.
-fn last_purged_index(dir: &Path) -> Option<u64> {
-    let conn = open_read_only(&dir.join("raft-log.db")).ok()?;
-    let value: Option<String> = conn
-        .query_row(
-            "SELECT value FROM state WHERE key = 'last_purged'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .ok()?;
-    let log_id: Value = serde_json::from_str(&value?).unwrap();
-    log_id["index"].as_u64()
-}
-
-/// True when a coordinator's Raft log holds the entry at `index`.
-fn log_holds(dir: &Path, index: u64) -> bool {
-    let conn = open_read_only(&dir.join("raft-log.db")).unwrap();
-    conn.query_row(
-        "SELECT count(*) FROM log WHERE idx = ?1",
-        [index as i64],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap()
-        > 0
 }
 
 /// Kills a process the test started when the test ends, however it ends.

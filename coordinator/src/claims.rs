@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use rand::RngCore;
 use skyclaw_api::hosts::Claimed;
-use skyclaw_api::jobs::Job;
+use skyclaw_api::jobs::{Job, JobStatus};
 use skyclaw_api::now_ms;
 
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::scheduler::{self, LiveHost, Loads};
-use crate::state::read;
-use crate::state::{Command, CommandError, IdempotencyRecord, Output};
+use crate::state::read::{self, JobRow};
+use crate::state::{Command, CommandError, IdempotencyRecord, Leases, Output};
 
 /// Queued jobs the scheduler looks at per claim, oldest first. Jobs that no
 /// live host can run sit in the queue; past this many of them, younger jobs
@@ -38,7 +38,12 @@ pub async fn claim(
     deadline: Instant,
     record: Option<IdempotencyRecord>,
 ) -> Result<Claimed, ApiError> {
-    if let Some(replayed) = replay(node, record.as_ref())? {
+    // Only a live host is answered, a replay included: one marked down had
+    // its leases ended, and must register again.
+    if node.liveness.get(host_id).is_none() {
+        return Err(not_registered(host_id));
+    }
+    if let Some(replayed) = replay(node, host_id, record.as_ref())? {
         return Ok(replayed);
     }
     loop {
@@ -73,8 +78,12 @@ pub fn not_registered(host_id: &str) -> ApiError {
 }
 
 /// The answer recorded for this claim's idempotency key, if any: a host that
-/// lost the answer to a claim gets the same jobs again.
-fn replay(node: &Node, record: Option<&IdempotencyRecord>) -> Result<Option<Claimed>, ApiError> {
+/// lost the answer to a claim gets again those of its jobs it still holds.
+fn replay(
+    node: &Node,
+    host_id: &str,
+    record: Option<&IdempotencyRecord>,
+) -> Result<Option<Claimed>, ApiError> {
     let Some(record) = record else {
         return Ok(None);
     };
@@ -89,20 +98,47 @@ fn replay(node: &Node, record: Option<&IdempotencyRecord>) -> Result<Option<Clai
     }
     let outcome: Result<Output, CommandError> = serde_json::from_str(&outcome)
         .map_err(|e| ApiError::Internal(format!("stored claim does not decode: {e}")))?;
-    let leases = match outcome? {
-        Output::Leased(leases) => leases,
-        other => return Err(ApiError::Internal(format!("stored claim is {other:?}"))),
-    };
-    // The jobs as they are now: one may have moved on since, and its host
-    // then learns so when it reports or renews the lease.
-    let mut rows = HashMap::new();
+    match outcome? {
+        Output::Leased(leases) => Ok(Some(answer(node, host_id, leases, HashMap::new())?)),
+        other => Err(ApiError::Internal(format!("stored claim is {other:?}"))),
+    }
+}
+
+/// The host's answer from the leases a claim's key names. A grant the claim
+/// just proposed (its token in `proposed`) is the job as picked; any other
+/// grant is a replay of an earlier attempt of the claim, answered only while
+/// it is still the host's current lease, with the job as it is now: a lease
+/// that ended (expired, the host marked down, the job re-leased or finished)
+/// is never handed out again.
+fn answer(
+    node: &Node,
+    host_id: &str,
+    leases: Leases,
+    mut proposed: HashMap<String, (String, Job)>,
+) -> Result<Claimed, ApiError> {
+    let mut jobs = HashMap::new();
     for granted in &leases.granted {
-        if let Some(row) = node.job(&granted.job_id)? {
-            rows.insert(granted.job_id.clone(), row.job);
+        let job = match proposed.remove(&granted.job_id) {
+            Some((token, job)) if token == granted.lease_token => Some(job),
+            _ => node
+                .job(&granted.job_id)?
+                .filter(|row| holds(row, host_id, &granted.lease_token))
+                .map(|row| row.job),
+        };
+        if let Some(job) = job {
+            jobs.insert(granted.job_id.clone(), job);
         }
     }
-    let jobs = leases.into_leased(|id| rows.remove(id));
-    Ok(Some(Claimed { jobs }))
+    Ok(Claimed {
+        jobs: leases.into_leased(|id| jobs.remove(id)),
+    })
+}
+
+/// True when `row` is running on `host_id` under `lease_token`.
+fn holds(row: &JobRow, host_id: &str, lease_token: &str) -> bool {
+    row.job.status == JobStatus::Running
+        && row.job.host_id.as_deref() == Some(host_id)
+        && row.lease_token.as_deref() == Some(lease_token)
 }
 
 /// Picks jobs for the host and leases them; `None` when none fit right now.
@@ -155,31 +191,40 @@ async fn lease_some(
         );
     }
     let picked_ids = picked.iter().map(|j| j.id.clone()).collect();
-    let mut jobs: HashMap<String, Job> = picked.into_iter().map(|j| (j.id.clone(), j)).collect();
     // Released when dropped: after the proposal, or when this claim is
     // abandoned while it waits (its client gone, a timeout).
-    let picked = node.reservations.reserve(picked_ids);
-    if picked.ids.is_empty() {
+    let reserved = node.reservations.reserve(picked_ids);
+    if reserved.ids.is_empty() {
         return Ok(None);
     }
-    let now = now_ms();
-    let leases = picked
+    // Oldest first, as picked.
+    let leases: Vec<(String, String)> = reserved
         .ids
         .iter()
         .map(|id| (id.clone(), new_lease_token()))
         .collect();
+    let mut picked: HashMap<String, Job> = picked
+        .into_iter()
+        .map(|job| (job.id.clone(), job))
+        .collect();
+    let proposed = leases
+        .iter()
+        .filter_map(|(id, token)| Some((id.clone(), (token.clone(), picked.remove(id)?))))
+        .collect();
+    let now = now_ms();
+    let host_id = &host.registration.host_id;
     let command = Command::LeaseJobs {
-        host_id: host.registration.host_id.clone(),
+        host_id: host_id.clone(),
         leases,
         expires_at: now + node.config.lease_duration.as_millis() as u64,
         now,
     };
     let result = node.execute(command, record).await;
-    drop(picked);
+    drop(reserved);
     match result? {
-        Output::Leased(leases) => Ok(Some(Claimed {
-            jobs: leases.into_leased(|id| jobs.remove(id)),
-        })),
+        // The grants, not the picks: under a retried key, apply replays the
+        // first attempt's grants, which may be other jobs.
+        Output::Leased(leases) => Ok(Some(answer(node, host_id, leases, proposed)?)),
         other => Err(ApiError::Internal(format!(
             "expected leases from the state machine, got {other:?}"
         ))),
@@ -222,7 +267,7 @@ impl Reservations {
 
     /// Jobs being leased right now: the oldest queued ones, which a claim
     /// reads past.
-    fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.ids.lock().expect("reservations lock").len()
     }
 }

@@ -129,8 +129,8 @@ impl Coordinator {
 
     /// Takes the write lock of the coordinator's state database until the
     /// answer is dropped: entries commit to the Raft log but cannot apply, so
-    /// every write waits (for less than SQLite's busy timeout, 5 s, or the
-    /// coordinator fails the write).
+    /// every write waits. Hold it for less than SQLite's busy timeout (5 s):
+    /// past it the coordinator's state machine fails and stops.
     pub fn hold_state_database(&self) -> DatabaseLock {
         let conn = rusqlite::Connection::open(self.dir.join("coordinator.db"))
             .expect("open the coordinator's database");
@@ -1011,4 +1011,53 @@ pub mod guests {
         assert!(path.is_file(), "{manifest} built no {}", path.display());
         path
     }
+}
+
+// The Raft log and state databases of a coordinator, read from outside.
+
+/// Opens a node's SQLite database for reading beside the node.
+pub fn open_read_only(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// The highest index in a coordinator's Raft log (or the last purged one).
+pub fn last_log_index(dir: &Path) -> u64 {
+    let conn = open_read_only(&dir.join("raft-log.db")).unwrap();
+    let last: Option<i64> = conn
+        .query_row("SELECT max(idx) FROM log", [], |r| r.get(0))
+        .unwrap();
+    last.map_or_else(|| last_purged_index(dir).unwrap_or(0), |i| i as u64)
+}
+
+/// The index up to which a coordinator's Raft log was purged, if it was.
+pub fn last_purged_index(dir: &Path) -> Option<u64> {
+    use rusqlite::OptionalExtension;
+    let conn = open_read_only(&dir.join("raft-log.db")).ok()?;
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM state WHERE key = 'last_purged'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .ok()?;
+    let log_id: serde_json::Value = serde_json::from_str(&value?).unwrap();
+    log_id["index"].as_u64()
+}
+
+/// True when a coordinator's Raft log holds the entry at `index`.
+pub fn log_holds(dir: &Path, index: u64) -> bool {
+    let conn = open_read_only(&dir.join("raft-log.db")).unwrap();
+    conn.query_row(
+        "SELECT count(*) FROM log WHERE idx = ?1",
+        [index as i64],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        > 0
 }

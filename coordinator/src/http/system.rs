@@ -31,6 +31,12 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Result<impl IntoResponse,
     }
     let _ = writeln!(out, "# TYPE skyclaw_hosts_up gauge");
     let _ = writeln!(out, "skyclaw_hosts_up {}", node.liveness.up_hosts().len());
+    let _ = writeln!(out, "# TYPE skyclaw_claims_reserved_jobs gauge");
+    let _ = writeln!(
+        out,
+        "skyclaw_claims_reserved_jobs {}",
+        node.reservations.count()
+    );
     let connections = &node.connections;
     let _ = writeln!(out, "# TYPE skyclaw_http_connections_open gauge");
     let _ = writeln!(out, "skyclaw_http_connections_open {}", connections.open());

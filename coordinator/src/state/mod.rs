@@ -12,4 +12,4 @@ pub mod read;
 pub mod schema;
 
 pub use apply::{Effects, apply};
-pub use command::{Command, CommandError, IdempotencyRecord, Output, Owner, Proposal};
+pub use command::{Command, CommandError, IdempotencyRecord, Leases, Output, Owner, Proposal};
