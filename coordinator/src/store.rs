@@ -152,9 +152,10 @@ pub struct Events {
 }
 
 impl Events {
-    /// A receiver that fires when the job reaches a terminal status. Register
+    /// A watch that fires when the job reaches a terminal status. Register
     /// before reading the job, so a change between the two is not missed.
-    pub fn watch_job(&self, job_id: &str) -> oneshot::Receiver<()> {
+    /// Dropping the watch unregisters it, however its waiter ends.
+    pub fn watch_job(&self, job_id: &str) -> JobWatch<'_> {
         let (tx, rx) = oneshot::channel();
         self.finished
             .lock()
@@ -162,11 +163,25 @@ impl Events {
             .entry(job_id.to_string())
             .or_default()
             .push(tx);
-        rx
+        JobWatch {
+            events: self,
+            job_id: job_id.to_string(),
+            finished: Some(rx),
+        }
+    }
+
+    /// Watches registered and not yet fired or dropped.
+    pub fn job_watches(&self) -> usize {
+        self.finished
+            .lock()
+            .expect("waiters lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Drops the watches on a job whose waiters gave up.
-    pub fn forget_closed(&self, job_id: &str) {
+    fn forget_closed(&self, job_id: &str) {
         let mut waiters = self.finished.lock().expect("waiters lock");
         if let Some(list) = waiters.get_mut(job_id) {
             list.retain(|tx| !tx.is_closed());
@@ -198,6 +213,36 @@ impl Events {
             for tx in list {
                 let _ = tx.send(());
             }
+        }
+    }
+}
+
+/// One waiter's watch on a job; see [`Events::watch_job`].
+pub struct JobWatch<'a> {
+    events: &'a Events,
+    job_id: String,
+    /// `None` once fired.
+    finished: Option<oneshot::Receiver<()>>,
+}
+
+impl JobWatch<'_> {
+    /// Resolves when the job reaches a terminal status (or every waiter is
+    /// told to look again).
+    pub async fn finished(&mut self) {
+        if let Some(rx) = self.finished.as_mut() {
+            let _ = rx.await;
+            self.finished = None;
+        }
+    }
+}
+
+impl Drop for JobWatch<'_> {
+    fn drop(&mut self) {
+        // Closes this watch's channel first, so it is among those forgotten.
+        let unfired = self.finished.take();
+        if unfired.is_some() {
+            drop(unfired);
+            self.events.forget_closed(&self.job_id);
         }
     }
 }

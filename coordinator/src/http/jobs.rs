@@ -156,18 +156,16 @@ pub async fn wait(
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_WAIT)
         .min(MAX_WAIT);
-    let finished = node.store.events().watch_job(&id);
+    let mut watch = node.store.events().watch_job(&id);
     let row = visible_job(&node, &principal, &id);
     if matches!(&row, Ok(row) if !row.job.status.is_terminal()) {
         tokio::select! {
-            _ = finished => {}
+            _ = watch.finished() => {}
             _ = tokio::time::sleep(timeout) => {}
             _ = node.shutting_down() => {}
         }
-    } else {
-        drop(finished);
     }
-    node.store.events().forget_closed(&id);
+    drop(watch);
     Ok(Json(visible_job(&node, &principal, &id)?.job))
 }
 

@@ -37,6 +37,12 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Result<impl IntoResponse,
         "skyclaw_claims_reserved_jobs {}",
         node.reservations.count()
     );
+    let _ = writeln!(out, "# TYPE skyclaw_job_waiters gauge");
+    let _ = writeln!(
+        out,
+        "skyclaw_job_waiters {}",
+        node.store.events().job_watches()
+    );
     let connections = &node.connections;
     let _ = writeln!(out, "# TYPE skyclaw_http_connections_open gauge");
     let _ = writeln!(out, "skyclaw_http_connections_open {}", connections.open());

@@ -1,6 +1,7 @@
-//! Claims and leases when things go wrong between a host and the cluster: a
-//! claim abandoned while its lease is being proposed, a claim replayed after
-//! its leases moved on, a host re-registering while it runs jobs.
+//! Claims, leases and long-polls when things go wrong between a host or a
+//! client and the cluster: a claim abandoned while its lease is being
+//! proposed, a claim replayed after its leases moved on, attempts of one
+//! claim racing, waits abandoned by their clients.
 
 mod common;
 
@@ -209,4 +210,37 @@ async fn attempts_of_one_claim_all_answer_the_grants_that_applied() {
         };
         assert_eq!(job.status, expected, "{job:?}");
     }
+}
+
+/// Waits whose clients give up leave nothing behind on the coordinator.
+#[tokio::test]
+async fn abandoned_waits_leave_no_watch_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    let client = coordinator.client();
+    // No host: the job stays queued, and every wait on it waits.
+    let job = client.submit_job(&true_job(), None).await.unwrap();
+    let waits = 20;
+    let mut abandoned = Vec::new();
+    for _ in 0..waits {
+        let (client, id) = (client.clone(), job.id.clone());
+        abandoned.push(tokio::spawn(async move {
+            let wait = client.wait_job_once(&id, Duration::from_secs(60));
+            tokio::time::timeout(ABANDON_AFTER, wait).await.is_err()
+        }));
+    }
+    eventually("the waits to be watching", || async {
+        (metric(&coordinator.url, "skyclaw_job_waiters").await == Some(waits as f64)).then_some(())
+    })
+    .await;
+    for wait in abandoned {
+        assert!(
+            wait.await.unwrap(),
+            "the wait answered before it was abandoned"
+        );
+    }
+    eventually("the abandoned watches to be gone", || async {
+        (metric(&coordinator.url, "skyclaw_job_waiters").await == Some(0.0)).then_some(())
+    })
+    .await;
 }
