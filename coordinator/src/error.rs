@@ -36,7 +36,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,

@@ -124,6 +124,7 @@ async fn forward(node: &Node, leader_url: &str, req: Request) -> Result<Response
         "{leader_url}{}",
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
+    let write = !is_read(&parts.method);
     let mut request = node
         .http
         .request(parts.method, &target)
@@ -135,16 +136,16 @@ async fn forward(node: &Node, leader_url: &str, req: Request) -> Result<Response
             request = request.header(HeaderName::from_static(name), value);
         }
     }
-    let answer = request.send().await.map_err(|e| {
-        ApiError::Unavailable(format!("the leader at {leader_url} did not answer: {e}"))
-    })?;
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| lost_answer(write, leader_url, "did not answer", &e))?;
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = answer.bytes().await.map_err(|e| {
-        ApiError::Unavailable(format!(
-            "the leader at {leader_url} broke off its answer: {e}"
-        ))
-    })?;
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|e| lost_answer(write, leader_url, "broke off its answer", &e))?;
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     if let Some(content_type) = content_type {
@@ -153,4 +154,79 @@ async fn forward(node: &Node, leader_url: &str, req: Request) -> Result<Response
             .insert(header::CONTENT_TYPE, content_type);
     }
     Ok(response)
+}
+
+/// What the caller is told when the leader's answer is lost. A request
+/// that never reached the leader (no connection) is safe to send again:
+/// 503. A write that may have reached it has an unknown outcome, as a write
+/// that timed out on the leader itself: 504, which clients retry with the
+/// same idempotency key to learn what happened.
+fn lost_answer(write: bool, leader_url: &str, what: &str, e: &reqwest::Error) -> ApiError {
+    let message = format!("the leader at {leader_url} {what}: {e}");
+    if write && !e.is_connect() {
+        ApiError::Timeout(format!(
+            "{message}; the write may have been applied: retry with the same idempotency key \
+             to learn its outcome"
+        ))
+    } else {
+        ApiError::Unavailable(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use skyclaw_api::ErrorCode;
+
+    use super::*;
+
+    /// A reqwest error from posting to `url`.
+    async fn post_error(url: &str) -> reqwest::Error {
+        reqwest::Client::new()
+            .post(url)
+            .body("{}")
+            .send()
+            .await
+            .expect_err("the request fails")
+    }
+
+    #[tokio::test]
+    async fn a_write_the_leader_may_have_received_has_an_unknown_outcome() {
+        // Reads the whole request, then hangs up without answering.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/jobs", listener.local_addr().unwrap());
+        let hang_up = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request);
+        });
+        let e = post_error(&url).await;
+        hang_up.join().unwrap();
+        assert_eq!(
+            lost_answer(true, &url, "did not answer", &e).code(),
+            ErrorCode::Timeout
+        );
+        assert_eq!(
+            lost_answer(false, &url, "did not answer", &e).code(),
+            ErrorCode::Unavailable
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_never_reached_the_leader_may_be_sent_again() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/v1/jobs");
+        let e = post_error(&url).await;
+        assert!(e.is_connect(), "{e}");
+        assert_eq!(
+            lost_answer(true, &url, "did not answer", &e).code(),
+            ErrorCode::Unavailable
+        );
+    }
 }
