@@ -1,13 +1,17 @@
 //! Claims, leases and long-polls when things go wrong between a host or a
 //! client and the cluster: a claim abandoned while its lease is being
 //! proposed, a claim replayed after its leases moved on, attempts of one
-//! claim racing, waits abandoned by their clients.
+//! claim racing, waits abandoned by their clients, a leader dying while a
+//! host runs a job.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Coordinator, eventually, fake_host, keep_alive, metric, wait_status};
+use common::{
+    Cluster, Coordinator, Host, eventually, execution_log, fake_host, host_up, keep_alive, metric,
+    wait_status, wait_terminal,
+};
 use skyclaw_api::ErrorCode;
 use skyclaw_api::hosts::Claim;
 use skyclaw_api::jobs::{JobSpec, JobStatus};
@@ -243,4 +247,35 @@ async fn abandoned_waits_leave_no_watch_behind() {
         (metric(&coordinator.url, "skyclaw_job_waiters").await == Some(0.0)).then_some(())
     })
     .await;
+}
+
+/// A leader dies while a host runs a job that may run only once, under
+/// leases and a host TTL shorter than the election: the new leader neither
+/// takes the host's re-registration for a restart nor expires the lease it
+/// could not renew meanwhile, and the job succeeds, once.
+#[tokio::test]
+async fn a_leader_change_while_a_host_runs_a_one_attempt_job_runs_it_once() {
+    let timing = ["--host-ttl-ms", "1000", "--lease-ms", "1000"];
+    let mut cluster = Cluster::start(3, 3, &timing).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let host = Host::start(&cluster.urls(), &tmp.path().join("host"), "sh", &[]);
+    let client = cluster.client();
+    host_up(&client, &host.id().await).await;
+    let (_log_dir, log) = execution_log();
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "kind": "shell", "command": "sh", "max_attempts": 1,
+        "args": ["-c", "echo ran >> \"$LOG\"; sleep 4"],
+        "env": {"LOG": log},
+    }))
+    .unwrap();
+    let job = client.submit_job(&spec, None).await.unwrap();
+    wait_status(&client, &job.id, JobStatus::Running).await;
+
+    let leader = cluster.leader().await;
+    cluster.nodes[leader].kill9();
+    let done = wait_terminal(&client, &job.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.attempts, 1, "{done:?}");
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs, "ran\n", "the job ran once");
 }

@@ -24,6 +24,13 @@ pub const MAX_REPORTED_ARTIFACTS: usize = 8192;
 pub struct RegisterHost {
     /// Chosen by the host and kept in its data directory, so it survives restarts.
     pub host_id: String,
+    /// Chosen afresh each time the daemon starts: a registration with the
+    /// incarnation the coordinators know comes from the same running daemon
+    /// (which lost touch, or saw a leader change) and keeps its running
+    /// jobs; any other is a restart, whose jobs are gone. Empty in
+    /// registrations from before incarnations, which count as restarts.
+    #[serde(default)]
+    pub incarnation: String,
     pub name: String,
     pub capabilities: Vec<String>,
     pub max_parallel: u32,

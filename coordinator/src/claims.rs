@@ -40,6 +40,7 @@ pub async fn claim(
 ) -> Result<Claimed, ApiError> {
     // Only a live host is answered, a replay included: one marked down had
     // its leases ended, and must register again.
+    node.hosts_tracked().await?;
     if node.liveness.get(host_id).is_none() {
         return Err(not_registered(host_id));
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::hosts::RegisterHost;
 use skyclaw_api::jobs::WasiCaps;
+use tokio::sync::watch;
 
 use crate::scheduler::LiveHost;
 
@@ -32,9 +33,14 @@ impl Tracked {
 }
 
 /// The hosts this coordinator considers up, with when each was last heard.
+/// Meaningful only while this coordinator leads and has taken over: until
+/// then, no host is known to be either up or down.
 pub struct Liveness {
     ttl: Duration,
     hosts: Mutex<Hosts>,
+    /// When this leader took over tracking; `None` while it does not (a
+    /// follower, or a new leader still applying its predecessor's log).
+    tracking: watch::Sender<Option<Instant>>,
     /// Set by every change to the live hosts (and by [`Liveness::mark_stale`]):
     /// queued jobs' waiting reasons may no longer hold.
     reasons_stale: AtomicBool,
@@ -53,6 +59,7 @@ impl Liveness {
         Liveness {
             ttl,
             hosts: Mutex::new(Hosts::default()),
+            tracking: watch::channel(None).0,
             reasons_stale: AtomicBool::new(false),
         }
     }
@@ -61,6 +68,7 @@ impl Liveness {
     /// newly elected leader gives every host one full TTL of grace.
     pub fn reset(&self, up: Vec<RegisterHost>, now: Instant) {
         let mut hosts = self.lock();
+        self.tracking.send_replace(Some(now));
         hosts.tracked = up
             .into_iter()
             .map(|registration| {
@@ -71,6 +79,29 @@ impl Liveness {
             })
             .collect();
         self.changed(&mut hosts);
+    }
+
+    /// Stops tracking (this coordinator no longer leads) and forgets every
+    /// host, so that nothing is judged on a stale view.
+    pub fn stop_tracking(&self) {
+        let mut hosts = self.lock();
+        self.tracking.send_replace(None);
+        hosts.tracked.clear();
+        self.changed(&mut hosts);
+    }
+
+    /// When this coordinator took over tracking, if it has.
+    pub fn tracking_since(&self) -> Option<Instant> {
+        *self.tracking.borrow()
+    }
+
+    /// Waits up to `wait` for this coordinator to take over tracking; true
+    /// once it has. A host's request that reaches a new leader before the
+    /// takeover waits here instead of being told it is unknown.
+    pub async fn tracking(&self, wait: Duration) -> bool {
+        let mut tracking = self.tracking.subscribe();
+        let took_over = tracking.wait_for(Option::is_some);
+        matches!(tokio::time::timeout(wait, took_over).await, Ok(Ok(_)))
     }
 
     pub fn ttl(&self) -> Duration {
@@ -136,21 +167,26 @@ impl Liveness {
             .map(|h| now.saturating_duration_since(h.last_seen))
     }
 
-    /// Hosts silent for longer than the TTL.
-    pub fn overdue(&self, now: Instant) -> Vec<String> {
+    /// Hosts silent for longer than the TTL: the id and incarnation of each.
+    pub fn overdue(&self, now: Instant) -> Vec<(String, String)> {
         self.lock()
             .tracked
             .iter()
             .filter(|(_, h)| now.saturating_duration_since(h.last_seen) > self.ttl)
-            .map(|(id, _)| id.clone())
+            .map(|(id, h)| (id.clone(), h.host.registration.incarnation.clone()))
             .collect()
     }
 
-    /// Stops tracking a host that was marked down; its next heartbeat is told
-    /// to register again.
-    pub fn remove(&self, host_id: &str) {
+    /// Stops tracking a host's `incarnation`, which was marked down; its next
+    /// heartbeat is told to register again. A newer incarnation stays.
+    pub fn remove(&self, host_id: &str, incarnation: &str) {
         let mut hosts = self.lock();
-        if hosts.tracked.remove(host_id).is_some() {
+        let marked = hosts
+            .tracked
+            .get(host_id)
+            .is_some_and(|h| h.host.registration.incarnation == incarnation);
+        if marked {
+            hosts.tracked.remove(host_id);
             self.changed(&mut hosts);
         }
     }

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use crate::Config;
 use crate::artifacts::BlobStore;
 use crate::claims::Reservations;
-use crate::cluster::Cluster;
 use crate::cluster::types::Response;
+use crate::cluster::{Cluster, LEADER_WAIT};
 use crate::error::ApiError;
 use crate::liveness::Liveness;
 use crate::state::read::{self, JobRow};
@@ -73,6 +73,20 @@ impl Node {
             .collect();
         self.liveness.reset(up, Instant::now());
         Ok(())
+    }
+
+    /// Waits until this leader tracks host liveness (a new leader takes over
+    /// once it has applied its predecessor's log), so that a host is never
+    /// told it is unknown by a leader that has not looked yet.
+    pub async fn hosts_tracked(&self) -> Result<(), ApiError> {
+        if self.liveness.tracking(LEADER_WAIT).await {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable(
+                "this coordinator is taking over as leader and does not track hosts yet; retry"
+                    .into(),
+            ))
+        }
     }
 
     /// Commits a command through the cluster log and returns what applying it

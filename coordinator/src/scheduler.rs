@@ -181,6 +181,7 @@ mod tests {
         LiveHost {
             registration: RegisterHost {
                 host_id: id.into(),
+                incarnation: "test".into(),
                 name: id.into(),
                 capabilities: caps_.iter().map(|s| s.to_string()).collect(),
                 max_parallel: 2,

@@ -19,6 +19,8 @@ const LEASE_SWEEP: Duration = Duration::from_millis(500);
 /// a queue timeout may be honoured: each look costs one indexed read when
 /// nothing changed.
 const QUEUE_SWEEP: Duration = Duration::from_millis(250);
+/// How soon a takeover of liveness that failed is tried again.
+const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
 /// Idempotency keys are honoured for a day, like most public APIs do.
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How often old idempotency records are pruned.
@@ -27,35 +29,36 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 /// Runs until the task is aborted.
 pub async fn run(node: Arc<Node>) {
     let mut metrics = node.cluster.raft.metrics();
-    let mut leading = false;
     // Check hosts several times per TTL so one is marked down soon after it ends.
     let mut hosts = tokio::time::interval(node.liveness.ttl() / 4);
     let mut leases = tokio::time::interval(LEASE_SWEEP);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut queue = tokio::time::interval(QUEUE_SWEEP);
-    for tick in [&mut hosts, &mut leases, &mut prune, &mut queue] {
+    let mut takeover = tokio::time::interval(TAKEOVER_RETRY);
+    for tick in [
+        &mut hosts,
+        &mut leases,
+        &mut prune,
+        &mut queue,
+        &mut takeover,
+    ] {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
+        // The leader's duties run only once it has taken over liveness.
+        let tracking = node.liveness.tracking_since().is_some();
         let result = tokio::select! {
             changed = metrics.changed() => {
                 if changed.is_err() {
                     return; // raft stopped
                 }
-                let now_leading = node.cluster.is_leader();
-                let took_over = now_leading && !leading;
-                leading = now_leading;
-                if took_over {
-                    tracing::info!(node = node.cluster.id, "elected leader; tracking host liveness");
-                    node.take_over_liveness().map_err(crate::ApiError::from)
-                } else {
-                    Ok(())
-                }
+                follow_leadership(&node).await
             }
-            _ = hosts.tick(), if leading => mark_silent_hosts_down(&node).await,
-            _ = leases.tick(), if leading => expire_leases(&node).await,
-            _ = prune.tick(), if leading => prune_idempotency(&node).await,
-            _ = queue.tick(), if leading => queue_duties(&node).await,
+            _ = takeover.tick(), if !tracking => follow_leadership(&node).await,
+            _ = hosts.tick(), if tracking => mark_silent_hosts_down(&node).await,
+            _ = leases.tick(), if tracking => expire_leases(&node).await,
+            _ = prune.tick(), if tracking => prune_idempotency(&node).await,
+            _ = queue.tick(), if tracking => queue_duties(&node).await,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "background duty failed; retrying on the next tick");
@@ -63,25 +66,63 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
-async fn mark_silent_hosts_down(node: &Node) -> Result<(), crate::ApiError> {
-    for host_id in node.liveness.overdue(Instant::now()) {
-        let outcome = node
-            .propose(
-                Command::HostDown {
-                    host_id: host_id.clone(),
-                    now: now_ms(),
-                },
-                None,
-            )
-            .await?
-            .outcome;
-        node.liveness.remove(&host_id);
-        tracing::warn!(host = %host_id, requeued = ?outcome, "host missed its heartbeats; marked down");
+/// Takes over liveness once this coordinator leads and has applied the log
+/// its predecessor left (so the hosts it reads are the ones last
+/// registered), and stops tracking once it no longer leads. A takeover that
+/// fails is tried again on the next change or tick.
+async fn follow_leadership(node: &Node) -> Result<(), crate::ApiError> {
+    let leading = node.cluster.is_leader();
+    let tracking = node.liveness.tracking_since().is_some();
+    if !leading && tracking {
+        node.liveness.stop_tracking();
+        tracing::info!(
+            node = node.cluster.id,
+            "no longer leading; stopped tracking hosts"
+        );
+    } else if leading && !tracking {
+        node.cluster.wait_applied_own_log().await?;
+        if node.cluster.is_leader() {
+            node.take_over_liveness()?;
+            tracing::info!(
+                node = node.cluster.id,
+                "elected leader; tracking host liveness"
+            );
+        }
     }
     Ok(())
 }
 
+async fn mark_silent_hosts_down(node: &Node) -> Result<(), crate::ApiError> {
+    for (host_id, incarnation) in node.liveness.overdue(Instant::now()) {
+        let command = Command::HostDown {
+            host_id: host_id.clone(),
+            incarnation: incarnation.clone(),
+            now: now_ms(),
+        };
+        match node.propose(command, None).await?.outcome {
+            Ok(requeued) => {
+                node.liveness.remove(&host_id, &incarnation);
+                tracing::warn!(host = %host_id, ?requeued, "host missed its heartbeats; marked down");
+            }
+            // It registered again, as another incarnation, meanwhile.
+            Err(e) => tracing::info!(host = %host_id, reason = %e, "host not marked down"),
+        }
+    }
+    Ok(())
+}
+
+/// Requeues jobs whose leases expired. A new leader first gives every lease
+/// one host TTL of grace, as it gives hosts: expiries were stamped by its
+/// predecessor's clock, and hosts could not renew while no leader was
+/// elected.
 async fn expire_leases(node: &Node) -> Result<(), crate::ApiError> {
+    let in_grace = node
+        .liveness
+        .tracking_since()
+        .is_some_and(|since| since.elapsed() < node.liveness.ttl());
+    if in_grace {
+        return Ok(());
+    }
     let now = now_ms();
     let expired = node.store.read(|c| read::expired_leases(c, now))?;
     if !expired.is_empty() {

@@ -114,6 +114,10 @@ pub async fn run(
         }
         let registration = RegisterHost {
             host_id: host_id.clone(),
+            // Afresh for every start of the daemon: coordinators tell a
+            // restart (whose jobs are gone) from this daemon registering
+            // again (whose jobs still run).
+            incarnation: uuid::Uuid::now_v7().simple().to_string(),
             name: config.name.clone(),
             capabilities,
             max_parallel: config.max_parallel,

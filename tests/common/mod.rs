@@ -440,6 +440,7 @@ pub fn fake_openclaw() -> (tempfile::TempDir, PathBuf) {
 pub fn fake_host(host_id: &str, capabilities: &[&str]) -> RegisterHost {
     RegisterHost {
         host_id: host_id.into(),
+        incarnation: "fake-incarnation".into(),
         name: host_id.into(),
         capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
         max_parallel: 4,

@@ -228,6 +228,19 @@ impl Cluster {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Waits, up to [`LEADER_WAIT`], until this node has applied every entry
+    /// its log holds now: for a new leader, its predecessor's last entries
+    /// and its own first one.
+    pub async fn wait_applied_own_log(&self) -> Result<(), ApiError> {
+        let last = self.raft.metrics().borrow().last_log_index;
+        self.raft
+            .wait(Some(LEADER_WAIT))
+            .applied_index_at_least(last, "applied its log")
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(format!("the log is not applied yet: {e}")))
+    }
+
     /// The leader's id and URL, if one is known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow().clone();

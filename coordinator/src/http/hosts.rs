@@ -37,6 +37,7 @@ pub async fn register(
 ) -> Result<Json<Registered>, ApiError> {
     let host = body.value;
     validate_registration(&host)?;
+    node.hosts_tracked().await?;
     let now = now_ms();
     let record = idempotency.record(&Principal::Token, &body.request_hash, now);
     node.execute(
@@ -72,6 +73,7 @@ fn validate_registration(host: &RegisterHost) -> Result<(), ApiError> {
         }
     };
     word("host_id", &host.host_id)?;
+    word("incarnation", &host.incarnation)?;
     word("name", &host.name)?;
     if host.max_parallel == 0 || host.max_parallel > MAX_PARALLEL_LIMIT {
         return Err(ApiError::BadRequest(format!(
@@ -114,6 +116,7 @@ pub async fn heartbeat(
             artifacts.len()
         )));
     }
+    node.hosts_tracked().await?;
     if !node.liveness.beat(&host_id, Instant::now(), artifacts) {
         return Err(not_registered(&host_id));
     }

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use skyclaw_api::Millis;
 use skyclaw_api::apikeys::Scope;
 use skyclaw_api::artifacts::{ArtifactKind, Digest};
-use skyclaw_api::hosts::{HeldLease, Outcome, RegisterHost};
+use skyclaw_api::hosts::{HeldLease, HostStatus, Outcome, RegisterHost};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
 
 use super::command::{
@@ -134,7 +134,11 @@ fn apply_command(
 ) -> rusqlite::Result<CommandResult> {
     match command {
         Command::RegisterHost { host, now } => register_host(conn, host, *now, effects),
-        Command::HostDown { host_id, now } => host_down(conn, host_id, *now, effects),
+        Command::HostDown {
+            host_id,
+            incarnation,
+            now,
+        } => host_down(conn, host_id, incarnation, *now, effects),
         Command::EnqueueJob {
             id,
             spec,
@@ -203,11 +207,18 @@ fn register_host(
     now: Millis,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
-    // A host that registers has no running jobs: it restarted, or it was marked
-    // down and its jobs were requeued already.
-    let reason = format!("host {} restarted while running the job", host.host_id);
-    for row in read::running_jobs_of_host(conn, &host.host_id)? {
-        lose_lease(conn, &row, &reason, now, effects)?;
+    // The same running daemon registering again (it lost touch, or a leader
+    // change made a coordinator forget it) keeps its jobs. Any other
+    // registration is a restart: the jobs it ran are gone with the process.
+    let same_daemon = !host.incarnation.is_empty()
+        && read::host(conn, &host.host_id)?.is_some_and(|known| {
+            known.status == HostStatus::Up && known.registration.incarnation == host.incarnation
+        });
+    if !same_daemon {
+        let reason = format!("host {} restarted while running the job", host.host_id);
+        for row in read::running_jobs_of_host(conn, &host.host_id)? {
+            lose_lease(conn, &row, &reason, now, effects)?;
+        }
     }
     conn.prepare_cached(
         "INSERT INTO hosts (id, registration, status, registered_at, updated_at)
@@ -225,9 +236,16 @@ fn register_host(
 fn host_down(
     conn: &Connection,
     host_id: &str,
+    incarnation: &str,
     now: Millis,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
+    let registered = read::host(conn, host_id)?.map(|h| h.registration.incarnation);
+    if !incarnation.is_empty() && registered.is_some_and(|known| known != incarnation) {
+        return Ok(Err(CommandError::NotFound(format!(
+            "host {host_id} registered as another incarnation since it was found silent"
+        ))));
+    }
     let changed = conn
         .prepare_cached(
             "UPDATE hosts SET status = 'down', updated_at = ?2 WHERE id = ?1 AND status = 'up'",
@@ -429,8 +447,7 @@ fn lease_jobs(
     expires_at: Millis,
     now: Millis,
 ) -> rusqlite::Result<CommandResult> {
-    let up =
-        read::host(conn, host_id)?.is_some_and(|h| h.status == skyclaw_api::hosts::HostStatus::Up);
+    let up = read::host(conn, host_id)?.is_some_and(|h| h.status == HostStatus::Up);
     if !up {
         return Ok(Err(CommandError::HostNotRegistered(format!(
             "host {host_id} is not registered or was marked down; register again"
@@ -640,7 +657,7 @@ fn add_artifact(
 #[cfg(test)]
 mod tests {
     use rusqlite::Connection;
-    use skyclaw_api::hosts::{HeldLease, Outcome, RegisterHost};
+    use skyclaw_api::hosts::{HeldLease, HostStatus, Outcome, RegisterHost};
     use skyclaw_api::jobs::{JobResult, JobStatus};
 
     use super::*;
@@ -657,9 +674,15 @@ mod tests {
     }
 
     fn host(id: &str) -> Command {
+        incarnation(id, "first")
+    }
+
+    /// A registration of host `id` by the daemon incarnation `incarnation`.
+    fn incarnation(id: &str, incarnation: &str) -> Command {
         Command::RegisterHost {
             host: RegisterHost {
                 host_id: id.into(),
+                incarnation: incarnation.into(),
                 name: id.into(),
                 capabilities: vec!["shell".into()],
                 max_parallel: 2,
@@ -829,6 +852,7 @@ mod tests {
             &conn,
             Command::HostDown {
                 host_id: "h1".into(),
+                incarnation: "first".into(),
                 now: 150,
             },
         );
@@ -855,6 +879,43 @@ mod tests {
             .outcome,
             Err(CommandError::HostNotRegistered(_))
         ));
+    }
+
+    #[test]
+    fn a_daemon_registering_again_keeps_its_jobs_and_a_restart_loses_them() {
+        let conn = db();
+        run(&conn, host("h1"));
+        enqueue(&conn, "j1", 1);
+        lease(&conn, "h1", "j1", "t1", 100);
+        run(&conn, host("h1"));
+        assert_eq!(status(&conn, "j1"), (JobStatus::Running, 1), "same daemon");
+        let restarted = run(&conn, incarnation("h1", "second"));
+        assert_eq!(restarted.effects.finished, ["j1"]);
+        let row = read::job(&conn, "j1").unwrap().unwrap();
+        assert_eq!(row.job.status, JobStatus::Failed);
+        let error = row.job.result.unwrap().error.unwrap();
+        assert!(error.contains("restarted"), "{error}");
+    }
+
+    #[test]
+    fn a_host_down_verdict_on_an_earlier_incarnation_changes_nothing() {
+        let conn = db();
+        run(&conn, host("h1"));
+        run(&conn, incarnation("h1", "second"));
+        enqueue(&conn, "j1", 1);
+        lease(&conn, "h1", "j1", "t1", 100);
+        let stale = Command::HostDown {
+            host_id: "h1".into(),
+            incarnation: "first".into(),
+            now: 150,
+        };
+        assert!(matches!(
+            run(&conn, stale).outcome,
+            Err(CommandError::NotFound(_))
+        ));
+        assert_eq!(status(&conn, "j1"), (JobStatus::Running, 1));
+        let host = read::host(&conn, "h1").unwrap().unwrap();
+        assert_eq!(host.status, HostStatus::Up);
     }
 
     #[test]

@@ -34,9 +34,14 @@ pub enum Command {
         host: RegisterHost,
         now: Millis,
     },
-    /// A host missed its heartbeats: mark it down and requeue its jobs.
+    /// A host missed its heartbeats: mark it down and requeue its jobs,
+    /// unless it registered as another incarnation since the verdict.
     HostDown {
         host_id: String,
+        /// The incarnation found silent; empty in entries from before
+        /// incarnations, which mark any incarnation down.
+        #[serde(default)]
+        incarnation: String,
         now: Millis,
     },
     EnqueueJob {
