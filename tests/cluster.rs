@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Cluster, Host, TOKEN, eventually, host_up, last_log_index, last_purged_index, log_holds,
-    open_read_only, process_gone, skyclaw, wait_terminal,
+    open_read_only, process_gone, skyclaw, snapshot_meta, wait_terminal,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -663,10 +663,7 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
 
     // It holds a snapshot past its old log, and never received the entries
     // right after that log.
-    let meta: Value = serde_json::from_slice(
-        &std::fs::read(lagging_dir.join("snapshot.meta.json")).expect("a snapshot on the node"),
-    )
-    .unwrap();
+    let meta = snapshot_meta(&lagging_dir).expect("a snapshot on the node");
     let snapshot_index = meta["last_log_id"]["index"].as_u64().unwrap();
     assert!(snapshot_index > behind, "{meta}");
     assert!(

@@ -1,13 +1,16 @@
 //! Crashes: a coordinator killed with SIGKILL loses no accepted job and
 //! completes none twice; a host killed mid-job has its job requeued and
-//! finished by another host; a host stopped with SIGTERM hands its jobs back.
+//! finished by another host; a host stopped with SIGTERM hands its jobs back;
+//! a state database that lost its tail after the log was purged is restored
+//! from the snapshot.
 
 mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{Coordinator, Host, eventually, host_up, wait_terminal};
+use common::{Coordinator, Host, eventually, host_up, last_purged_index, wait_terminal};
+use rusqlite::config::DbConfig;
 use serde_json::json;
 use skyclaw_api::Client;
 use skyclaw_api::jobs::{JobQuery, JobSpec, JobStatus};
@@ -164,4 +167,58 @@ async fn sigterm_hands_running_jobs_back() {
         "handed back for another host: {j:?}"
     );
     assert_eq!(j.attempts, 1);
+}
+
+/// The state database is not fsynced on commit, so a power cut can take its
+/// last commits after the Raft log was purged past them. The coordinator
+/// then restores the database from its snapshot at start and loses nothing.
+#[tokio::test]
+async fn a_state_database_behind_the_purged_log_is_restored_from_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("coord");
+    let mut coordinator = Coordinator::start(&dir, &["--snapshot-logs", "100"]).await;
+    let client = coordinator.client();
+    // A reader that keeps its view stops checkpoints from copying anything
+    // newer into the database file: every later commit stays in the WAL.
+    let reader = rusqlite::Connection::open(dir.join("coordinator.db")).unwrap();
+    reader
+        .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let before: u64 = reader
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(before, 0);
+
+    // Enough entries for snapshots and a purge of the log behind them.
+    let submitted = 1300;
+    let spec: JobSpec =
+        serde_json::from_value(json!({"kind": "shell", "command": "true"})).unwrap();
+    for _ in 0..submitted {
+        client.submit_job(&spec, None).await.unwrap();
+    }
+    eventually("the log to be purged", || async {
+        last_purged_index(&dir).filter(|&p| p > 0)
+    })
+    .await;
+
+    // The power cut: the process dies and the WAL's content is lost.
+    coordinator.kill9();
+    reader.execute_batch("ROLLBACK").unwrap();
+    drop(reader);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("coordinator.db-wal"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::fs::remove_file(dir.join("coordinator.db-shm")).unwrap();
+
+    coordinator.restart().await;
+    let url = coordinator.url.clone();
+    eventually("every job back", || async {
+        let queued = common::metric(&url, "skyclaw_jobs{status=\"queued\"}").await;
+        (queued == Some(submitted as f64)).then_some(())
+    })
+    .await;
 }

@@ -1062,3 +1062,12 @@ pub fn log_holds(dir: &Path, index: u64) -> bool {
     .unwrap()
         > 0
 }
+
+/// The metadata of the snapshot a coordinator keeps (`raft.snapshot`: a
+/// header line, a line of JSON metadata, the data), if it keeps one.
+pub fn snapshot_meta(dir: &Path) -> Option<serde_json::Value> {
+    let file = std::fs::read(dir.join("raft.snapshot")).ok()?;
+    let mut lines = file.splitn(3, |&b| b == b'\n');
+    assert_eq!(lines.next(), Some(&b"SKYCLAW-SNAPSHOT-FILE 1"[..]));
+    Some(serde_json::from_slice(lines.next()?).expect("snapshot metadata is JSON"))
+}

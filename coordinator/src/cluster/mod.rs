@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use skyclaw_api::network::{Join, Peer, PeerList, PeerRole};
 use skyclaw_api::{Client, ClientError, Credentials, ErrorCode};
@@ -107,9 +108,18 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| CoordinatorError::Config(format!("raft: {e}")))?;
-        let log = LogStore::open(&config.data_dir.join(LOG_FILE))
+        let mut log = LogStore::open(&config.data_dir.join(LOG_FILE))
             .map_err(|e| CoordinatorError::Store(e.into()))?;
         let state_machine = StateMachine::new(store, &config.data_dir);
+        let purged = log
+            .get_log_state()
+            .await
+            .map_err(|e| CoordinatorError::Raft(e.to_string()))?
+            .last_purged_log_id;
+        state_machine
+            .catch_up_with_log(purged)
+            .await
+            .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
         let contacts = Arc::new(Contacts::default());
         let network = Network::new(http, config.token.clone(), contacts.clone());
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state_machine)
