@@ -327,6 +327,10 @@ async fn cancel_stops_a_running_job() {
     wait_no_processes("sleep 300.12").await;
     let again = client.cancel_job(&job.id).await.unwrap_err();
     assert_eq!(again.code(), Some(skyclaw_api::ErrorCode::Conflict));
+    assert!(
+        again.to_string().contains("was already cancelled"),
+        "{again}"
+    );
 }
 
 #[tokio::test]

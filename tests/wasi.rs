@@ -77,6 +77,7 @@ async fn component_gets_only_its_args_env_and_stdin() {
     assert_eq!(result.exit_code, Some(0));
     assert!(result.fuel_consumed.unwrap() > 0);
     let out: serde_json::Value = serde_json::from_str(&result.stdout).unwrap();
+    assert_eq!(out["program"], "main.wasm", "a job that names no program");
     assert_eq!(out["args"], json!(["a", "b c"]));
     assert_eq!(out["env"], json!({"GREETING": "hi"}), "no host environment");
     assert_eq!(out["stdin"], "some input");

@@ -295,6 +295,7 @@ impl WasiArgs {
     fn spec(&self, artifact: Digest) -> JobSpec {
         JobSpec::Wasi(WasiSpec {
             artifact,
+            program: None,
             args: self.args.clone(),
             env: self.env.iter().cloned().collect::<BTreeMap<_, _>>(),
             stdin: self.stdin.clone().unwrap_or_default(),
