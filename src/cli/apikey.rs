@@ -4,16 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use skyclaw_api::Millis;
 use skyclaw_api::apikeys::{ApiKey, CreateApiKey, Scope};
+use skyclaw_api::{Client, Millis};
 
-use super::ClientArgs;
 use super::output::{self, Layout, NONE};
 
 #[derive(Debug, clap::Args)]
 pub struct ApikeyArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: ApikeyCommand,
 }
@@ -46,8 +43,7 @@ enum ApikeyCommand {
     },
 }
 
-pub async fn run(args: ApikeyArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: ApikeyArgs, client: &Client, json: bool) -> Result<ExitCode> {
     match args.command {
         ApikeyCommand::Create { name, scopes } => {
             let created = client

@@ -4,15 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use skyclaw_api::Client;
 use skyclaw_api::hosts::Host;
 
-use super::ClientArgs;
 use super::output::{self, NONE};
 
 #[derive(Debug, clap::Args)]
 pub struct HostsArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: HostsCommand,
 }
@@ -24,8 +22,7 @@ enum HostsCommand {
     Ls,
 }
 
-pub async fn run(args: HostsArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: HostsArgs, client: &Client, json: bool) -> Result<ExitCode> {
     match args.command {
         HostsCommand::Ls => {
             let list = client.list_hosts().await?;

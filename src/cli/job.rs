@@ -18,8 +18,8 @@ use skyclaw_api::jobs::{
 use skyclaw_api::{Client, Millis, now_ms};
 use tokio::time::Instant;
 
+use super::EXIT_JOB_FAILED;
 use super::output::{self, Layout, NONE};
-use super::{ClientArgs, EXIT_JOB_FAILED};
 
 /// Attempts of a shell job, as the API defaults them: a shell job is rerun on
 /// another host when its host is lost.
@@ -41,8 +41,6 @@ const SUMMARY_WIDTH: usize = 48;
 
 #[derive(Debug, clap::Args)]
 pub struct JobArgs {
-    #[command(flatten)]
-    pub(super) client: ClientArgs,
     #[command(subcommand)]
     command: JobCommand,
 }
@@ -231,28 +229,27 @@ struct WaitArgs {
     timeout_ms: Option<u64>,
 }
 
-pub async fn run(args: JobArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: JobArgs, client: &Client, json: bool) -> Result<ExitCode> {
     match args.command {
         JobCommand::Shell(shell) => {
             let spec = shell.spec();
-            submit(&client, &spec, &shell.submit, json).await
+            submit(client, &spec, &shell.submit, json).await
         }
         JobCommand::Openclaw(openclaw) => {
             let spec = openclaw.spec();
-            submit(&client, &spec, &openclaw.submit, json).await
+            submit(client, &spec, &openclaw.submit, json).await
         }
         JobCommand::Wasi(wasi) => {
-            let artifact = resolve_program(&client, &wasi.program).await?;
+            let artifact = resolve_program(client, &wasi.program).await?;
             let spec = wasi.spec(artifact);
-            submit(&client, &spec, &wasi.submit, json).await
+            submit(client, &spec, &wasi.submit, json).await
         }
         JobCommand::Get { id } => show(&client.get_job(&id).await?, json),
-        JobCommand::Ls(ls) => list(&client, ls, json).await,
+        JobCommand::Ls(ls) => list(client, ls, json).await,
         JobCommand::Wait(wait) => {
             let timeout = wait.timeout_ms.map(Duration::from_millis);
             let job = client.get_job(&wait.id).await?;
-            let job = wait_until_ended(&client, job, timeout).await?;
+            let job = wait_until_ended(client, job, timeout).await?;
             report_end(&job, json)
         }
         JobCommand::Cancel { id } => show(&client.cancel_job(&id).await?, json),
