@@ -17,8 +17,9 @@ pub struct HostsArgs {
 
 #[derive(Debug, Subcommand)]
 enum HostsCommand {
-    /// List hosts: status, mode (sandbox-only or native), capabilities, load,
-    /// artifacts held, last heartbeat, OpenClaw version.
+    /// List hosts: status, mode (sandbox-only or native), capabilities, the
+    /// commands shell jobs may run, load, artifacts held, last heartbeat,
+    /// OpenClaw version.
     Ls,
 }
 
@@ -45,6 +46,7 @@ fn hosts_table(hosts: &[Host]) -> String {
             "STATUS",
             "MODE",
             "CAPABILITIES",
+            "COMMANDS",
             "RUNNING",
             "ARTIFACTS",
             "HEARTBEAT",
@@ -66,6 +68,11 @@ fn host_row(host: &Host) -> Vec<String> {
         }
         .to_string(),
         host.capabilities.join(","),
+        if host.allowed_commands.is_empty() {
+            NONE.to_string()
+        } else {
+            host.allowed_commands.join(",")
+        },
         format!("{}/{}", host.running_jobs, host.max_parallel),
         host.artifacts.len().to_string(),
         host.last_heartbeat_ms_ago.map_or_else(

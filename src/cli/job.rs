@@ -1,7 +1,7 @@
 //! `skyclaw job`: submit shell, openclaw and WASI jobs, list and inspect them,
 //! wait for them to end, cancel them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,8 +12,9 @@ use clap::builder::PossibleValuesParser;
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::jobs::{
     CodeSource, DEFAULT_OPENCLAW_TIMEOUT_MS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, Job,
-    JobList, JobQuery, JobSpec, JobStatus, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS, MAX_WASI_MEMORY_MB,
-    OpenclawSpec, OutputEncoding, Requirements, ShellSpec, THINKING_LEVELS, WasiLimits, WasiSpec,
+    JobList, JobQuery, JobResult, JobSpec, JobStatus, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS,
+    MAX_WASI_MEMORY_MB, OpenclawSpec, OutputEncoding, Requirements, ShellSpec, THINKING_LEVELS,
+    WasiLimits, WasiSpec,
 };
 use skyclaw_api::{Client, Millis, now_ms};
 use tokio::time::Instant;
@@ -38,6 +39,16 @@ const WAIT_RETRIES: u32 = 5;
 const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Characters of a job's command or message shown in tables.
 const SUMMARY_WIDTH: usize = 48;
+/// Characters of a failure or waiting reason shown in tables.
+const REASON_WIDTH: usize = 48;
+/// Lines of each output stream `job get` shows: the end, where errors are;
+/// `job logs` prints it all.
+const GET_OUTPUT_LINES: usize = 20;
+/// Bytes of each output stream `job get` shows at most, for output with
+/// long lines or none.
+const GET_OUTPUT_BYTES: usize = 4096;
+/// Hex digits of a digest shown for a WASI program that has no name.
+const DIGEST_PREFIX_HEX: usize = 12;
 
 #[derive(Debug, clap::Args)]
 pub struct JobArgs {
@@ -62,11 +73,16 @@ enum JobCommand {
     /// Limits left out take the running host's defaults; limits above a host's
     /// maxima are capped there, or refused when no live host grants them.
     Wasi(WasiArgs),
-    /// Show one job.
+    /// Show one job: what it runs, where, how it ended and why, and the end
+    /// of its output (`job logs` prints all of it).
     Get {
         /// The job's id.
         id: String,
     },
+    /// Print a job's output as the job wrote it: its stdout on stdout, its
+    /// stderr on stderr, byte for byte. Output is reported when the job ends;
+    /// --follow waits for that.
+    Logs(LogsArgs),
     /// List jobs, oldest first, one page at a time unless --all.
     Ls(LsArgs),
     /// Wait for a job to end and print its output; exit 0 if it succeeded, 1 if
@@ -221,6 +237,15 @@ struct LsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct LogsArgs {
+    /// The job's id.
+    id: String,
+    /// Wait for the job to end first, when it has not.
+    #[arg(long, short, env = "SKYCLAW_FOLLOW")]
+    follow: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct WaitArgs {
     /// The job's id.
     id: String,
@@ -244,7 +269,37 @@ pub async fn run(args: JobArgs, client: &Client, json: bool) -> Result<ExitCode>
             let spec = wasi.spec(artifact);
             submit(client, &spec, &wasi.submit, json).await
         }
-        JobCommand::Get { id } => show(&client.get_job(&id).await?, json),
+        JobCommand::Get { id } => {
+            let job = client.get_job(&id).await?;
+            if json {
+                output::print_json(&job)?;
+            } else {
+                let hosts = host_names(client).await;
+                output::out(&details(&job, &hosts, now_ms())?)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Logs(logs) => {
+            let job = client.get_job(&logs.id).await?;
+            let job = if logs.follow {
+                wait_until_ended(client, job, None).await?
+            } else if !job.status.is_terminal() {
+                bail!(
+                    "job {} is {}: its output is reported when it ends (add --follow to wait \
+                     for that)",
+                    job.id,
+                    job.status
+                );
+            } else {
+                job
+            };
+            if json {
+                output::print_json(&job)?;
+            } else {
+                print_streams(&job)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         JobCommand::Ls(ls) => list(client, ls, json).await,
         JobCommand::Wait(wait) => {
             let timeout = wait.timeout_ms.map(Duration::from_millis);
@@ -252,8 +307,33 @@ pub async fn run(args: JobArgs, client: &Client, json: bool) -> Result<ExitCode>
             let job = wait_until_ended(client, job, timeout).await?;
             report_end(&job, json)
         }
-        JobCommand::Cancel { id } => show(&client.cancel_job(&id).await?, json),
+        JobCommand::Cancel { id } => {
+            let job = client.cancel_job(&id).await?;
+            if json {
+                output::print_json(&job)?;
+            } else {
+                output::out(&format!(
+                    "cancelled job {} (it was {})\n",
+                    job.id,
+                    was(&job)
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// What a job was doing when it was cancelled, from the reason the
+/// coordinator recorded ("cancelled while running").
+fn was(job: &Job) -> String {
+    job.result
+        .as_ref()
+        .and_then(|r| r.error.as_deref())
+        .and_then(|e| e.strip_prefix("cancelled while "))
+        .map_or_else(
+            || "not ended".to_string(),
+            |status| output::escape(status, Layout::Line),
+        )
 }
 
 impl ShellArgs {
@@ -428,27 +508,10 @@ fn report_end(job: &Job, json: bool) -> Result<ExitCode> {
     })
 }
 
-/// The job's stdout on stdout and stderr on stderr, byte for byte, as if the
-/// command had run here (they are the job's data, for scripts to read), then
-/// a line on stderr if output was cut or the job did not succeed. Those lines
-/// are skyclaw's words around text the job chose, so they are escaped.
+/// The job's streams (see [`print_streams`]), then on stderr why it did not
+/// succeed, if it did not.
 fn print_job_output(job: &Job) -> Result<()> {
-    if let Some(result) = &job.result {
-        output::out_bytes(&result.stdout_bytes()?)?;
-        output::err_bytes(&result.stderr_bytes()?)?;
-        if result.stdout_truncated {
-            eprintln!(
-                "skyclaw: job {} stdout was truncated ({} bytes dropped)",
-                job.id, result.stdout_dropped_bytes
-            );
-        }
-        if result.stderr_truncated {
-            eprintln!(
-                "skyclaw: job {} stderr was truncated ({} bytes dropped)",
-                job.id, result.stderr_dropped_bytes
-            );
-        }
-    }
+    print_streams(job)?;
     match job.status {
         JobStatus::Failed => eprintln!(
             "error: job {} failed: {}",
@@ -461,6 +524,31 @@ fn print_job_output(job: &Job) -> Result<()> {
     Ok(())
 }
 
+/// The job's stdout on stdout and stderr on stderr, byte for byte, as if the
+/// command had run here (they are the job's data, for scripts to read), then
+/// a line on stderr if output was cut. That line is skyclaw's own.
+fn print_streams(job: &Job) -> Result<()> {
+    let Some(result) = &job.result else {
+        return Ok(());
+    };
+    output::out_bytes(&result.stdout_bytes()?)?;
+    output::err_bytes(&result.stderr_bytes()?)?;
+    if result.stdout_truncated {
+        eprintln!(
+            "skyclaw: job {} stdout was truncated ({} bytes dropped)",
+            job.id, result.stdout_dropped_bytes
+        );
+    }
+    if result.stderr_truncated {
+        eprintln!(
+            "skyclaw: job {} stderr was truncated ({} bytes dropped)",
+            job.id, result.stderr_dropped_bytes
+        );
+    }
+    Ok(())
+}
+
+/// Why a job failed or was cancelled, as a sentence.
 fn failure_reason(job: &Job) -> String {
     let Some(result) = &job.result else {
         return "no result was reported".to_string();
@@ -472,86 +560,169 @@ fn failure_reason(job: &Job) -> String {
     }
 }
 
-/// One job: its table row, then how it ended if it has.
-fn show(job: &Job, json: bool) -> Result<ExitCode> {
-    if json {
-        output::print_json(job)?;
-        return Ok(ExitCode::SUCCESS);
+/// Why a job is where it is, when that needs saying: why it failed or was
+/// cancelled, or why it waits.
+fn reason(job: &Job) -> Option<String> {
+    match job.status {
+        JobStatus::Failed | JobStatus::Cancelled => Some(failure_reason(job)),
+        JobStatus::Queued => job.waiting_reason.clone(),
+        JobStatus::Running | JobStatus::Succeeded => None,
     }
-    let mut text = jobs_table(std::slice::from_ref(job), now_ms());
-    if let Some(reason) = &job.waiting_reason {
-        text.push_str(&format!(
-            "\nwaiting: {}\n",
-            output::escape(reason, Layout::Line)
-        ));
-    }
-    if let Some(result) = &job.result {
-        let exit = result
-            .exit_code
-            .map_or_else(|| "no exit code".to_string(), |c| format!("exit code {c}"));
-        text.push_str(&format!("\n{exit} after {} ms\n", result.duration_ms));
-        if let Some(fuel) = result.fuel_consumed {
-            text.push_str(&format!("fuel consumed: {fuel}\n"));
-        }
-        if let Some(limits) = &result.limits {
-            text.push_str(&format!(
-                "limits: fuel {}, memory {} MiB, timeout {} ms\n",
-                limits.fuel, limits.memory_mb, limits.timeout_ms
-            ));
-        }
-        if let Some(code) = result.code {
-            let source = match code {
-                CodeSource::Compiled => "compiled for this job",
-                CodeSource::DiskCache => "loaded from the host's compiled-code cache",
-                CodeSource::Memory => "already loaded on the host",
-            };
-            text.push_str(&format!("code: {source}\n"));
-        }
-        if let Some(error) = &result.error {
-            text.push_str(&format!(
-                "error: {}\n",
-                output::escape(error, Layout::Block)
-            ));
-        }
-        let stdout = result.stdout_bytes()?;
-        output_section(
-            &mut text,
-            "stdout",
-            &stdout,
-            result.stdout_encoding,
-            result.stdout_dropped_bytes,
-        );
-        let stderr = result.stderr_bytes()?;
-        output_section(
-            &mut text,
-            "stderr",
-            &stderr,
-            result.stderr_encoding,
-            result.stderr_dropped_bytes,
-        );
-    }
-    output::out(&text)?;
-    Ok(ExitCode::SUCCESS)
 }
 
-/// A stream of a job's output as `job get` shows it: escaped, marked when it
-/// is not UTF-8, with what was cut; nothing when the job wrote nothing there.
+/// Host names by host id, to show names rather than ids; empty when the
+/// caller may not list hosts (an API key) or the list cannot be read, and
+/// ids are shown instead.
+async fn host_names(client: &Client) -> HashMap<String, String> {
+    match client.list_hosts().await {
+        Ok(list) => list.hosts.into_iter().map(|h| (h.id, h.name)).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list hosts; showing their ids");
+            HashMap::new()
+        }
+    }
+}
+
+/// The host a job ran (or runs) on: its name when known, else its id.
+fn host_cell(job: &Job, hosts: &HashMap<String, String>) -> String {
+    match &job.host_id {
+        Some(id) => hosts.get(id).unwrap_or(id).clone(),
+        None => NONE.to_string(),
+    }
+}
+
+/// One job as `job get` shows it: what it runs and where, how it ended and
+/// why, its limits, and the end of its output, every field escaped.
+fn details(job: &Job, hosts: &HashMap<String, String>, now: Millis) -> Result<String> {
+    let mut fields: Vec<(&str, String)> =
+        vec![("id", job.id.clone()), ("status", job.status.to_string())];
+    if let Some(reason) = reason(job) {
+        let label = if job.status == JobStatus::Queued {
+            "waiting"
+        } else {
+            "reason"
+        };
+        fields.push((label, reason));
+    }
+    fields.push(("kind", job.spec.kind().to_string()));
+    fields.push(match &job.spec {
+        JobSpec::OpenclawRun(openclaw) => ("message", openclaw.message.clone()),
+        spec => ("command", command_line(spec)),
+    });
+    if let JobSpec::Wasi(wasi) = &job.spec {
+        fields.push(("artifact", wasi.artifact.to_string()));
+    }
+    if let Some(id) = &job.host_id {
+        fields.push(match hosts.get(id) {
+            Some(name) => ("host", format!("{name} ({id})")),
+            None => ("host", id.clone()),
+        });
+    }
+    fields.push((
+        "attempts",
+        format!("{}/{}", job.attempts, job.spec.max_attempts()),
+    ));
+    fields.push(("submitted", ago(now, job.created_at)));
+    if job.status.is_terminal() {
+        fields.push(("ended", ago(now, job.updated_at)));
+    }
+    let Some(result) = &job.result else {
+        return Ok(output::fields(&fields));
+    };
+    if let Some(code) = result.exit_code {
+        fields.push(("exit code", code.to_string()));
+    }
+    // A result the coordinator made (a cancel, a lost host) ran nothing here.
+    if result.exit_code.is_some() || result.duration_ms > 0 {
+        fields.push(("ran", format!("{} ms", result.duration_ms)));
+    }
+    if let Some(limits) = &result.limits {
+        fields.push((
+            "limits",
+            format!(
+                "fuel {}, memory {} MiB, timeout {} ms",
+                limits.fuel, limits.memory_mb, limits.timeout_ms
+            ),
+        ));
+    }
+    if let Some(fuel) = result.fuel_consumed {
+        fields.push(("fuel used", fuel.to_string()));
+    }
+    if let Some(code) = result.code {
+        let source = match code {
+            CodeSource::Compiled => "compiled for this job",
+            CodeSource::DiskCache => "loaded from the host's compiled-code cache",
+            CodeSource::Memory => "already loaded on the host",
+        };
+        fields.push(("code", source.to_string()));
+    }
+    let mut text = output::fields(&fields);
+    output_section(
+        &mut text,
+        job,
+        "stdout",
+        &result.stdout_bytes()?,
+        result,
+        Stream::Stdout,
+    );
+    output_section(
+        &mut text,
+        job,
+        "stderr",
+        &result.stderr_bytes()?,
+        result,
+        Stream::Stderr,
+    );
+    Ok(text)
+}
+
+fn ago(now: Millis, then: Millis) -> String {
+    format!("{} ago", output::age(now.saturating_sub(then)))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A stream of a job's output as `job get` shows it: its last lines,
+/// escaped, marked when it is not UTF-8, with what was left out and where to
+/// read it all; nothing when the job wrote nothing there.
 fn output_section(
     text: &mut String,
+    job: &Job,
     name: &str,
     bytes: &[u8],
-    encoding: OutputEncoding,
-    dropped: u64,
+    result: &JobResult,
+    stream: Stream,
 ) {
+    let (encoding, dropped) = match stream {
+        Stream::Stdout => (result.stdout_encoding, result.stdout_dropped_bytes),
+        Stream::Stderr => (result.stderr_encoding, result.stderr_dropped_bytes),
+    };
     if bytes.is_empty() && dropped == 0 {
         return;
     }
     let mark = match encoding {
-        OutputEncoding::Utf8 => "",
-        OutputEncoding::Base64 => " (not UTF-8: base64 in --json, other bytes shown as \\xNN)",
+        OutputEncoding::Utf8 => String::new(),
+        OutputEncoding::Base64 => {
+            " (not UTF-8: base64 in --json, other bytes shown as \\xNN)".to_string()
+        }
     };
-    text.push_str(&format!("\n{name}{mark}:\n"));
-    let mut body = output::escape(bytes, Layout::Block);
+    let (shown, cut) = output::tail(bytes, GET_OUTPUT_LINES, GET_OUTPUT_BYTES);
+    let cut_note = if cut {
+        format!(
+            " (its last {} of {} bytes; all of it: skyclaw job logs {})",
+            shown.len(),
+            bytes.len(),
+            job.id
+        )
+    } else {
+        String::new()
+    };
+    text.push_str(&format!("\n{name}{mark}{cut_note}:\n"));
+    let mut body = output::escape(shown, Layout::Block);
     if !body.ends_with('\n') {
         body.push('\n');
     }
@@ -578,7 +749,8 @@ async fn list(client: &Client, args: LsArgs, json: bool) -> Result<ExitCode> {
         output::print_json(&page)?;
         return Ok(ExitCode::SUCCESS);
     }
-    output::out(&jobs_table(&page.jobs, now_ms()))?;
+    let hosts = host_names(client).await;
+    output::out(&jobs_table(&page.jobs, &hosts, now_ms()))?;
     if let Some(after) = &page.next_after {
         eprintln!("more jobs: add --after {after}, or --all");
     }
@@ -604,47 +776,55 @@ async fn list_all(client: &Client, mut query: JobQuery) -> Result<JobList> {
     }
 }
 
-fn jobs_table(jobs: &[Job], now: Millis) -> String {
-    let rows: Vec<Vec<String>> = jobs.iter().map(|job| job_row(job, now)).collect();
+fn jobs_table(jobs: &[Job], hosts: &HashMap<String, String>, now: Millis) -> String {
+    let rows: Vec<Vec<String>> = jobs.iter().map(|job| job_row(job, hosts, now)).collect();
     output::table(
-        &["ID", "STATUS", "KIND", "COMMAND", "HOST", "ATTEMPTS", "AGE"],
+        &[
+            "ID", "STATUS", "KIND", "COMMAND", "HOST", "ATTEMPTS", "AGE", "REASON",
+        ],
         &rows,
     )
 }
 
-fn job_row(job: &Job, now: Millis) -> Vec<String> {
+fn job_row(job: &Job, hosts: &HashMap<String, String>, now: Millis) -> Vec<String> {
     vec![
         job.id.clone(),
         job.status.to_string(),
         job.spec.kind().to_string(),
         summary(&job.spec),
-        job.host_id.clone().unwrap_or_else(|| NONE.to_string()),
+        host_cell(job, hosts),
         format!("{}/{}", job.attempts, job.spec.max_attempts()),
         output::age(now.saturating_sub(job.created_at)),
+        reason(job).map_or_else(|| NONE.to_string(), |r| output::ellipsize(&r, REASON_WIDTH)),
     ]
 }
 
 /// What the job runs, in a few words: the command line, or the quoted message.
 fn summary(spec: &JobSpec) -> String {
     match spec {
-        JobSpec::Shell(shell) => {
-            let line = std::iter::once(&shell.command)
-                .chain(&shell.args)
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(" ");
-            output::ellipsize(&line, SUMMARY_WIDTH)
-        }
         JobSpec::OpenclawRun(openclaw) => {
             format!("{:?}", output::ellipsize(&openclaw.message, SUMMARY_WIDTH))
         }
+        spec => output::ellipsize(&command_line(spec), SUMMARY_WIDTH),
+    }
+}
+
+/// A shell or WASI job's command line as a shell would take it: a WASI
+/// program by its name, or by its digest's first digits when it has none.
+fn command_line(spec: &JobSpec) -> String {
+    match spec {
+        JobSpec::Shell(shell) => output::shell_words(
+            std::iter::once(shell.command.as_str()).chain(shell.args.iter().map(String::as_str)),
+        ),
         JobSpec::Wasi(wasi) => {
-            let line = std::iter::once(&wasi.artifact.as_str()[..19])
-                .chain(wasi.args.iter().map(String::as_str))
-                .collect::<Vec<_>>()
-                .join(" ");
-            output::ellipsize(&line, SUMMARY_WIDTH)
+            let digest = wasi.artifact.as_str();
+            let short = &digest[..digest.len().min("sha256:".len() + DIGEST_PREFIX_HEX)];
+            let program = wasi.program.as_deref().unwrap_or(short);
+            output::shell_words(
+                std::iter::once(program).chain(wasi.args.iter().map(String::as_str)),
+            )
         }
+        JobSpec::OpenclawRun(openclaw) => openclaw.message.clone(),
     }
 }
 
@@ -723,6 +903,10 @@ mod tests {
             panic!("not shell")
         };
         assert_eq!(summary(&shell.spec()), "echo hello world");
+        let JobCommand::Shell(shell) = parse(&["shell", "--", "sh", "-c", "exit 3"]) else {
+            panic!("not shell")
+        };
+        assert_eq!(summary(&shell.spec()), "sh -c 'exit 3'", "words stay words");
         let JobCommand::Openclaw(openclaw) = parse(&["openclaw", "--message", "hi\nthere"]) else {
             panic!("not openclaw")
         };
