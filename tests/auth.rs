@@ -1,5 +1,5 @@
 //! Authentication, scopes and input validation, through raw HTTP as any client
-//! would send it.
+//! would send it, and through the CLI as CI would use a key.
 
 mod common;
 
@@ -302,4 +302,78 @@ async fn keys_list_their_own_jobs_and_know_their_scopes() {
         .await;
     let (status, _) = api.key(&a, "GET", "/v1/whoami", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked key is no one");
+}
+
+/// CI with a key: `job ls` lists the key's jobs; `--wait` with a key that
+/// could not read the job back is refused before anything is submitted,
+/// naming the missing scope; revoking twice says so.
+#[tokio::test]
+async fn the_cli_with_a_key_does_what_the_key_allows_and_says_what_it_lacks() {
+    let (_tmp, coordinator, api) = api().await;
+    let (_, reader) = api.create_key(&["jobs:submit", "jobs:read"]).await;
+    let (submit_id, submit_only) = api.create_key(&["jobs:submit"]).await;
+    let with_key = |key: &str, args: &[&str]| {
+        coordinator
+            .cli_command(args)
+            .env_remove("SKYCLAW_TOKEN")
+            .env("SKYCLAW_API_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let out = with_key(&reader, &["job", "shell", "--", "echo", "mine"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    api.token("POST", "/v1/jobs", Some(ECHO)).await;
+    let out = with_key(&reader, &["job", "ls", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [id.as_str()]);
+    let out = with_key(&reader, &["job", "ls"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+
+    let out = with_key(
+        &submit_only,
+        &["job", "shell", "--wait", "--", "echo", "hi"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&submit_id), "{stderr}");
+    assert!(
+        stderr.contains("lacks jobs:read (for --wait to read the job back)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Nothing was submitted"), "{stderr}");
+    let (_, all) = api.token("GET", "/v1/jobs", None).await;
+    assert_eq!(
+        all["jobs"].as_array().unwrap().len(),
+        2,
+        "nothing was submitted"
+    );
+    let out = with_key(&submit_only, &["job", "shell", "--", "echo", "hi"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "without --wait it may submit: {out:?}"
+    );
+
+    let revoke = || {
+        coordinator
+            .cli_command(&["apikey", "revoke", &submit_id])
+            .output()
+            .unwrap()
+    };
+    let first = revoke();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("revoked API key"));
+    let again = revoke();
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.contains("was already revoked"), "{said}");
 }

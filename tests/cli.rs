@@ -1,5 +1,6 @@
 //! The command line as a newcomer types it: connection flags before or after
-//! the subcommand, and usage lines that count what the environment provides.
+//! the subcommand, usage lines that count what the environment provides, and
+//! range errors that say the range.
 
 mod common;
 
@@ -124,5 +125,55 @@ fn usage_lines_leave_out_what_the_environment_provides() {
     assert!(
         !line.contains("--name") && line.contains("--scope"),
         "{line}"
+    );
+}
+
+/// Range errors say the range the flag takes (not 1..18446744073709551615),
+/// and WASI limits say what hosts grant.
+#[test]
+fn range_errors_say_the_real_range() {
+    let error = |args: &[&str]| {
+        let out = skyclaw().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        stderr(&out)
+    };
+    for args in [
+        &["job", "wasi", "--timeout-ms", "0", "app.wasm"][..],
+        &["job", "shell", "--timeout-ms", "0", "--", "true"],
+        &[
+            "job",
+            "openclaw",
+            "--message",
+            "hi",
+            "--timeout-ms",
+            "90000000",
+        ],
+    ] {
+        let said = error(args);
+        assert!(
+            said.contains("must be between 1 and 86400000"),
+            "{args:?}: {said}"
+        );
+        assert!(!said.contains("18446744073709551615"), "{said}");
+    }
+    let said = error(&["job", "wasi", "--fuel", "0", "app.wasm"]);
+    assert!(said.contains("must be at least 1"), "{said}");
+    let said = error(&["job", "wasi", "--memory-mb", "5000", "app.wasm"]);
+    assert!(said.contains("must be between 1 and 4096"), "{said}");
+    let said = error(&["job", "shell", "--max-attempts", "11", "--", "true"]);
+    assert!(said.contains("must be between 1 and 10"), "{said}");
+    let said = error(&["coordinator", "--data-dir", "d", "--lease-ms", "0"]);
+    assert!(said.contains("must be at least 1"), "{said}");
+
+    let out = skyclaw().args(["job", "wasi", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let memory = help
+        .split("--memory-mb")
+        .nth(1)
+        .and_then(|rest| rest.split("--timeout-ms").next())
+        .unwrap_or_default();
+    assert!(
+        memory.contains("--wasi-max-memory-mb") && memory.contains("1024 MiB"),
+        "what hosts grant: {help}"
     );
 }

@@ -77,12 +77,31 @@ pub async fn run(args: ApikeyArgs, client: &Client, json: bool) -> Result<ExitCo
             }
         }
         ApikeyCommand::Revoke { id } => {
-            let key = client.revoke_api_key(&id).await?;
+            // Asked first, so that revoking again says so instead of
+            // "revoked" (the answer to a revoke is the key either way).
+            let listed = client.list_api_keys().await?;
+            let already = listed
+                .keys
+                .into_iter()
+                .find(|k| k.id == id && k.revoked_at.is_some());
+            let was_revoked = already.is_some();
+            let key = match already {
+                Some(key) => key,
+                None => client.revoke_api_key(&id).await?,
+            };
             if json {
                 output::print_json(&key)?;
             } else {
                 let name = output::escape(&key.name, Layout::Line);
-                output::out(&format!("revoked API key {} ({name})\n", key.id))?;
+                let line = match key.revoked_at.filter(|_| was_revoked) {
+                    Some(at) => format!(
+                        "API key {} ({name}) was already revoked, {} ago\n",
+                        key.id,
+                        output::age(skyclaw_api::now_ms().saturating_sub(at))
+                    ),
+                    None => format!("revoked API key {} ({name})\n", key.id),
+                };
+                output::out(&line)?;
             }
         }
     }

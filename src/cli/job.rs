@@ -9,27 +9,22 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use clap::builder::PossibleValuesParser;
+use skyclaw_api::apikeys::{Scope, Whoami};
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::jobs::{
-    CodeSource, DEFAULT_OPENCLAW_TIMEOUT_MS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, Job,
-    JobList, JobQuery, JobResult, JobSpec, JobStatus, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS,
+    CodeSource, DEFAULT_AGENT, DEFAULT_OPENCLAW_ATTEMPTS, DEFAULT_OPENCLAW_TIMEOUT_MS,
+    DEFAULT_SHELL_ATTEMPTS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, DEFAULT_WASI_MAX_FUEL,
+    DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, Job, JobList, JobQuery, JobResult,
+    JobSpec, JobStatus, MAX_ATTEMPTS_LIMIT, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS, MAX_TIMEOUT_MS,
     MAX_WASI_MEMORY_MB, OpenclawSpec, OutputEncoding, Requirements, ShellSpec, THINKING_LEVELS,
-    WasiLimits, WasiSpec,
+    WasiLimits, WasiSpec, validate_program_name,
 };
-use skyclaw_api::{Client, Millis, now_ms};
+use skyclaw_api::{Client, ErrorCode, Millis, now_ms};
 use tokio::time::Instant;
 
-use super::EXIT_JOB_FAILED;
 use super::output::{self, Layout, NONE};
+use super::{EXIT_JOB_FAILED, between, positive_u64};
 
-/// Attempts of a shell job, as the API defaults them: a shell job is rerun on
-/// another host when its host is lost.
-const DEFAULT_SHELL_ATTEMPTS: u32 = 3;
-/// Attempts of an openclaw job, as the API defaults them: an agent turn may have
-/// side effects, so it is not rerun unless asked.
-const DEFAULT_OPENCLAW_ATTEMPTS: u32 = 1;
-/// The OpenClaw agent a job talks to unless told otherwise.
-const DEFAULT_AGENT: &str = "main";
 /// Longest single long-poll while waiting: short enough that a dead connection
 /// is noticed, long enough to cost nothing.
 const WAIT_POLL: Duration = Duration::from_secs(30);
@@ -98,7 +93,7 @@ enum JobCommand {
 #[derive(Debug, clap::Args)]
 struct ShellArgs {
     /// Kill the command (its whole process group) after this many milliseconds.
-    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_SHELL_TIMEOUT_MS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_SHELL_TIMEOUT_MS, value_parser = between(1, MAX_TIMEOUT_MS), value_name = "N")]
     timeout_ms: u64,
     /// Set an environment variable for the command (repeatable); jobs otherwise
     /// start with a clean environment.
@@ -108,7 +103,7 @@ struct ShellArgs {
     #[arg(long, env = "SKYCLAW_JOB_STDIN", value_name = "TEXT")]
     stdin: Option<String>,
     /// How many hosts may try the job when one is lost while running it.
-    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_SHELL_ATTEMPTS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_SHELL_ATTEMPTS, value_parser = between(1, MAX_ATTEMPTS_LIMIT), value_name = "N")]
     max_attempts: u32,
     #[command(flatten)]
     submit: SubmitArgs,
@@ -140,10 +135,10 @@ struct OpenclawArgs {
     #[arg(long, env = "SKYCLAW_OPENCLAW_LOCAL")]
     local: bool,
     /// Stop the agent after this many milliseconds.
-    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_OPENCLAW_TIMEOUT_MS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_OPENCLAW_TIMEOUT_MS, value_parser = between(1, MAX_TIMEOUT_MS), value_name = "N")]
     timeout_ms: u64,
     /// How many hosts may try the job when one is lost while running it.
-    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_OPENCLAW_ATTEMPTS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_OPENCLAW_ATTEMPTS, value_parser = between(1, MAX_ATTEMPTS_LIMIT), value_name = "N")]
     max_attempts: u32,
     #[command(flatten)]
     submit: SubmitArgs,
@@ -151,14 +146,23 @@ struct OpenclawArgs {
 
 #[derive(Debug, clap::Args)]
 struct WasiArgs {
-    /// Fuel the program may burn (about one unit per wasm instruction).
-    #[arg(long, env = "SKYCLAW_WASI_FUEL", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    #[arg(long, env = "SKYCLAW_WASI_FUEL", value_parser = positive_u64(), value_name = "N", help = limit_help(
+        "Fuel the program may burn (about one unit per wasm instruction)",
+        &DEFAULT_WASI_MAX_FUEL.to_string(),
+        "--wasi-max-fuel",
+    ))]
     fuel: Option<u64>,
-    /// Largest size, in MiB, a linear memory of the program may grow to.
-    #[arg(long, env = "SKYCLAW_WASI_MEMORY_MB", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WASI_MEMORY_MB)), value_name = "MIB")]
+    #[arg(long, env = "SKYCLAW_WASI_MEMORY_MB", value_parser = between(1, MAX_WASI_MEMORY_MB), value_name = "MIB", help = limit_help(
+        &format!("Largest size, in MiB, a linear memory of the program may grow to (1 to {MAX_WASI_MEMORY_MB})"),
+        &format!("{DEFAULT_WASI_MAX_MEMORY_MB} MiB"),
+        "--wasi-max-memory-mb",
+    ))]
     memory_mb: Option<u32>,
-    /// Stop the program after this many milliseconds.
-    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), value_name = "MS")]
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", value_parser = between(1, MAX_TIMEOUT_MS), value_name = "MS", help = limit_help(
+        "Stop the program after this many milliseconds",
+        &format!("{DEFAULT_WASI_MAX_TIMEOUT_MS} ms"),
+        "--wasi-max-timeout-ms",
+    ))]
     timeout_ms: Option<u64>,
     /// Set an environment variable for the program (repeatable); it sees no other.
     #[arg(long = "env", env = "SKYCLAW_JOB_ENV", value_name = "K=V", value_parser = parse_env_pair)]
@@ -167,7 +171,7 @@ struct WasiArgs {
     #[arg(long, env = "SKYCLAW_JOB_STDIN", value_name = "TEXT")]
     stdin: Option<String>,
     /// How many hosts may try the job when one is lost while running it.
-    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_WASI_ATTEMPTS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_WASI_ATTEMPTS, value_parser = between(1, MAX_ATTEMPTS_LIMIT), value_name = "N")]
     max_attempts: u32,
     #[command(flatten)]
     submit: SubmitArgs,
@@ -200,7 +204,7 @@ struct SubmitArgs {
     #[arg(
         long,
         env = "SKYCLAW_JOB_QUEUE_TIMEOUT_MS",
-        value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_TIMEOUT_MS),
+        value_parser = between(1, MAX_QUEUE_TIMEOUT_MS),
         value_name = "N"
     )]
     queue_timeout_ms: Option<u64>,
@@ -224,7 +228,7 @@ struct LsArgs {
     #[arg(
         long,
         env = "SKYCLAW_JOB_LIMIT",
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PAGE)),
+        value_parser = between(1, MAX_PAGE),
         value_name = "N"
     )]
     limit: Option<u32>,
@@ -245,6 +249,15 @@ struct LogsArgs {
     follow: bool,
 }
 
+/// The help of a WASI limit: what it bounds, and what hosts grant.
+fn limit_help(what: &str, default_max: &str, host_flag: &str) -> String {
+    format!(
+        "{what}. Hosts grant at most their {host_flag} ({default_max} unless their owner \
+         set it); a job asking more than every live host grants is refused [default: the \
+         host's]"
+    )
+}
+
 #[derive(Debug, clap::Args)]
 struct WaitArgs {
     /// The job's id.
@@ -258,15 +271,24 @@ pub async fn run(args: JobArgs, client: &Client, json: bool) -> Result<ExitCode>
     match args.command {
         JobCommand::Shell(shell) => {
             let spec = shell.spec();
+            spec.validate().context("invalid job")?;
+            check_scopes(client, &shell.submit, &[]).await?;
             submit(client, &spec, &shell.submit, json).await
         }
         JobCommand::Openclaw(openclaw) => {
             let spec = openclaw.spec();
+            spec.validate().context("invalid job")?;
+            check_scopes(client, &openclaw.submit, &[]).await?;
             submit(client, &spec, &openclaw.submit, json).await
         }
         JobCommand::Wasi(wasi) => {
-            let artifact = resolve_program(client, &wasi.program).await?;
-            let spec = wasi.spec(artifact);
+            let file = (!wasi.program.starts_with("sha256:")).then_some(wasi.program.as_str());
+            let push = file.map(|f| (Scope::ArtifactsPush, format!("to push {f}")));
+            // Checked before the upload, which would be wasted otherwise.
+            check_scopes(client, &wasi.submit, push.as_slice()).await?;
+            let (artifact, program) = resolve_program(client, &wasi.program).await?;
+            let spec = wasi.spec(artifact, program);
+            spec.validate().context("invalid job")?;
             submit(client, &spec, &wasi.submit, json).await
         }
         JobCommand::Get { id } => {
@@ -369,10 +391,10 @@ impl OpenclawArgs {
 }
 
 impl WasiArgs {
-    fn spec(&self, artifact: Digest) -> JobSpec {
+    fn spec(&self, artifact: Digest, program: Option<String>) -> JobSpec {
         JobSpec::Wasi(WasiSpec {
             artifact,
-            program: None,
+            program,
             args: self.args.clone(),
             env: self.env.iter().cloned().collect::<BTreeMap<_, _>>(),
             stdin: self.stdin.clone().unwrap_or_default(),
@@ -388,18 +410,33 @@ impl WasiArgs {
     }
 }
 
-/// The artifact a `job wasi` names: a digest as given, or a file's digest
-/// after pushing the file (unless the coordinators already hold it).
-async fn resolve_program(client: &Client, program: &str) -> Result<Digest> {
+/// The artifact a `job wasi` names, and the program's name: a digest as
+/// given (the program then has no name), or a file's digest after pushing the
+/// file (unless the coordinators already hold it), named as the file is.
+async fn resolve_program(client: &Client, program: &str) -> Result<(Digest, Option<String>)> {
     if program.starts_with("sha256:") {
-        return program.parse::<Digest>().map_err(anyhow::Error::msg);
+        let digest = program.parse::<Digest>().map_err(anyhow::Error::msg)?;
+        return Ok((digest, None));
     }
     let path = Path::new(program);
     if !path.is_file() {
         bail!("{program} is neither a file nor an artifact digest (sha256:...)");
     }
     let info = super::artifact::push_if_missing(client, path).await?;
-    Ok(info.digest)
+    Ok((info.digest, file_name(path)))
+}
+
+/// A file's name as a job's program name, when it is one (a name with
+/// control characters, say, is left out: the program is then `main.wasm`).
+fn file_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    match validate_program_name(name) {
+        Ok(()) => Some(name.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "the program goes by the default name");
+            None
+        }
+    }
 }
 
 impl SubmitArgs {
@@ -422,15 +459,14 @@ fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Validates locally (a clear early error), submits, and either prints the job
-/// id or waits for the job and reports how it ended.
+/// Submits a job its caller has validated (a clear early error), and either
+/// prints the job id or waits for the job and reports how it ended.
 async fn submit(
     client: &Client,
     spec: &JobSpec,
     args: &SubmitArgs,
     json: bool,
 ) -> Result<ExitCode> {
-    spec.validate().context("invalid job")?;
     let job = client
         .submit_job(spec, args.idempotency_key.as_deref())
         .await?;
@@ -445,6 +481,53 @@ async fn submit(
     tracing::info!(job = %job.id, "submitted, waiting for it to end");
     let job = wait_until_ended(client, job, None).await?;
     report_end(&job, json)
+}
+
+/// Refuses, before anything is uploaded or submitted, what the caller's API
+/// key could not see through: a job it may not submit, one it could not read
+/// back to wait on, a program it may not push (`needs`, each with why). The
+/// token may do everything; a coordinator too old to answer `whoami` judges
+/// each request by itself.
+async fn check_scopes(client: &Client, args: &SubmitArgs, needs: &[(Scope, String)]) -> Result<()> {
+    if !client.uses_api_key() {
+        return Ok(());
+    }
+    let key = match client.whoami().await {
+        Ok(Whoami::ApiKey { key }) => key,
+        Ok(Whoami::Token) => return Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot read the API key's scopes")),
+    };
+    let mut wanted = vec![(Scope::JobsSubmit, "to submit the job".to_string())];
+    if args.wait {
+        wanted.push((
+            Scope::JobsRead,
+            "for --wait to read the job back".to_string(),
+        ));
+    }
+    wanted.extend(needs.iter().cloned());
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(scope, _)| !key.scopes.contains(scope))
+        .map(|(scope, why)| format!("{scope} ({why})"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let has: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+    bail!(
+        "API key {} ({}) lacks {}; it has {}. Nothing was submitted: use a key with those \
+         scopes (skyclaw apikey create --scope …){}",
+        key.id,
+        output::escape(&key.name, Layout::Line),
+        missing.join(" and "),
+        has.join(", "),
+        if args.wait {
+            ", or leave out --wait"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Long-polls until the job (as last seen: `job`) is terminal or `timeout`
@@ -907,6 +990,16 @@ mod tests {
             panic!("not shell")
         };
         assert_eq!(summary(&shell.spec()), "sh -c 'exit 3'", "words stay words");
+        let JobCommand::Wasi(wasi) = parse(&["wasi", "app.wasm", "--", "a b"]) else {
+            panic!("not wasi")
+        };
+        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let named = wasi.spec(digest.clone(), Some("app.wasm".into()));
+        assert_eq!(summary(&named), "app.wasm 'a b'");
+        assert_eq!(
+            summary(&wasi.spec(digest, None)),
+            "sha256:abababababab 'a b'"
+        );
         let JobCommand::Openclaw(openclaw) = parse(&["openclaw", "--message", "hi\nthere"]) else {
             panic!("not openclaw")
         };
