@@ -66,6 +66,11 @@ pub fn token_path(dir: &Path) -> PathBuf {
     dir.join(TOKEN_FILE)
 }
 
+/// The path of the URL file in a dev data directory, for messages.
+pub fn url_path(dir: &Path) -> PathBuf {
+    dir.join(URL_FILE)
+}
+
 /// A `skyclaw dev` data directory with the URL its coordinator serves (or
 /// served: a `dev` killed outright leaves its URL file behind).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +92,7 @@ impl DevCluster {
 
     /// The URL file, for messages.
     pub fn url_path(&self) -> PathBuf {
-        self.dir.join(URL_FILE)
+        url_path(&self.dir)
     }
 }
 

@@ -499,10 +499,9 @@ impl Drop for UrlFile {
 /// What `skyclaw dev` prints once it is up: where things are and what to try.
 fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
     let program = program_name();
+    // Commands below the data directory find its URL and token; elsewhere
+    // they need to be told where it is. The URL needs no export either way.
     let mut setup = String::new();
-    if url != DEFAULT_COORDINATOR_URL {
-        setup.push_str(&format!("  export SKYCLAW_COORDINATOR_URLS={url}\n"));
-    }
     if data_dir != Path::new(devtoken::DEFAULT_DEV_DIR) {
         let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         setup.push_str(&format!(
@@ -515,7 +514,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
          \x20 coordinator  {url} (data in {coordinator})\n\
          \x20 host         {name}: runs {allowed} and WASI programs; {parallel} jobs at once\n\
          \x20 native jobs  {users}\n\
-         \x20 token        {token}, used by commands run in this directory or below\n\
+         \x20 url, token   {url_file}, {token}: used by commands run in this directory or below\n\
          \n\
          Try, in another terminal in this directory:\n\
          {setup}\
@@ -532,6 +531,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
         allowed = host.allowed_commands.join(", "),
         parallel = host.max_parallel,
         users = job_users_line(host.job_users),
+        url_file = devtoken::url_path(data_dir).display(),
         token = devtoken::token_path(data_dir).display(),
     )
 }
@@ -841,7 +841,11 @@ mod tests {
         assert!(!plain.contains("export"), "{plain}");
         assert!(plain.contains("job shell --wait -- echo hello"), "{plain}");
         let moved = dev_banner("http://127.0.0.1:4000", Path::new("/tmp/d"), &host);
-        assert!(moved.contains("SKYCLAW_COORDINATOR_URLS=http://127.0.0.1:4000"));
+        assert!(
+            !moved.contains("SKYCLAW_COORDINATOR_URLS"),
+            "clients read the URL from the dev directory: {moved}"
+        );
+        assert!(moved.contains("/tmp/d/url"), "{moved}");
         assert!(moved.contains("SKYCLAW_DEV_DIR=/tmp/d"));
     }
 }
