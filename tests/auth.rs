@@ -1,5 +1,5 @@
 //! Authentication, scopes and input validation, through raw HTTP as any client
-//! would send it.
+//! would send it, and through the CLI as CI would use a key.
 
 mod common;
 
@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 /// Every private route, with a body where it takes one.
 const PRIVATE_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs/j-x/complete"),
     ("GET", "/v1/hosts"),
     ("POST", "/v1/hosts/register"),
@@ -21,6 +20,8 @@ const PRIVATE_ROUTES: &[(&str, &str)] = &[
 ];
 /// Public routes: the token or a scoped key.
 const PUBLIC_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/whoami"),
+    ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs/j-x"),
     ("GET", "/v1/jobs/j-x/wait"),
@@ -245,4 +246,134 @@ async fn bad_input_gets_clear_errors() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
+}
+
+/// A key lists the jobs it submitted, and only those; the token lists all.
+/// `whoami` tells a caller which credentials it presented and their scopes.
+#[tokio::test]
+async fn keys_list_their_own_jobs_and_know_their_scopes() {
+    let (_tmp, _c, api) = api().await;
+    let (a_id, a) = api.create_key(&["jobs:submit", "jobs:read"]).await;
+    let (_, b) = api.create_key(&["jobs:submit", "jobs:read"]).await;
+    let (_, submit_only) = api.create_key(&["jobs:submit"]).await;
+    let mut mine = Vec::new();
+    for _ in 0..2 {
+        let (status, job) = api.key(&a, "POST", "/v1/jobs", Some(ECHO)).await;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        mine.push(job["id"].as_str().unwrap().to_string());
+    }
+    api.key(&b, "POST", "/v1/jobs", Some(ECHO)).await;
+    api.token("POST", "/v1/jobs", Some(ECHO)).await;
+
+    let ids = |list: &Value| -> Vec<String> {
+        list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, list) = api.key(&a, "GET", "/v1/jobs", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(ids(&list), mine, "a key sees only its own jobs");
+    let (_, page) = api.key(&a, "GET", "/v1/jobs?limit=1", None).await;
+    assert_eq!(ids(&page), mine[..1], "{page}");
+    assert_eq!(page["next_after"], mine[0].as_str(), "paged among its own");
+    let (_, list) = api.token("GET", "/v1/jobs", None).await;
+    assert_eq!(ids(&list).len(), 4, "the token sees every job");
+    let (status, body) = api.key(&submit_only, "GET", "/v1/jobs", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("jobs:read"),
+        "{body}"
+    );
+
+    let (status, me) = api.key(&a, "GET", "/v1/whoami", None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["kind"], "api_key");
+    assert_eq!(me["key"]["id"], a_id.as_str());
+    assert_eq!(me["key"]["scopes"], json!(["jobs:submit", "jobs:read"]));
+    let (_, me) = api.token("GET", "/v1/whoami", None).await;
+    assert_eq!(me, json!({"kind": "token"}));
+    api.token("DELETE", &format!("/v1/apikeys/{a_id}"), None)
+        .await;
+    let (status, _) = api.key(&a, "GET", "/v1/whoami", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked key is no one");
+}
+
+/// CI with a key: `job ls` lists the key's jobs; `--wait` with a key that
+/// could not read the job back is refused before anything is submitted,
+/// naming the missing scope; revoking twice says so.
+#[tokio::test]
+async fn the_cli_with_a_key_does_what_the_key_allows_and_says_what_it_lacks() {
+    let (_tmp, coordinator, api) = api().await;
+    let (_, reader) = api.create_key(&["jobs:submit", "jobs:read"]).await;
+    let (submit_id, submit_only) = api.create_key(&["jobs:submit"]).await;
+    let with_key = |key: &str, args: &[&str]| {
+        coordinator
+            .cli_command(args)
+            .env_remove("SKYCLAW_TOKEN")
+            .env("SKYCLAW_API_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let out = with_key(&reader, &["job", "shell", "--", "echo", "mine"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    api.token("POST", "/v1/jobs", Some(ECHO)).await;
+    let out = with_key(&reader, &["job", "ls", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [id.as_str()]);
+    let out = with_key(&reader, &["job", "ls"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+
+    let out = with_key(
+        &submit_only,
+        &["job", "shell", "--wait", "--", "echo", "hi"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&submit_id), "{stderr}");
+    assert!(
+        stderr.contains("lacks jobs:read (for --wait to read the job back)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Nothing was submitted"), "{stderr}");
+    let (_, all) = api.token("GET", "/v1/jobs", None).await;
+    assert_eq!(
+        all["jobs"].as_array().unwrap().len(),
+        2,
+        "nothing was submitted"
+    );
+    let out = with_key(&submit_only, &["job", "shell", "--", "echo", "hi"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "without --wait it may submit: {out:?}"
+    );
+
+    let revoke = || {
+        coordinator
+            .cli_command(&["apikey", "revoke", &submit_id])
+            .output()
+            .unwrap()
+    };
+    let first = revoke();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("revoked API key"));
+    let again = revoke();
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.contains("was already revoked"), "{said}");
 }

@@ -134,7 +134,7 @@ async fn output_is_kept_exact_and_shown_escaped() {
     );
     let escaped = "\\u{1b}]0;owned\\u{7}red\\u{202e}txt.exe";
     let listed = String::from_utf8(net.cli(&["job", "ls"]).stdout).unwrap();
-    assert!(listed.contains(&format!("echo {escaped}")), "{listed}");
+    assert!(listed.contains(&format!("echo '{escaped}'")), "{listed}");
     let list: serde_json::Value =
         serde_json::from_slice(&net.cli(&["job", "ls", "--json"]).stdout).unwrap();
     let last = list["jobs"].as_array().unwrap().last().unwrap().clone();
@@ -327,6 +327,172 @@ async fn cancel_stops_a_running_job() {
     wait_no_processes("sleep 300.12").await;
     let again = client.cancel_job(&job.id).await.unwrap_err();
     assert_eq!(again.code(), Some(skyclaw_api::ErrorCode::Conflict));
+    assert!(
+        again.to_string().contains("was already cancelled"),
+        "{again}"
+    );
+}
+
+/// `job get` of a cancelled job reads as a cancel, not as an error, and
+/// claims no run time the coordinator never measured; cancelling an ended
+/// job says how it ended, in words that read right.
+#[tokio::test]
+async fn a_cancelled_job_reads_as_one() {
+    let net = Network::start("sh,true", &[]).await;
+    let out = net.cli(&["job", "shell", "--", "sh", "-c", "exec sleep 300.14"]);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    wait_processes("sleep 300.14", 1).await;
+    let out = net.cli(&["job", "cancel", &id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("cancelled job {id} (it was running)\n")
+    );
+    let out = net.cli(&["job", "get", &id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(field(&shown, "status") == "cancelled", "{shown}");
+    assert!(
+        field(&shown, "reason") == "cancelled while running",
+        "{shown}"
+    );
+    assert!(!shown.contains("error"), "a cancel is no error: {shown}");
+    assert!(
+        !shown.contains("exit code") && !shown.contains("0 ms"),
+        "{shown}"
+    );
+    let out = net.cli(&["job", "cancel", &id]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("job {id} was already cancelled")),
+        "{stderr}"
+    );
+
+    let out = net.cli(&["job", "shell", "--wait", "--json", "--", "true"]);
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = net.cli(&["job", "cancel", done["id"].as_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(" already succeeded"), "{stderr}");
+    assert!(!stderr.contains("is already"), "{stderr}");
+    wait_no_processes("sleep 300.14").await;
+}
+
+/// The value of the `label  value` line of a `job get` view.
+fn field<'a>(view: &'a str, label: &str) -> &'a str {
+    view.lines()
+        .find_map(|line| line.strip_prefix(label)?.strip_prefix("  ").map(str::trim))
+        .unwrap_or_else(|| panic!("no {label} in {view}"))
+}
+
+/// `job get` shows how a job ended, why, and the end of its output with a
+/// pointer to `job logs`, which prints every byte of each stream where it
+/// belongs; `--follow` waits for a job that has not ended.
+#[tokio::test]
+async fn get_shows_the_end_of_the_output_and_logs_prints_it_all() {
+    let (shared, _) = common::execution_log();
+    let go = shared.path().join("go");
+    let net = Network::start("sh", &["--name", "builder-7"]).await;
+    let script = "seq 1 100; printf \"err\\377\\n\" >&2; exit 3";
+    let out = net.cli(&["job", "shell", "--wait", "--json", "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let out = net.cli(&["job", "get", &id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(field(&shown, "status"), "failed", "{shown}");
+    assert_eq!(field(&shown, "reason"), "exited with code 3", "{shown}");
+    assert_eq!(field(&shown, "exit code"), "3", "{shown}");
+    assert_eq!(
+        field(&shown, "command"),
+        format!("sh -c '{script}'"),
+        "{shown}"
+    );
+    assert_eq!(
+        field(&shown, "host"),
+        format!("builder-7 ({})", net.host_id),
+        "{shown}"
+    );
+    let tail: String = (81..=100).map(|n| format!("{n}\n")).collect();
+    assert!(
+        shown.contains(&format!("; all of it: skyclaw job logs {id}):\n{tail}")),
+        "the last lines, and where the rest is: {shown}"
+    );
+    assert!(!shown.contains("\n80\n"), "{shown}");
+    assert!(shown.contains("stderr (not UTF-8"), "{shown}");
+    assert!(shown.contains("err\\xff\n"), "{shown}");
+
+    let out = net.cli(&["job", "logs", &id]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let all: String = (1..=100).map(|n| format!("{n}\n")).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        all,
+        "every line, on stdout"
+    );
+    assert_eq!(out.stderr, b"err\xff\n", "the exact bytes, on stderr");
+
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; echo done",
+        go.display()
+    );
+    let out = net.cli(&["job", "shell", "--", "sh", "-c", &script]);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    common::wait_status(&net.client(), &id, JobStatus::Running).await;
+    let out = net.cli(&["job", "logs", &id]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("add --follow"),
+        "{out:?}"
+    );
+    let follow = net
+        .cli_command(&["job", "logs", "--follow", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = tokio::task::spawn_blocking(move || follow.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+}
+
+/// `job ls` shows commands as they were typed (quoted), hosts by name and
+/// why jobs failed or wait; `hosts ls` shows what each host allows.
+#[tokio::test]
+async fn lists_show_commands_hosts_and_reasons() {
+    let net = Network::start("sh,echo", &["--name", "builder-7"]).await;
+    let out = net.cli(&["job", "shell", "--wait", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = net.cli(&["job", "shell", "--require", "gpu", "--", "echo", "it's"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let listed = String::from_utf8(net.cli(&["job", "ls"]).stdout).unwrap();
+    let mut rows = listed.lines();
+    let header = rows.next().unwrap();
+    assert!(header.ends_with("AGE  REASON"), "{listed}");
+    let failed = rows.next().unwrap();
+    assert!(failed.contains("sh -c 'exit 3'"), "{listed}");
+    assert!(failed.contains("builder-7"), "the host's name: {listed}");
+    assert!(!failed.contains(&net.host_id), "{listed}");
+    assert!(failed.ends_with("exited with code 3"), "{listed}");
+    let waiting = rows.next().unwrap();
+    assert!(waiting.contains("echo 'it'\\''s'"), "{listed}");
+    assert!(
+        waiting.ends_with("no live host offers capability gpu"),
+        "{listed}"
+    );
+
+    let hosts = String::from_utf8(net.cli(&["hosts", "ls"]).stdout).unwrap();
+    assert!(
+        hosts.lines().next().unwrap().contains("COMMANDS"),
+        "{hosts}"
+    );
+    let row = hosts.lines().find(|l| l.contains("builder-7")).unwrap();
+    assert!(row.contains(" sh,echo "), "{hosts}");
 }
 
 #[tokio::test]

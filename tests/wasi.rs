@@ -77,6 +77,7 @@ async fn component_gets_only_its_args_env_and_stdin() {
     assert_eq!(result.exit_code, Some(0));
     assert!(result.fuel_consumed.unwrap() > 0);
     let out: serde_json::Value = serde_json::from_str(&result.stdout).unwrap();
+    assert_eq!(out["program"], "main.wasm", "a job that names no program");
     assert_eq!(out["args"], json!(["a", "b c"]));
     assert_eq!(out["env"], json!({"GREETING": "hi"}), "no host environment");
     assert_eq!(out["stdin"], "some input");
@@ -90,6 +91,45 @@ async fn component_gets_only_its_args_env_and_stdin() {
     .await;
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.result.unwrap().exit_code, Some(1));
+}
+
+/// A program pushed from a file runs under the file's name (its `argv[0]`,
+/// as under `wasmtime run`), which `job ls` shows; names that are not plain
+/// file names are refused; limits above what the live hosts grant are
+/// refused with what they grant.
+#[tokio::test]
+async fn a_pushed_program_keeps_its_file_name() {
+    let net = Network::start("true", &[]).await;
+    let echo = guest("echo");
+    let path = echo.to_str().unwrap();
+    let out = net.cli(&["job", "wasi", "--wait", path, "--", "a b"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["program"], "echo.wasm", "{printed}");
+    assert_eq!(printed["args"], json!(["a b"]));
+    let listed = String::from_utf8(net.cli(&["job", "ls"]).stdout).unwrap();
+    assert!(listed.contains("echo.wasm 'a b'"), "{listed}");
+
+    let digest = push(&net.client(), "echo").await;
+    for bad in ["../echo.wasm", "a\u{1b}[2J", ""] {
+        let spec = json!({"kind": "wasi", "artifact": digest, "program": bad});
+        let err = net
+            .client()
+            .submit_job(&serde_json::from_value(spec).unwrap(), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("program must be a file name"),
+            "{bad:?}: {err}"
+        );
+    }
+
+    let out = net.cli(&["job", "wasi", "--memory-mb", "2000", path]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("memory_mb 2000 is above 1024"), "{said}");
+    assert!(said.contains("--wasi-max-memory-mb"), "{said}");
 }
 
 #[tokio::test]

@@ -83,3 +83,24 @@ pub struct CreatedApiKey {
 pub struct ApiKeyList {
     pub keys: Vec<ApiKey>,
 }
+
+/// `GET /v1/whoami`: whom the coordinator takes the caller for, so a client
+/// can tell what it may do before it starts a task of several requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Whoami {
+    /// The cluster token: every route.
+    Token,
+    /// An API key: the public routes its scopes allow, on its own jobs.
+    ApiKey { key: ApiKey },
+}
+
+impl Whoami {
+    /// Whether the caller may do what `scope` allows.
+    pub fn has(&self, scope: Scope) -> bool {
+        match self {
+            Whoami::Token => true,
+            Whoami::ApiKey { key } => key.scopes.contains(&scope),
+        }
+    }
+}

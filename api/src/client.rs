@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-use crate::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey};
+use crate::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, Whoami};
 use crate::artifacts::{ArtifactInfo, ArtifactList, Digest};
 use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::headers;
@@ -210,6 +210,12 @@ impl Client {
             .collect()
     }
 
+    /// Whether the client presents an API key (whose scopes limit it), not
+    /// the token.
+    pub fn uses_api_key(&self) -> bool {
+        matches!(self.inner.credentials, Credentials::ApiKey(_))
+    }
+
     /// The coordinator URLs the client knows now.
     pub fn urls(&self) -> Vec<String> {
         self.inner.urls.read().expect("urls lock").clone()
@@ -368,6 +374,11 @@ impl Client {
 
     pub async fn list_hosts(&self) -> Result<HostList, ClientError> {
         self.call(Call::get("/v1/hosts")).await
+    }
+
+    /// `GET /v1/whoami`: the token, or the API key presented and its scopes.
+    pub async fn whoami(&self) -> Result<Whoami, ClientError> {
+        self.call(Call::get("/v1/whoami")).await
     }
 
     pub async fn create_api_key(&self, req: &CreateApiKey) -> Result<CreatedApiKey, ClientError> {

@@ -25,6 +25,14 @@ pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 pub const DEFAULT_SHELL_TIMEOUT_MS: u64 = 60_000;
 /// Default timeout of an openclaw-run job: an agent turn can take minutes.
 pub const DEFAULT_OPENCLAW_TIMEOUT_MS: u64 = 600_000;
+/// Default attempts of a shell job: it is rerun on another host when its
+/// host is lost.
+pub const DEFAULT_SHELL_ATTEMPTS: u32 = 3;
+/// Default attempts of an openclaw-run job: an agent turn may have side
+/// effects, so it is not rerun unless the submitter says so.
+pub const DEFAULT_OPENCLAW_ATTEMPTS: u32 = 1;
+/// The OpenClaw agent a job talks to unless it names another.
+pub const DEFAULT_AGENT: &str = "main";
 /// Upper bound on `max_attempts`: retries only cover lost hosts, not failures.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
 /// Bytes in an openclaw message.
@@ -52,10 +60,32 @@ pub const CAP_OPENCLAW: &str = "openclaw";
 pub const CAP_WASI: &str = "wasi";
 
 /// Largest memory a WASI job may ask for: a 32-bit linear memory holds 4 GiB.
+/// Hosts grant less unless their owners allow more
+/// ([`DEFAULT_WASI_MAX_MEMORY_MB`]).
 pub const MAX_WASI_MEMORY_MB: u32 = 4096;
+/// Fuel a host gives a WASI job that names none, by default: about ten
+/// seconds of busy compute, plenty for a job and a bound on a runaway loop.
+pub const DEFAULT_WASI_FUEL: u64 = 10_000_000_000;
+/// Most fuel a host grants one WASI job by default: about half an hour of compute.
+pub const DEFAULT_WASI_MAX_FUEL: u64 = 1_000_000_000_000;
+/// Memory a host gives a WASI job that names none, by default.
+pub const DEFAULT_WASI_MEMORY_MB: u32 = 256;
+/// Most memory a host grants one WASI job by default: leaves room for
+/// several jobs at once on a small machine.
+pub const DEFAULT_WASI_MAX_MEMORY_MB: u32 = 1024;
+/// Wall-clock time a host gives a WASI job that names none, by default.
+pub const DEFAULT_WASI_TIMEOUT_MS: u64 = 60_000;
+/// Longest a host lets one WASI job run by default.
+pub const DEFAULT_WASI_MAX_TIMEOUT_MS: u64 = 600_000;
 /// Default attempts of a WASI job: a sandboxed job has no effects outside its
 /// own output, so running it again on another host is safe.
 pub const DEFAULT_WASI_ATTEMPTS: u32 = 3;
+/// A WASI program's `argv[0]` when its job names none, as `wasmtime run`
+/// gives a program read from stdin.
+pub const DEFAULT_PROGRAM_NAME: &str = "main.wasm";
+/// Longest program name: the longest file name Linux allows (`NAME_MAX`),
+/// so any file the CLI pushes keeps its name.
+pub const MAX_PROGRAM_NAME_BYTES: usize = 255;
 
 /// Thinking levels `openclaw agent --thinking` accepts.
 pub const THINKING_LEVELS: &[&str] = &["off", "minimal", "low", "medium", "high"];
@@ -79,7 +109,12 @@ pub enum JobSpec {
 #[serde(deny_unknown_fields)]
 pub struct WasiSpec {
     pub artifact: Digest,
-    /// Arguments after the program name (`argv[0]` is the artifact digest).
+    /// The program's file name, its `argv[0]` ([`DEFAULT_PROGRAM_NAME`] when
+    /// absent): the CLI sends the name of the file it pushed. A plain file
+    /// name: no `/`, no control characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// Arguments after the program name.
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default)]
@@ -95,6 +130,13 @@ pub struct WasiSpec {
     /// Fail the job if it waits in the queue longer than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u64>,
+}
+
+impl WasiSpec {
+    /// The program's `argv[0]`: its name, or [`DEFAULT_PROGRAM_NAME`].
+    pub fn program_name(&self) -> &str {
+        self.program.as_deref().unwrap_or(DEFAULT_PROGRAM_NAME)
+    }
 }
 
 /// Resource limits of one WASI job. Each one left out takes the running host's
@@ -267,16 +309,16 @@ fn default_openclaw_timeout() -> u64 {
     DEFAULT_OPENCLAW_TIMEOUT_MS
 }
 fn default_shell_attempts() -> u32 {
-    3
+    DEFAULT_SHELL_ATTEMPTS
 }
 fn default_openclaw_attempts() -> u32 {
-    1
+    DEFAULT_OPENCLAW_ATTEMPTS
 }
 fn default_wasi_attempts() -> u32 {
     DEFAULT_WASI_ATTEMPTS
 }
 fn default_agent() -> String {
-    "main".to_string()
+    DEFAULT_AGENT.to_string()
 }
 
 /// A submission that fails validation; the message names the offending field.
@@ -388,6 +430,9 @@ impl JobSpec {
             // a list of strings its guest reads, and no loader runs in the
             // sandbox to act on them.
             JobSpec::Wasi(s) => {
+                if let Some(program) = &s.program {
+                    validate_program_name(program)?;
+                }
                 validate_args(&s.args)?;
                 validate_env(&s.env)?;
                 validate_stdin(&s.stdin)?;
@@ -396,6 +441,24 @@ impl JobSpec {
             }
         }
     }
+}
+
+/// A program name is what a file in a directory could be called: the guest
+/// sees it as `argv[0]` and people see it in listings.
+pub fn validate_program_name(name: &str) -> Result<(), InvalidSpec> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_PROGRAM_NAME_BYTES
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(char::is_control);
+    if !ok {
+        return invalid(format!(
+            "program must be a file name of 1 to {MAX_PROGRAM_NAME_BYTES} bytes without '/' \
+             or control characters, not {name:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_stdin(stdin: &str) -> Result<(), InvalidSpec> {
@@ -592,6 +655,18 @@ impl JobStatus {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// "already …" as a sentence about a job says it: the answer to acting
+    /// on a job that is past it ("job j-1 already succeeded").
+    pub fn already(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "is already queued",
+            JobStatus::Running => "is already running",
+            JobStatus::Succeeded => "already succeeded",
+            JobStatus::Failed => "already failed",
+            JobStatus::Cancelled => "was already cancelled",
         }
     }
 
@@ -982,6 +1057,49 @@ mod tests {
                 .to_string()
                 .contains("stdout")
         );
+    }
+
+    #[test]
+    fn program_names_are_plain_file_names() {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let spec = |program: &str| -> JobSpec {
+            serde_json::from_value(serde_json::json!({
+                "kind": "wasi", "artifact": digest, "program": program
+            }))
+            .unwrap()
+        };
+        for good in [
+            "hello-job.wasm",
+            "a b.wasm",
+            "é.wasm",
+            &"x".repeat(MAX_PROGRAM_NAME_BYTES),
+        ] {
+            spec(good)
+                .validate()
+                .unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "dir/x.wasm",
+            "/x",
+            "a\nb",
+            "a\u{1b}[2J",
+            &"x".repeat(256),
+        ] {
+            let err = spec(bad).validate().unwrap_err();
+            assert!(err.0.starts_with("program must be"), "{bad:?}: {err}");
+        }
+        let JobSpec::Wasi(unnamed) =
+            serde_json::from_value(serde_json::json!({"kind": "wasi", "artifact": digest}))
+                .unwrap()
+        else {
+            panic!("not wasi")
+        };
+        assert_eq!(unnamed.program_name(), DEFAULT_PROGRAM_NAME);
+        let text = serde_json::to_string(&unnamed).unwrap();
+        assert!(!text.contains("program"), "absent when unnamed: {text}");
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub const EXIT_FAILURE: i32 = 1;
 /// Exit code of [`run`] when the job's input could not be read or parsed.
 pub const EXIT_BAD_INPUT: i32 = 2;
 
-/// The job's arguments, without `argv[0]` (which on Skyclaw is the artifact
-/// digest).
+/// The job's arguments, without `argv[0]` (which on Skyclaw is the program's
+/// file name, or `main.wasm`).
 pub fn args() -> Vec<String> {
     std::env::args().skip(1).collect()
 }

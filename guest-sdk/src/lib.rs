@@ -2,9 +2,9 @@
 //! Rust and build it for `wasm32-wasip2` (or `wasm32-wasip1`).
 //!
 //! A Skyclaw WASI job is a command: the host runs it in a sandbox with the
-//! job's arguments (`argv[0]` is the artifact digest, the job's own arguments
-//! follow), its environment and its stdin, and nothing else: no filesystem, no
-//! network. The job writes its result to stdout, diagnostics to stderr, and
+//! job's arguments (`argv[0]` is the program's file name as it was pushed,
+//! `main.wasm` when the job names none; the job's own arguments follow), its
+//! environment and its stdin, and nothing else: no filesystem, no network. The job writes its result to stdout, diagnostics to stderr, and
 //! exits 0 when it succeeded; any other exit code makes the job fail.
 //!
 //! This crate follows one convention on top of that:

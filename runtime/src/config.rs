@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use skyclaw_api::hosts::MAX_HOST_LIST;
+// What a host grants WASI jobs by default lives with the wire types: the CLI
+// tells submitters about it too.
+pub use skyclaw_api::jobs::{
+    DEFAULT_WASI_FUEL, DEFAULT_WASI_MAX_FUEL, DEFAULT_WASI_MAX_MEMORY_MB,
+    DEFAULT_WASI_MAX_TIMEOUT_MS, DEFAULT_WASI_MEMORY_MB, DEFAULT_WASI_TIMEOUT_MS,
+};
 use skyclaw_api::jobs::{MAX_OUTPUT_BYTES_LIMIT, WasiCaps, is_loader_variable};
 
 use crate::HostError;
@@ -25,20 +31,6 @@ pub const DEFAULT_OPENCLAW_COMMAND: &str = "openclaw";
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The name a host goes by when its hostname cannot be read.
 pub const FALLBACK_HOST_NAME: &str = "skyclaw-host";
-/// Fuel a WASI job gets when it names none: about ten seconds of busy compute,
-/// plenty for a job and a bound on a runaway loop.
-pub const DEFAULT_WASI_FUEL: u64 = 10_000_000_000;
-/// Most fuel a host grants one WASI job by default: about half an hour of compute.
-pub const DEFAULT_WASI_MAX_FUEL: u64 = 1_000_000_000_000;
-/// Memory a WASI job gets when it names none.
-pub const DEFAULT_WASI_MEMORY_MB: u32 = 256;
-/// Most memory a host grants one WASI job by default: leaves room for
-/// several jobs at once on a small machine.
-pub const DEFAULT_WASI_MAX_MEMORY_MB: u32 = 1024;
-/// Wall-clock time a WASI job gets when it names none.
-pub const DEFAULT_WASI_TIMEOUT_MS: u64 = 60_000;
-/// Longest a host lets one WASI job run by default.
-pub const DEFAULT_WASI_MAX_TIMEOUT_MS: u64 = 600_000;
 /// Disk the host's artifact cache may use by default; the least recently used
 /// artifacts are removed past it.
 pub const DEFAULT_ARTIFACT_CACHE_BYTES: u64 = 2 * 1024 * 1024 * 1024;

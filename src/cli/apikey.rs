@@ -4,16 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use skyclaw_api::Millis;
 use skyclaw_api::apikeys::{ApiKey, CreateApiKey, Scope};
+use skyclaw_api::{Client, Millis};
 
-use super::ClientArgs;
 use super::output::{self, Layout, NONE};
 
 #[derive(Debug, clap::Args)]
 pub struct ApikeyArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: ApikeyCommand,
 }
@@ -46,8 +43,7 @@ enum ApikeyCommand {
     },
 }
 
-pub async fn run(args: ApikeyArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: ApikeyArgs, client: &Client, json: bool) -> Result<ExitCode> {
     match args.command {
         ApikeyCommand::Create { name, scopes } => {
             let created = client
@@ -81,12 +77,31 @@ pub async fn run(args: ApikeyArgs, json: bool) -> Result<ExitCode> {
             }
         }
         ApikeyCommand::Revoke { id } => {
-            let key = client.revoke_api_key(&id).await?;
+            // Asked first, so that revoking again says so instead of
+            // "revoked" (the answer to a revoke is the key either way).
+            let listed = client.list_api_keys().await?;
+            let already = listed
+                .keys
+                .into_iter()
+                .find(|k| k.id == id && k.revoked_at.is_some());
+            let was_revoked = already.is_some();
+            let key = match already {
+                Some(key) => key,
+                None => client.revoke_api_key(&id).await?,
+            };
             if json {
                 output::print_json(&key)?;
             } else {
                 let name = output::escape(&key.name, Layout::Line);
-                output::out(&format!("revoked API key {} ({name})\n", key.id))?;
+                let line = match key.revoked_at.filter(|_| was_revoked) {
+                    Some(at) => format!(
+                        "API key {} ({name}) was already revoked, {} ago\n",
+                        key.id,
+                        output::age(skyclaw_api::now_ms().saturating_sub(at))
+                    ),
+                    None => format!("revoked API key {} ({name})\n", key.id),
+                };
+                output::out(&line)?;
             }
         }
     }

@@ -10,7 +10,6 @@ use skyclaw_api::artifacts::{ArtifactInfo, Digest};
 use skyclaw_api::client::digest_file;
 use skyclaw_api::{Client, Millis};
 
-use super::ClientArgs;
 use super::output;
 
 /// Units of [`size`], each 1024 times the one before.
@@ -18,8 +17,6 @@ const SIZE_UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 
 #[derive(Debug, clap::Args)]
 pub struct ArtifactArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: ArtifactCommand,
 }
@@ -37,10 +34,9 @@ enum ArtifactCommand {
     Ls,
 }
 
-pub async fn run(args: ArtifactArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: ArtifactArgs, client: &Client, json: bool) -> Result<ExitCode> {
     match args.command {
-        ArtifactCommand::Push { file } => push(&client, &file, json).await?,
+        ArtifactCommand::Push { file } => push(client, &file, json).await?,
         ArtifactCommand::Ls => {
             let list = client.list_artifacts().await?;
             if json {

@@ -40,7 +40,7 @@ pub fn load_or_create_token(dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// Records where the dev coordinator listens, for client commands to match.
+/// Records where the dev coordinator listens, for client commands to find.
 /// Written aside and renamed, so a reader never sees half a URL.
 pub fn write_url(dir: &Path, url: &str) -> Result<()> {
     let path = dir.join(URL_FILE);
@@ -50,35 +50,77 @@ pub fn write_url(dir: &Path, url: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Removes the URL file of a `dev` that stops, unless another `dev` has
+/// written its own URL there since: client commands should not be sent to a
+/// port no one serves.
+pub fn remove_url(dir: &Path, url: &str) {
+    let path = dir.join(URL_FILE);
+    let ours = fs::read_to_string(&path).is_ok_and(|saved| normalize(&saved) == normalize(url));
+    if ours && let Err(e) = fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the dev URL file");
+    }
+}
+
 /// The path of the token file in a dev data directory, for messages.
 pub fn token_path(dir: &Path) -> PathBuf {
     dir.join(TOKEN_FILE)
 }
 
-/// The token of a dev cluster that serves one of `urls`: the one in `dev_dir`
-/// when given, else the nearest `.skyclaw` in the current directory or its
-/// ancestors whose URL matches.
-pub fn find(dev_dir: Option<&Path>, urls: &[String]) -> Option<String> {
-    match dev_dir {
-        Some(dir) => token_for(dir, urls),
-        None => search_upwards(&std::env::current_dir().ok()?, urls),
+/// The path of the URL file in a dev data directory, for messages.
+pub fn url_path(dir: &Path) -> PathBuf {
+    dir.join(URL_FILE)
+}
+
+/// A `skyclaw dev` data directory with the URL its coordinator serves (or
+/// served: a `dev` killed outright leaves its URL file behind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevCluster {
+    pub dir: PathBuf,
+    pub url: String,
+}
+
+impl DevCluster {
+    /// The cluster token kept in the directory, if it can be read.
+    pub fn token(&self) -> Option<String> {
+        read_token(&self.dir.join(TOKEN_FILE)).ok().flatten()
+    }
+
+    /// Whether `url` names this dev coordinator.
+    pub fn serves(&self, url: &str) -> bool {
+        normalize(url) == self.url
+    }
+
+    /// The URL file, for messages.
+    pub fn url_path(&self) -> PathBuf {
+        url_path(&self.dir)
     }
 }
 
-fn search_upwards(start: &Path, urls: &[String]) -> Option<String> {
+/// The dev cluster client commands use: the one in `dev_dir` when given,
+/// else the nearest `.skyclaw` in the current directory or its ancestors,
+/// whose URL `accept` takes.
+pub fn find(dev_dir: Option<&Path>, accept: impl Fn(&DevCluster) -> bool) -> Option<DevCluster> {
+    match dev_dir {
+        Some(dir) => read_cluster(dir).filter(&accept),
+        None => search_upwards(&std::env::current_dir().ok()?, accept),
+    }
+}
+
+fn search_upwards(start: &Path, accept: impl Fn(&DevCluster) -> bool) -> Option<DevCluster> {
     start
         .ancestors()
-        .find_map(|dir| token_for(&dir.join(DEFAULT_DEV_DIR), urls))
+        .filter_map(|dir| read_cluster(&dir.join(DEFAULT_DEV_DIR)))
+        .find(|cluster| accept(cluster))
 }
 
-/// The token in `dir` if its URL file names one of `urls`.
-fn token_for(dir: &Path, urls: &[String]) -> Option<String> {
+/// The dev cluster whose URL file is in `dir`, if there is one.
+fn read_cluster(dir: &Path) -> Option<DevCluster> {
     let saved = fs::read_to_string(dir.join(URL_FILE)).ok()?;
-    let saved = normalize(&saved);
-    if !urls.iter().any(|url| normalize(url) == saved) {
-        return None;
-    }
-    read_token(&dir.join(TOKEN_FILE)).ok().flatten()
+    let url = normalize(&saved);
+    (!url.is_empty()).then(|| DevCluster {
+        dir: dir.to_path_buf(),
+        url: url.to_string(),
+    })
 }
 
 fn read_token(path: &Path) -> Result<Option<String>> {
@@ -121,19 +163,43 @@ mod tests {
     #[test]
     fn found_from_a_subdirectory_when_the_url_matches() {
         let root = tempfile::tempdir().unwrap();
-        let (_, token) = dev_dir_with(root.path(), URL);
+        let (dir, token) = dev_dir_with(root.path(), URL);
         let nested = root.path().join("a/b");
         fs::create_dir_all(&nested).unwrap();
-        let urls = vec!["http://other:1".to_string(), format!("{URL}/")];
-        assert_eq!(search_upwards(&nested, &urls), Some(token));
-        assert_eq!(search_upwards(&nested, &["http://other:1".into()]), None);
+        let urls = ["http://other:1".to_string(), format!("{URL}/")];
+        let found = search_upwards(&nested, |c| urls.iter().any(|u| c.serves(u))).unwrap();
+        assert_eq!((found.dir, found.url.as_str()), (dir, URL));
+        assert_eq!(
+            search_upwards(&nested, |_| true).and_then(|c| c.token()),
+            Some(token)
+        );
+        assert_eq!(
+            search_upwards(&nested, |c| c.serves("http://other:1")),
+            None
+        );
     }
 
     #[test]
     fn explicit_dev_dir_is_used() {
         let root = tempfile::tempdir().unwrap();
         let (dir, token) = dev_dir_with(root.path(), URL);
-        assert_eq!(find(Some(&dir), &[URL.into()]), Some(token));
-        assert_eq!(find(Some(root.path()), &[URL.into()]), None);
+        assert_eq!(
+            find(Some(&dir), |_| true).and_then(|c| c.token()),
+            Some(token)
+        );
+        assert_eq!(find(Some(root.path()), |_| true), None);
+    }
+
+    #[test]
+    fn the_url_file_goes_only_if_it_is_ours() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, _) = dev_dir_with(root.path(), URL);
+        remove_url(&dir, "http://127.0.0.1:9999");
+        assert!(
+            find(Some(&dir), |_| true).is_some(),
+            "another dev's URL stays"
+        );
+        remove_url(&dir, URL);
+        assert_eq!(find(Some(&dir), |_| true), None);
     }
 }

@@ -4,28 +4,26 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use skyclaw_api::Client;
 use skyclaw_api::hosts::Host;
 
-use super::ClientArgs;
 use super::output::{self, NONE};
 
 #[derive(Debug, clap::Args)]
 pub struct HostsArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: HostsCommand,
 }
 
 #[derive(Debug, Subcommand)]
 enum HostsCommand {
-    /// List hosts: status, mode (sandbox-only or native), capabilities, load,
-    /// artifacts held, last heartbeat, OpenClaw version.
+    /// List hosts: status, mode (sandbox-only or native), capabilities, the
+    /// commands shell jobs may run, load, artifacts held, last heartbeat,
+    /// OpenClaw version.
     Ls,
 }
 
-pub async fn run(args: HostsArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: HostsArgs, client: &Client, json: bool) -> Result<ExitCode> {
     match args.command {
         HostsCommand::Ls => {
             let list = client.list_hosts().await?;
@@ -48,6 +46,7 @@ fn hosts_table(hosts: &[Host]) -> String {
             "STATUS",
             "MODE",
             "CAPABILITIES",
+            "COMMANDS",
             "RUNNING",
             "ARTIFACTS",
             "HEARTBEAT",
@@ -69,6 +68,11 @@ fn host_row(host: &Host) -> Vec<String> {
         }
         .to_string(),
         host.capabilities.join(","),
+        if host.allowed_commands.is_empty() {
+            NONE.to_string()
+        } else {
+            host.allowed_commands.join(",")
+        },
         format!("{}/{}", host.running_jobs, host.max_parallel),
         host.artifacts.len().to_string(),
         host.last_heartbeat_ms_ago.map_or_else(

@@ -1,7 +1,7 @@
 //! `skyclaw job`: submit shell, openclaw and WASI jobs, list and inspect them,
 //! wait for them to end, cancel them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,26 +9,22 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use clap::builder::PossibleValuesParser;
+use skyclaw_api::apikeys::{Scope, Whoami};
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::jobs::{
-    CodeSource, DEFAULT_OPENCLAW_TIMEOUT_MS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, Job,
-    JobList, JobQuery, JobSpec, JobStatus, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS, MAX_WASI_MEMORY_MB,
-    OpenclawSpec, OutputEncoding, Requirements, ShellSpec, THINKING_LEVELS, WasiLimits, WasiSpec,
+    CodeSource, DEFAULT_AGENT, DEFAULT_OPENCLAW_ATTEMPTS, DEFAULT_OPENCLAW_TIMEOUT_MS,
+    DEFAULT_SHELL_ATTEMPTS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, DEFAULT_WASI_MAX_FUEL,
+    DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, Job, JobList, JobQuery, JobResult,
+    JobSpec, JobStatus, MAX_ATTEMPTS_LIMIT, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS, MAX_TIMEOUT_MS,
+    MAX_WASI_MEMORY_MB, OpenclawSpec, OutputEncoding, Requirements, ShellSpec, THINKING_LEVELS,
+    WasiLimits, WasiSpec, validate_program_name,
 };
-use skyclaw_api::{Client, Millis, now_ms};
+use skyclaw_api::{Client, ErrorCode, Millis, now_ms};
 use tokio::time::Instant;
 
 use super::output::{self, Layout, NONE};
-use super::{ClientArgs, EXIT_JOB_FAILED};
+use super::{EXIT_JOB_FAILED, between, positive_u64};
 
-/// Attempts of a shell job, as the API defaults them: a shell job is rerun on
-/// another host when its host is lost.
-const DEFAULT_SHELL_ATTEMPTS: u32 = 3;
-/// Attempts of an openclaw job, as the API defaults them: an agent turn may have
-/// side effects, so it is not rerun unless asked.
-const DEFAULT_OPENCLAW_ATTEMPTS: u32 = 1;
-/// The OpenClaw agent a job talks to unless told otherwise.
-const DEFAULT_AGENT: &str = "main";
 /// Longest single long-poll while waiting: short enough that a dead connection
 /// is noticed, long enough to cost nothing.
 const WAIT_POLL: Duration = Duration::from_secs(30);
@@ -38,11 +34,19 @@ const WAIT_RETRIES: u32 = 5;
 const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Characters of a job's command or message shown in tables.
 const SUMMARY_WIDTH: usize = 48;
+/// Characters of a failure or waiting reason shown in tables.
+const REASON_WIDTH: usize = 48;
+/// Lines of each output stream `job get` shows: the end, where errors are;
+/// `job logs` prints it all.
+const GET_OUTPUT_LINES: usize = 20;
+/// Bytes of each output stream `job get` shows at most, for output with
+/// long lines or none.
+const GET_OUTPUT_BYTES: usize = 4096;
+/// Hex digits of a digest shown for a WASI program that has no name.
+const DIGEST_PREFIX_HEX: usize = 12;
 
 #[derive(Debug, clap::Args)]
 pub struct JobArgs {
-    #[command(flatten)]
-    pub(super) client: ClientArgs,
     #[command(subcommand)]
     command: JobCommand,
 }
@@ -64,11 +68,16 @@ enum JobCommand {
     /// Limits left out take the running host's defaults; limits above a host's
     /// maxima are capped there, or refused when no live host grants them.
     Wasi(WasiArgs),
-    /// Show one job.
+    /// Show one job: what it runs, where, how it ended and why, and the end
+    /// of its output (`job logs` prints all of it).
     Get {
         /// The job's id.
         id: String,
     },
+    /// Print a job's output as the job wrote it: its stdout on stdout, its
+    /// stderr on stderr, byte for byte. Output is reported when the job ends;
+    /// --follow waits for that.
+    Logs(LogsArgs),
     /// List jobs, oldest first, one page at a time unless --all.
     Ls(LsArgs),
     /// Wait for a job to end and print its output; exit 0 if it succeeded, 1 if
@@ -84,7 +93,7 @@ enum JobCommand {
 #[derive(Debug, clap::Args)]
 struct ShellArgs {
     /// Kill the command (its whole process group) after this many milliseconds.
-    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_SHELL_TIMEOUT_MS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_SHELL_TIMEOUT_MS, value_parser = between(1, MAX_TIMEOUT_MS), value_name = "N")]
     timeout_ms: u64,
     /// Set an environment variable for the command (repeatable); jobs otherwise
     /// start with a clean environment.
@@ -94,7 +103,7 @@ struct ShellArgs {
     #[arg(long, env = "SKYCLAW_JOB_STDIN", value_name = "TEXT")]
     stdin: Option<String>,
     /// How many hosts may try the job when one is lost while running it.
-    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_SHELL_ATTEMPTS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_SHELL_ATTEMPTS, value_parser = between(1, MAX_ATTEMPTS_LIMIT), value_name = "N")]
     max_attempts: u32,
     #[command(flatten)]
     submit: SubmitArgs,
@@ -126,10 +135,10 @@ struct OpenclawArgs {
     #[arg(long, env = "SKYCLAW_OPENCLAW_LOCAL")]
     local: bool,
     /// Stop the agent after this many milliseconds.
-    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_OPENCLAW_TIMEOUT_MS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", default_value_t = DEFAULT_OPENCLAW_TIMEOUT_MS, value_parser = between(1, MAX_TIMEOUT_MS), value_name = "N")]
     timeout_ms: u64,
     /// How many hosts may try the job when one is lost while running it.
-    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_OPENCLAW_ATTEMPTS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_OPENCLAW_ATTEMPTS, value_parser = between(1, MAX_ATTEMPTS_LIMIT), value_name = "N")]
     max_attempts: u32,
     #[command(flatten)]
     submit: SubmitArgs,
@@ -137,14 +146,23 @@ struct OpenclawArgs {
 
 #[derive(Debug, clap::Args)]
 struct WasiArgs {
-    /// Fuel the program may burn (about one unit per wasm instruction).
-    #[arg(long, env = "SKYCLAW_WASI_FUEL", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    #[arg(long, env = "SKYCLAW_WASI_FUEL", value_parser = positive_u64(), value_name = "N", help = limit_help(
+        "Fuel the program may burn (about one unit per wasm instruction)",
+        &DEFAULT_WASI_MAX_FUEL.to_string(),
+        "--wasi-max-fuel",
+    ))]
     fuel: Option<u64>,
-    /// Largest size, in MiB, a linear memory of the program may grow to.
-    #[arg(long, env = "SKYCLAW_WASI_MEMORY_MB", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WASI_MEMORY_MB)), value_name = "MIB")]
+    #[arg(long, env = "SKYCLAW_WASI_MEMORY_MB", value_parser = between(1, MAX_WASI_MEMORY_MB), value_name = "MIB", help = limit_help(
+        &format!("Largest size, in MiB, a linear memory of the program may grow to (1 to {MAX_WASI_MEMORY_MB})"),
+        &format!("{DEFAULT_WASI_MAX_MEMORY_MB} MiB"),
+        "--wasi-max-memory-mb",
+    ))]
     memory_mb: Option<u32>,
-    /// Stop the program after this many milliseconds.
-    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..), value_name = "MS")]
+    #[arg(long, env = "SKYCLAW_JOB_TIMEOUT_MS", value_parser = between(1, MAX_TIMEOUT_MS), value_name = "MS", help = limit_help(
+        "Stop the program after this many milliseconds",
+        &format!("{DEFAULT_WASI_MAX_TIMEOUT_MS} ms"),
+        "--wasi-max-timeout-ms",
+    ))]
     timeout_ms: Option<u64>,
     /// Set an environment variable for the program (repeatable); it sees no other.
     #[arg(long = "env", env = "SKYCLAW_JOB_ENV", value_name = "K=V", value_parser = parse_env_pair)]
@@ -153,7 +171,7 @@ struct WasiArgs {
     #[arg(long, env = "SKYCLAW_JOB_STDIN", value_name = "TEXT")]
     stdin: Option<String>,
     /// How many hosts may try the job when one is lost while running it.
-    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_WASI_ATTEMPTS, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_JOB_MAX_ATTEMPTS", default_value_t = DEFAULT_WASI_ATTEMPTS, value_parser = between(1, MAX_ATTEMPTS_LIMIT), value_name = "N")]
     max_attempts: u32,
     #[command(flatten)]
     submit: SubmitArgs,
@@ -186,7 +204,7 @@ struct SubmitArgs {
     #[arg(
         long,
         env = "SKYCLAW_JOB_QUEUE_TIMEOUT_MS",
-        value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_TIMEOUT_MS),
+        value_parser = between(1, MAX_QUEUE_TIMEOUT_MS),
         value_name = "N"
     )]
     queue_timeout_ms: Option<u64>,
@@ -210,7 +228,7 @@ struct LsArgs {
     #[arg(
         long,
         env = "SKYCLAW_JOB_LIMIT",
-        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PAGE)),
+        value_parser = between(1, MAX_PAGE),
         value_name = "N"
     )]
     limit: Option<u32>,
@@ -223,6 +241,24 @@ struct LsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct LogsArgs {
+    /// The job's id.
+    id: String,
+    /// Wait for the job to end first, when it has not.
+    #[arg(long, short, env = "SKYCLAW_FOLLOW")]
+    follow: bool,
+}
+
+/// The help of a WASI limit: what it bounds, and what hosts grant.
+fn limit_help(what: &str, default_max: &str, host_flag: &str) -> String {
+    format!(
+        "{what}. Hosts grant at most their {host_flag} ({default_max} unless their owner \
+         set it); a job asking more than every live host grants is refused [default: the \
+         host's]"
+    )
+}
+
+#[derive(Debug, clap::Args)]
 struct WaitArgs {
     /// The job's id.
     id: String,
@@ -231,32 +267,95 @@ struct WaitArgs {
     timeout_ms: Option<u64>,
 }
 
-pub async fn run(args: JobArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: JobArgs, client: &Client, json: bool) -> Result<ExitCode> {
     match args.command {
         JobCommand::Shell(shell) => {
             let spec = shell.spec();
-            submit(&client, &spec, &shell.submit, json).await
+            spec.validate().context("invalid job")?;
+            check_scopes(client, &shell.submit, &[]).await?;
+            submit(client, &spec, &shell.submit, json).await
         }
         JobCommand::Openclaw(openclaw) => {
             let spec = openclaw.spec();
-            submit(&client, &spec, &openclaw.submit, json).await
+            spec.validate().context("invalid job")?;
+            check_scopes(client, &openclaw.submit, &[]).await?;
+            submit(client, &spec, &openclaw.submit, json).await
         }
         JobCommand::Wasi(wasi) => {
-            let artifact = resolve_program(&client, &wasi.program).await?;
-            let spec = wasi.spec(artifact);
-            submit(&client, &spec, &wasi.submit, json).await
+            let file = (!wasi.program.starts_with("sha256:")).then_some(wasi.program.as_str());
+            let push = file.map(|f| (Scope::ArtifactsPush, format!("to push {f}")));
+            // Checked before the upload, which would be wasted otherwise.
+            check_scopes(client, &wasi.submit, push.as_slice()).await?;
+            let (artifact, program) = resolve_program(client, &wasi.program).await?;
+            let spec = wasi.spec(artifact, program);
+            spec.validate().context("invalid job")?;
+            submit(client, &spec, &wasi.submit, json).await
         }
-        JobCommand::Get { id } => show(&client.get_job(&id).await?, json),
-        JobCommand::Ls(ls) => list(&client, ls, json).await,
+        JobCommand::Get { id } => {
+            let job = client.get_job(&id).await?;
+            if json {
+                output::print_json(&job)?;
+            } else {
+                let hosts = host_names(client).await;
+                output::out(&details(&job, &hosts, now_ms())?)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Logs(logs) => {
+            let job = client.get_job(&logs.id).await?;
+            let job = if logs.follow {
+                wait_until_ended(client, job, None).await?
+            } else if !job.status.is_terminal() {
+                bail!(
+                    "job {} is {}: its output is reported when it ends (add --follow to wait \
+                     for that)",
+                    job.id,
+                    job.status
+                );
+            } else {
+                job
+            };
+            if json {
+                output::print_json(&job)?;
+            } else {
+                print_streams(&job)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Ls(ls) => list(client, ls, json).await,
         JobCommand::Wait(wait) => {
             let timeout = wait.timeout_ms.map(Duration::from_millis);
             let job = client.get_job(&wait.id).await?;
-            let job = wait_until_ended(&client, job, timeout).await?;
+            let job = wait_until_ended(client, job, timeout).await?;
             report_end(&job, json)
         }
-        JobCommand::Cancel { id } => show(&client.cancel_job(&id).await?, json),
+        JobCommand::Cancel { id } => {
+            let job = client.cancel_job(&id).await?;
+            if json {
+                output::print_json(&job)?;
+            } else {
+                output::out(&format!(
+                    "cancelled job {} (it was {})\n",
+                    job.id,
+                    was(&job)
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// What a job was doing when it was cancelled, from the reason the
+/// coordinator recorded ("cancelled while running").
+fn was(job: &Job) -> String {
+    job.result
+        .as_ref()
+        .and_then(|r| r.error.as_deref())
+        .and_then(|e| e.strip_prefix("cancelled while "))
+        .map_or_else(
+            || "not ended".to_string(),
+            |status| output::escape(status, Layout::Line),
+        )
 }
 
 impl ShellArgs {
@@ -292,9 +391,10 @@ impl OpenclawArgs {
 }
 
 impl WasiArgs {
-    fn spec(&self, artifact: Digest) -> JobSpec {
+    fn spec(&self, artifact: Digest, program: Option<String>) -> JobSpec {
         JobSpec::Wasi(WasiSpec {
             artifact,
+            program,
             args: self.args.clone(),
             env: self.env.iter().cloned().collect::<BTreeMap<_, _>>(),
             stdin: self.stdin.clone().unwrap_or_default(),
@@ -310,18 +410,33 @@ impl WasiArgs {
     }
 }
 
-/// The artifact a `job wasi` names: a digest as given, or a file's digest
-/// after pushing the file (unless the coordinators already hold it).
-async fn resolve_program(client: &Client, program: &str) -> Result<Digest> {
+/// The artifact a `job wasi` names, and the program's name: a digest as
+/// given (the program then has no name), or a file's digest after pushing the
+/// file (unless the coordinators already hold it), named as the file is.
+async fn resolve_program(client: &Client, program: &str) -> Result<(Digest, Option<String>)> {
     if program.starts_with("sha256:") {
-        return program.parse::<Digest>().map_err(anyhow::Error::msg);
+        let digest = program.parse::<Digest>().map_err(anyhow::Error::msg)?;
+        return Ok((digest, None));
     }
     let path = Path::new(program);
     if !path.is_file() {
         bail!("{program} is neither a file nor an artifact digest (sha256:...)");
     }
     let info = super::artifact::push_if_missing(client, path).await?;
-    Ok(info.digest)
+    Ok((info.digest, file_name(path)))
+}
+
+/// A file's name as a job's program name, when it is one (a name with
+/// control characters, say, is left out: the program is then `main.wasm`).
+fn file_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    match validate_program_name(name) {
+        Ok(()) => Some(name.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "the program goes by the default name");
+            None
+        }
+    }
 }
 
 impl SubmitArgs {
@@ -344,15 +459,14 @@ fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Validates locally (a clear early error), submits, and either prints the job
-/// id or waits for the job and reports how it ended.
+/// Submits a job its caller has validated (a clear early error), and either
+/// prints the job id or waits for the job and reports how it ended.
 async fn submit(
     client: &Client,
     spec: &JobSpec,
     args: &SubmitArgs,
     json: bool,
 ) -> Result<ExitCode> {
-    spec.validate().context("invalid job")?;
     let job = client
         .submit_job(spec, args.idempotency_key.as_deref())
         .await?;
@@ -367,6 +481,53 @@ async fn submit(
     tracing::info!(job = %job.id, "submitted, waiting for it to end");
     let job = wait_until_ended(client, job, None).await?;
     report_end(&job, json)
+}
+
+/// Refuses, before anything is uploaded or submitted, what the caller's API
+/// key could not see through: a job it may not submit, one it could not read
+/// back to wait on, a program it may not push (`needs`, each with why). The
+/// token may do everything; a coordinator too old to answer `whoami` judges
+/// each request by itself.
+async fn check_scopes(client: &Client, args: &SubmitArgs, needs: &[(Scope, String)]) -> Result<()> {
+    if !client.uses_api_key() {
+        return Ok(());
+    }
+    let key = match client.whoami().await {
+        Ok(Whoami::ApiKey { key }) => key,
+        Ok(Whoami::Token) => return Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot read the API key's scopes")),
+    };
+    let mut wanted = vec![(Scope::JobsSubmit, "to submit the job".to_string())];
+    if args.wait {
+        wanted.push((
+            Scope::JobsRead,
+            "for --wait to read the job back".to_string(),
+        ));
+    }
+    wanted.extend(needs.iter().cloned());
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(scope, _)| !key.scopes.contains(scope))
+        .map(|(scope, why)| format!("{scope} ({why})"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let has: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+    bail!(
+        "API key {} ({}) lacks {}; it has {}. Nothing was submitted: use a key with those \
+         scopes (skyclaw apikey create --scope …){}",
+        key.id,
+        output::escape(&key.name, Layout::Line),
+        missing.join(" and "),
+        has.join(", "),
+        if args.wait {
+            ", or leave out --wait"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Long-polls until the job (as last seen: `job`) is terminal or `timeout`
@@ -430,27 +591,10 @@ fn report_end(job: &Job, json: bool) -> Result<ExitCode> {
     })
 }
 
-/// The job's stdout on stdout and stderr on stderr, byte for byte, as if the
-/// command had run here (they are the job's data, for scripts to read), then
-/// a line on stderr if output was cut or the job did not succeed. Those lines
-/// are skyclaw's words around text the job chose, so they are escaped.
+/// The job's streams (see [`print_streams`]), then on stderr why it did not
+/// succeed, if it did not.
 fn print_job_output(job: &Job) -> Result<()> {
-    if let Some(result) = &job.result {
-        output::out_bytes(&result.stdout_bytes()?)?;
-        output::err_bytes(&result.stderr_bytes()?)?;
-        if result.stdout_truncated {
-            eprintln!(
-                "skyclaw: job {} stdout was truncated ({} bytes dropped)",
-                job.id, result.stdout_dropped_bytes
-            );
-        }
-        if result.stderr_truncated {
-            eprintln!(
-                "skyclaw: job {} stderr was truncated ({} bytes dropped)",
-                job.id, result.stderr_dropped_bytes
-            );
-        }
-    }
+    print_streams(job)?;
     match job.status {
         JobStatus::Failed => eprintln!(
             "error: job {} failed: {}",
@@ -463,6 +607,31 @@ fn print_job_output(job: &Job) -> Result<()> {
     Ok(())
 }
 
+/// The job's stdout on stdout and stderr on stderr, byte for byte, as if the
+/// command had run here (they are the job's data, for scripts to read), then
+/// a line on stderr if output was cut. That line is skyclaw's own.
+fn print_streams(job: &Job) -> Result<()> {
+    let Some(result) = &job.result else {
+        return Ok(());
+    };
+    output::out_bytes(&result.stdout_bytes()?)?;
+    output::err_bytes(&result.stderr_bytes()?)?;
+    if result.stdout_truncated {
+        eprintln!(
+            "skyclaw: job {} stdout was truncated ({} bytes dropped)",
+            job.id, result.stdout_dropped_bytes
+        );
+    }
+    if result.stderr_truncated {
+        eprintln!(
+            "skyclaw: job {} stderr was truncated ({} bytes dropped)",
+            job.id, result.stderr_dropped_bytes
+        );
+    }
+    Ok(())
+}
+
+/// Why a job failed or was cancelled, as a sentence.
 fn failure_reason(job: &Job) -> String {
     let Some(result) = &job.result else {
         return "no result was reported".to_string();
@@ -474,86 +643,169 @@ fn failure_reason(job: &Job) -> String {
     }
 }
 
-/// One job: its table row, then how it ended if it has.
-fn show(job: &Job, json: bool) -> Result<ExitCode> {
-    if json {
-        output::print_json(job)?;
-        return Ok(ExitCode::SUCCESS);
+/// Why a job is where it is, when that needs saying: why it failed or was
+/// cancelled, or why it waits.
+fn reason(job: &Job) -> Option<String> {
+    match job.status {
+        JobStatus::Failed | JobStatus::Cancelled => Some(failure_reason(job)),
+        JobStatus::Queued => job.waiting_reason.clone(),
+        JobStatus::Running | JobStatus::Succeeded => None,
     }
-    let mut text = jobs_table(std::slice::from_ref(job), now_ms());
-    if let Some(reason) = &job.waiting_reason {
-        text.push_str(&format!(
-            "\nwaiting: {}\n",
-            output::escape(reason, Layout::Line)
-        ));
-    }
-    if let Some(result) = &job.result {
-        let exit = result
-            .exit_code
-            .map_or_else(|| "no exit code".to_string(), |c| format!("exit code {c}"));
-        text.push_str(&format!("\n{exit} after {} ms\n", result.duration_ms));
-        if let Some(fuel) = result.fuel_consumed {
-            text.push_str(&format!("fuel consumed: {fuel}\n"));
-        }
-        if let Some(limits) = &result.limits {
-            text.push_str(&format!(
-                "limits: fuel {}, memory {} MiB, timeout {} ms\n",
-                limits.fuel, limits.memory_mb, limits.timeout_ms
-            ));
-        }
-        if let Some(code) = result.code {
-            let source = match code {
-                CodeSource::Compiled => "compiled for this job",
-                CodeSource::DiskCache => "loaded from the host's compiled-code cache",
-                CodeSource::Memory => "already loaded on the host",
-            };
-            text.push_str(&format!("code: {source}\n"));
-        }
-        if let Some(error) = &result.error {
-            text.push_str(&format!(
-                "error: {}\n",
-                output::escape(error, Layout::Block)
-            ));
-        }
-        let stdout = result.stdout_bytes()?;
-        output_section(
-            &mut text,
-            "stdout",
-            &stdout,
-            result.stdout_encoding,
-            result.stdout_dropped_bytes,
-        );
-        let stderr = result.stderr_bytes()?;
-        output_section(
-            &mut text,
-            "stderr",
-            &stderr,
-            result.stderr_encoding,
-            result.stderr_dropped_bytes,
-        );
-    }
-    output::out(&text)?;
-    Ok(ExitCode::SUCCESS)
 }
 
-/// A stream of a job's output as `job get` shows it: escaped, marked when it
-/// is not UTF-8, with what was cut; nothing when the job wrote nothing there.
+/// Host names by host id, to show names rather than ids; empty when the
+/// caller may not list hosts (an API key) or the list cannot be read, and
+/// ids are shown instead.
+async fn host_names(client: &Client) -> HashMap<String, String> {
+    match client.list_hosts().await {
+        Ok(list) => list.hosts.into_iter().map(|h| (h.id, h.name)).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list hosts; showing their ids");
+            HashMap::new()
+        }
+    }
+}
+
+/// The host a job ran (or runs) on: its name when known, else its id.
+fn host_cell(job: &Job, hosts: &HashMap<String, String>) -> String {
+    match &job.host_id {
+        Some(id) => hosts.get(id).unwrap_or(id).clone(),
+        None => NONE.to_string(),
+    }
+}
+
+/// One job as `job get` shows it: what it runs and where, how it ended and
+/// why, its limits, and the end of its output, every field escaped.
+fn details(job: &Job, hosts: &HashMap<String, String>, now: Millis) -> Result<String> {
+    let mut fields: Vec<(&str, String)> =
+        vec![("id", job.id.clone()), ("status", job.status.to_string())];
+    if let Some(reason) = reason(job) {
+        let label = if job.status == JobStatus::Queued {
+            "waiting"
+        } else {
+            "reason"
+        };
+        fields.push((label, reason));
+    }
+    fields.push(("kind", job.spec.kind().to_string()));
+    fields.push(match &job.spec {
+        JobSpec::OpenclawRun(openclaw) => ("message", openclaw.message.clone()),
+        spec => ("command", command_line(spec)),
+    });
+    if let JobSpec::Wasi(wasi) = &job.spec {
+        fields.push(("artifact", wasi.artifact.to_string()));
+    }
+    if let Some(id) = &job.host_id {
+        fields.push(match hosts.get(id) {
+            Some(name) => ("host", format!("{name} ({id})")),
+            None => ("host", id.clone()),
+        });
+    }
+    fields.push((
+        "attempts",
+        format!("{}/{}", job.attempts, job.spec.max_attempts()),
+    ));
+    fields.push(("submitted", ago(now, job.created_at)));
+    if job.status.is_terminal() {
+        fields.push(("ended", ago(now, job.updated_at)));
+    }
+    let Some(result) = &job.result else {
+        return Ok(output::fields(&fields));
+    };
+    if let Some(code) = result.exit_code {
+        fields.push(("exit code", code.to_string()));
+    }
+    // A result the coordinator made (a cancel, a lost host) ran nothing here.
+    if result.exit_code.is_some() || result.duration_ms > 0 {
+        fields.push(("ran", format!("{} ms", result.duration_ms)));
+    }
+    if let Some(limits) = &result.limits {
+        fields.push((
+            "limits",
+            format!(
+                "fuel {}, memory {} MiB, timeout {} ms",
+                limits.fuel, limits.memory_mb, limits.timeout_ms
+            ),
+        ));
+    }
+    if let Some(fuel) = result.fuel_consumed {
+        fields.push(("fuel used", fuel.to_string()));
+    }
+    if let Some(code) = result.code {
+        let source = match code {
+            CodeSource::Compiled => "compiled for this job",
+            CodeSource::DiskCache => "loaded from the host's compiled-code cache",
+            CodeSource::Memory => "already loaded on the host",
+        };
+        fields.push(("code", source.to_string()));
+    }
+    let mut text = output::fields(&fields);
+    output_section(
+        &mut text,
+        job,
+        "stdout",
+        &result.stdout_bytes()?,
+        result,
+        Stream::Stdout,
+    );
+    output_section(
+        &mut text,
+        job,
+        "stderr",
+        &result.stderr_bytes()?,
+        result,
+        Stream::Stderr,
+    );
+    Ok(text)
+}
+
+fn ago(now: Millis, then: Millis) -> String {
+    format!("{} ago", output::age(now.saturating_sub(then)))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A stream of a job's output as `job get` shows it: its last lines,
+/// escaped, marked when it is not UTF-8, with what was left out and where to
+/// read it all; nothing when the job wrote nothing there.
 fn output_section(
     text: &mut String,
+    job: &Job,
     name: &str,
     bytes: &[u8],
-    encoding: OutputEncoding,
-    dropped: u64,
+    result: &JobResult,
+    stream: Stream,
 ) {
+    let (encoding, dropped) = match stream {
+        Stream::Stdout => (result.stdout_encoding, result.stdout_dropped_bytes),
+        Stream::Stderr => (result.stderr_encoding, result.stderr_dropped_bytes),
+    };
     if bytes.is_empty() && dropped == 0 {
         return;
     }
     let mark = match encoding {
-        OutputEncoding::Utf8 => "",
-        OutputEncoding::Base64 => " (not UTF-8: base64 in --json, other bytes shown as \\xNN)",
+        OutputEncoding::Utf8 => String::new(),
+        OutputEncoding::Base64 => {
+            " (not UTF-8: base64 in --json, other bytes shown as \\xNN)".to_string()
+        }
     };
-    text.push_str(&format!("\n{name}{mark}:\n"));
-    let mut body = output::escape(bytes, Layout::Block);
+    let (shown, cut) = output::tail(bytes, GET_OUTPUT_LINES, GET_OUTPUT_BYTES);
+    let cut_note = if cut {
+        format!(
+            " (its last {} of {} bytes; all of it: skyclaw job logs {})",
+            shown.len(),
+            bytes.len(),
+            job.id
+        )
+    } else {
+        String::new()
+    };
+    text.push_str(&format!("\n{name}{mark}{cut_note}:\n"));
+    let mut body = output::escape(shown, Layout::Block);
     if !body.ends_with('\n') {
         body.push('\n');
     }
@@ -580,7 +832,8 @@ async fn list(client: &Client, args: LsArgs, json: bool) -> Result<ExitCode> {
         output::print_json(&page)?;
         return Ok(ExitCode::SUCCESS);
     }
-    output::out(&jobs_table(&page.jobs, now_ms()))?;
+    let hosts = host_names(client).await;
+    output::out(&jobs_table(&page.jobs, &hosts, now_ms()))?;
     if let Some(after) = &page.next_after {
         eprintln!("more jobs: add --after {after}, or --all");
     }
@@ -606,47 +859,55 @@ async fn list_all(client: &Client, mut query: JobQuery) -> Result<JobList> {
     }
 }
 
-fn jobs_table(jobs: &[Job], now: Millis) -> String {
-    let rows: Vec<Vec<String>> = jobs.iter().map(|job| job_row(job, now)).collect();
+fn jobs_table(jobs: &[Job], hosts: &HashMap<String, String>, now: Millis) -> String {
+    let rows: Vec<Vec<String>> = jobs.iter().map(|job| job_row(job, hosts, now)).collect();
     output::table(
-        &["ID", "STATUS", "KIND", "COMMAND", "HOST", "ATTEMPTS", "AGE"],
+        &[
+            "ID", "STATUS", "KIND", "COMMAND", "HOST", "ATTEMPTS", "AGE", "REASON",
+        ],
         &rows,
     )
 }
 
-fn job_row(job: &Job, now: Millis) -> Vec<String> {
+fn job_row(job: &Job, hosts: &HashMap<String, String>, now: Millis) -> Vec<String> {
     vec![
         job.id.clone(),
         job.status.to_string(),
         job.spec.kind().to_string(),
         summary(&job.spec),
-        job.host_id.clone().unwrap_or_else(|| NONE.to_string()),
+        host_cell(job, hosts),
         format!("{}/{}", job.attempts, job.spec.max_attempts()),
         output::age(now.saturating_sub(job.created_at)),
+        reason(job).map_or_else(|| NONE.to_string(), |r| output::ellipsize(&r, REASON_WIDTH)),
     ]
 }
 
 /// What the job runs, in a few words: the command line, or the quoted message.
 fn summary(spec: &JobSpec) -> String {
     match spec {
-        JobSpec::Shell(shell) => {
-            let line = std::iter::once(&shell.command)
-                .chain(&shell.args)
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(" ");
-            output::ellipsize(&line, SUMMARY_WIDTH)
-        }
         JobSpec::OpenclawRun(openclaw) => {
             format!("{:?}", output::ellipsize(&openclaw.message, SUMMARY_WIDTH))
         }
+        spec => output::ellipsize(&command_line(spec), SUMMARY_WIDTH),
+    }
+}
+
+/// A shell or WASI job's command line as a shell would take it: a WASI
+/// program by its name, or by its digest's first digits when it has none.
+fn command_line(spec: &JobSpec) -> String {
+    match spec {
+        JobSpec::Shell(shell) => output::shell_words(
+            std::iter::once(shell.command.as_str()).chain(shell.args.iter().map(String::as_str)),
+        ),
         JobSpec::Wasi(wasi) => {
-            let line = std::iter::once(&wasi.artifact.as_str()[..19])
-                .chain(wasi.args.iter().map(String::as_str))
-                .collect::<Vec<_>>()
-                .join(" ");
-            output::ellipsize(&line, SUMMARY_WIDTH)
+            let digest = wasi.artifact.as_str();
+            let short = &digest[..digest.len().min("sha256:".len() + DIGEST_PREFIX_HEX)];
+            let program = wasi.program.as_deref().unwrap_or(short);
+            output::shell_words(
+                std::iter::once(program).chain(wasi.args.iter().map(String::as_str)),
+            )
         }
+        JobSpec::OpenclawRun(openclaw) => openclaw.message.clone(),
     }
 }
 
@@ -725,6 +986,20 @@ mod tests {
             panic!("not shell")
         };
         assert_eq!(summary(&shell.spec()), "echo hello world");
+        let JobCommand::Shell(shell) = parse(&["shell", "--", "sh", "-c", "exit 3"]) else {
+            panic!("not shell")
+        };
+        assert_eq!(summary(&shell.spec()), "sh -c 'exit 3'", "words stay words");
+        let JobCommand::Wasi(wasi) = parse(&["wasi", "app.wasm", "--", "a b"]) else {
+            panic!("not wasi")
+        };
+        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let named = wasi.spec(digest.clone(), Some("app.wasm".into()));
+        assert_eq!(summary(&named), "app.wasm 'a b'");
+        assert_eq!(
+            summary(&wasi.spec(digest, None)),
+            "sha256:abababababab 'a b'"
+        );
         let JobCommand::Openclaw(openclaw) = parse(&["openclaw", "--message", "hi\nthere"]) else {
             panic!("not openclaw")
         };

@@ -5,15 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use skyclaw_api::Client;
 use skyclaw_api::network::Peer;
 
-use super::ClientArgs;
 use super::output::{self, NONE};
 
 #[derive(Debug, clap::Args)]
 pub struct NetworkArgs {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: NetworkCommand,
 }
@@ -32,8 +30,7 @@ enum NetworkCommand {
     },
 }
 
-pub async fn run(args: NetworkArgs, json: bool) -> Result<ExitCode> {
-    let client = args.client.client().await?;
+pub async fn run(args: NetworkArgs, client: &Client, json: bool) -> Result<ExitCode> {
     let list = match args.command {
         NetworkCommand::Peers => client.peers().await?,
         NetworkCommand::Remove { id } => {

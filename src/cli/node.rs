@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use clap::builder::TypedValueParser as _;
 use skyclaw_api::jobs::MAX_WASI_MEMORY_MB;
 use skyclaw_api::serve;
 use skyclaw_coordinator::{
@@ -24,7 +25,7 @@ use skyclaw_runtime::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use super::{DEFAULT_COORDINATOR_URL, devtoken, non_empty};
+use super::{DEFAULT_COORDINATOR_URL, between, devtoken, non_empty, positive_u32, positive_u64};
 
 /// Where a coordinator listens unless told otherwise: loopback only, so nothing
 /// is exposed by accident, on the port client commands try first.
@@ -105,6 +106,9 @@ pub struct CoordinatorArgs {
 }
 
 #[derive(Debug, clap::Args)]
+// A group, not `required_unless_present`, so that a usage line can leave the
+// pair out when SKYCLAW_ALLOWED_COMMANDS provides it (see `command_line`).
+#[command(group = clap::ArgGroup::new("work").required(true).args(["allow_commands", "sandbox_only"]))]
 pub struct HostArgs {
     /// Coordinator URLs, comma-separated; the host fails over between them.
     #[arg(
@@ -127,8 +131,6 @@ pub struct HostArgs {
         long,
         env = "SKYCLAW_ALLOWED_COMMANDS",
         value_delimiter = ',',
-        required_unless_present = "sandbox_only",
-        conflicts_with = "sandbox_only",
         value_name = "CMD[,CMD...]"
     )]
     allow_commands: Vec<String>,
@@ -243,6 +245,14 @@ pub struct JobArgs {
     hide_path: Vec<PathBuf>,
 }
 
+impl HostArgs {
+    /// The coordinator URLs and token the host was given, for tests.
+    #[cfg(test)]
+    pub(super) fn coordinators(&self) -> (&str, Option<&str>) {
+        (&self.coordinators, self.token.as_deref())
+    }
+}
+
 impl JobArgs {
     /// Sets the job fields of `config`; `same_user_by_default` lets a host
     /// that is not root run same-user jobs unless told otherwise (dev only).
@@ -300,7 +310,7 @@ pub struct WasiArgs {
     #[arg(long, env = "SKYCLAW_WASI_MAX_FUEL", default_value_t = DEFAULT_WASI_MAX_FUEL, value_parser = positive_u64(), value_name = "N")]
     wasi_max_fuel: u64,
     /// Most memory one WASI job may grow a linear memory to, in MiB.
-    #[arg(long, env = "SKYCLAW_WASI_MAX_MEMORY_MB", default_value_t = DEFAULT_WASI_MAX_MEMORY_MB, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WASI_MEMORY_MB)), value_name = "MIB")]
+    #[arg(long, env = "SKYCLAW_WASI_MAX_MEMORY_MB", default_value_t = DEFAULT_WASI_MAX_MEMORY_MB, value_parser = between(1, MAX_WASI_MEMORY_MB), value_name = "MIB")]
     wasi_max_memory_mb: u32,
     /// Longest one WASI job may run, in milliseconds of wall-clock time.
     #[arg(long, env = "SKYCLAW_WASI_MAX_TIMEOUT_MS", default_value_t = DEFAULT_WASI_MAX_TIMEOUT_MS, value_parser = positive_u64(), value_name = "MS")]
@@ -413,17 +423,29 @@ pub async fn host(args: HostArgs) -> Result<ExitCode> {
 /// hand its jobs back while the coordinator still listens.
 pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     restrict_new_files();
+    // Bound before anything is created: a taken port leaves no directory.
+    let listener = serve::bind((Ipv4Addr::LOCALHOST, args.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{} (is another `skyclaw dev` running? \
+                 --port 0 picks a free port)",
+                args.port
+            )
+        })?;
+    let url = format!("http://{}", listener.local_addr()?);
     let coordinator_dir = args.data_dir.join(DEV_COORDINATOR_DIR);
     let host_dir = args.data_dir.join(DEV_HOST_DIR);
     create_dir(&args.data_dir)?;
     create_dir(&coordinator_dir)?;
     create_dir(&host_dir)?;
-    let listener = serve::bind((Ipv4Addr::LOCALHOST, args.port))
-        .await
-        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
-    let url = format!("http://{}", listener.local_addr()?);
     let token = devtoken::load_or_create_token(&args.data_dir)?;
     devtoken::write_url(&args.data_dir, &url)?;
+    // However dev ends (short of being killed), clients stop being sent here.
+    let _url_file = UrlFile {
+        dir: args.data_dir.clone(),
+        url: url.clone(),
+    };
 
     let mut coordinator_config = skyclaw_coordinator::Config::new(coordinator_dir, token.clone());
     coordinator_config.max_artifact_bytes = args.max_artifact_bytes;
@@ -462,13 +484,24 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The URL file of a running `dev`, removed when dev returns.
+struct UrlFile {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Drop for UrlFile {
+    fn drop(&mut self) {
+        devtoken::remove_url(&self.dir, &self.url);
+    }
+}
+
 /// What `skyclaw dev` prints once it is up: where things are and what to try.
 fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
     let program = program_name();
+    // Commands below the data directory find its URL and token; elsewhere
+    // they need to be told where it is. The URL needs no export either way.
     let mut setup = String::new();
-    if url != DEFAULT_COORDINATOR_URL {
-        setup.push_str(&format!("  export SKYCLAW_COORDINATOR_URLS={url}\n"));
-    }
     if data_dir != Path::new(devtoken::DEFAULT_DEV_DIR) {
         let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         setup.push_str(&format!(
@@ -481,7 +514,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
          \x20 coordinator  {url} (data in {coordinator})\n\
          \x20 host         {name}: runs {allowed} and WASI programs; {parallel} jobs at once\n\
          \x20 native jobs  {users}\n\
-         \x20 token        {token}, used by commands run in this directory or below\n\
+         \x20 url, token   {url_file}, {token}: used by commands run in this directory or below\n\
          \n\
          Try, in another terminal in this directory:\n\
          {setup}\
@@ -498,6 +531,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
         allowed = host.allowed_commands.join(", "),
         parallel = host.max_parallel,
         users = job_users_line(host.job_users),
+        url_file = devtoken::url_path(data_dir).display(),
         token = devtoken::token_path(data_dir).display(),
     )
 }
@@ -573,16 +607,8 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn positive_u64() -> clap::builder::RangedU64ValueParser<u64> {
-    clap::value_parser!(u64).range(1..)
-}
-
-fn positive_u32() -> clap::builder::RangedI64ValueParser<u32> {
-    clap::value_parser!(u32).range(1..)
-}
-
-fn voter_count() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..=MAX_VOTERS as u64)
+fn voter_count() -> impl clap::builder::TypedValueParser<Value = usize> {
+    between(1u64, MAX_VOTERS as u64).map(|n| n as usize)
 }
 
 /// A coordinator's base URL as peers and clients use it: `http://` or
@@ -815,7 +841,11 @@ mod tests {
         assert!(!plain.contains("export"), "{plain}");
         assert!(plain.contains("job shell --wait -- echo hello"), "{plain}");
         let moved = dev_banner("http://127.0.0.1:4000", Path::new("/tmp/d"), &host);
-        assert!(moved.contains("SKYCLAW_COORDINATOR_URLS=http://127.0.0.1:4000"));
+        assert!(
+            !moved.contains("SKYCLAW_COORDINATOR_URLS"),
+            "clients read the URL from the dev directory: {moved}"
+        );
+        assert!(moved.contains("/tmp/d/url"), "{moved}");
         assert!(moved.contains("SKYCLAW_DEV_DIR=/tmp/d"));
     }
 }

@@ -127,6 +127,74 @@ fn format_row(row: &[String], widths: &[usize]) -> String {
     line
 }
 
+/// Labelled lines, `label  value`, the values aligned and escaped
+/// ([`Layout::Line`]): a job's or host's details.
+pub fn fields(lines: &[(&str, String)]) -> String {
+    let width = lines
+        .iter()
+        .map(|(label, _)| label.chars().count())
+        .max()
+        .unwrap_or(0);
+    lines
+        .iter()
+        .map(|(label, value)| {
+            let pad = width - label.chars().count() + COLUMN_GAP;
+            format!(
+                "{label}{}{}\n",
+                " ".repeat(pad),
+                escape(value, Layout::Line)
+            )
+        })
+        .collect()
+}
+
+/// Characters a word may hold and still be typed to a POSIX shell as it is.
+const SHELL_PLAIN: &str = "-_./=:,+@%";
+
+/// Words (a command line) as one would type them to a POSIX shell: plain
+/// words as they are, any other in single quotes (a quote in it as `'\''`),
+/// so `sh -c 'exit 3'` reads back as three words. Not escaped: a view passes
+/// the result through [`escape`] (tables do).
+pub fn shell_words<'a>(words: impl IntoIterator<Item = &'a str>) -> String {
+    words
+        .into_iter()
+        .map(|word| {
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || SHELL_PLAIN.contains(c));
+            if plain {
+                word.to_string()
+            } else {
+                format!("'{}'", word.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The end of `bytes`: its last `max_lines` lines, and at most `max_bytes`
+/// of them, starting on a character (not inside one) when the bytes are
+/// UTF-8 there. Returns the part and whether anything was left out.
+pub fn tail(bytes: &[u8], max_lines: usize, max_bytes: usize) -> (&[u8], bool) {
+    // A final newline ends the last line; it does not start another.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut start = body
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(max_lines.saturating_sub(1))
+        .map_or(0, |(at, _)| at + 1);
+    if bytes.len() - start > max_bytes {
+        start = bytes.len() - max_bytes;
+        while start < bytes.len() && bytes[start] & 0xC0 == 0x80 {
+            start += 1;
+        }
+    }
+    (&bytes[start..], start > 0)
+}
+
 /// A duration in milliseconds as its largest whole unit: `42s`, `5m`, `3h`, `2d`.
 pub fn age(ms: u64) -> String {
     if ms < MINUTE_MS {
@@ -189,6 +257,34 @@ mod tests {
         assert_eq!(escape("C:\\dir é 日本", Layout::Line), "C:\\dir é 日本");
         let cells = vec![vec!["a\u{1b}b".to_string(), "x".to_string()]];
         assert_eq!(table(&["ID", "Z"], &cells), "ID        Z\na\\u{1b}b  x\n");
+    }
+
+    #[test]
+    fn words_are_quoted_as_a_shell_needs_them() {
+        assert_eq!(shell_words(["sh", "-c", "exit 3"]), "sh -c 'exit 3'");
+        assert_eq!(shell_words(["echo", "it's", ""]), "echo 'it'\\''s' ''");
+        assert_eq!(
+            shell_words(["ls", "-la", "/tmp/a_b.c", "k=v"]),
+            "ls -la /tmp/a_b.c k=v"
+        );
+        assert_eq!(shell_words(["echo", "$HOME", "a;b"]), "echo '$HOME' 'a;b'");
+    }
+
+    #[test]
+    fn tails_keep_the_last_lines_and_whole_characters() {
+        let text = b"1\n2\n3\n4\n";
+        assert_eq!(tail(text, 2, 100), (&b"3\n4\n"[..], true));
+        assert_eq!(tail(text, 4, 100), (&text[..], false));
+        assert_eq!(tail(b"no newline", 2, 100), (&b"no newline"[..], false));
+        assert_eq!(tail(b"abcdef", 5, 3), (&b"def"[..], true));
+        // "é" is two bytes: a cut inside it moves past it.
+        assert_eq!(tail("aéé".as_bytes(), 5, 3), ("é".as_bytes(), true));
+    }
+
+    #[test]
+    fn fields_align_and_escape_values() {
+        let text = fields(&[("id", "j-1".into()), ("command", "a\u{1b}b".into())]);
+        assert_eq!(text, "id       j-1\ncommand  a\\u{1b}b\n");
     }
 
     #[test]

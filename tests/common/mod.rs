@@ -42,6 +42,7 @@ fn isolated(mut cmd: Command) -> Command {
             cmd.env_remove(name);
         }
     }
+    cmd.env_remove("RUST_LOG");
     cmd.env("SKYCLAW_LOG", "warn");
     cmd
 }
@@ -324,11 +325,17 @@ impl Host {
 /// Sends SIGTERM to `child` and waits up to [`DEADLINE`] for it to exit. On
 /// failure the child stays where it was, for its owner's `Drop` to kill.
 fn sigterm_and_reap(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap_or_else(|e| panic!("sigterm {what}: {e}"));
+    signal_and_reap(child, nix::sys::signal::Signal::SIGTERM, what)
+}
+
+/// Sends `signal` to `child` and waits up to [`DEADLINE`] for it to exit.
+fn signal_and_reap(
+    child: &mut Child,
+    signal: nix::sys::signal::Signal,
+    what: &str,
+) -> std::process::ExitStatus {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+        .unwrap_or_else(|e| panic!("{signal} {what}: {e}"));
     let start = Instant::now();
     loop {
         if let Some(status) = child
@@ -339,7 +346,7 @@ fn sigterm_and_reap(child: &mut Child, what: &str) -> std::process::ExitStatus {
         }
         assert!(
             start.elapsed() < DEADLINE,
-            "the {what} did not exit within {DEADLINE:?} of SIGTERM"
+            "the {what} did not exit within {DEADLINE:?} of {signal}"
         );
         std::thread::sleep(POLL);
     }
@@ -362,6 +369,117 @@ pub async fn host_up(client: &Client, host_id: &str) {
             .then_some(())
     })
     .await
+}
+
+/// A `skyclaw dev` process run in `root` (its data in `root/.skyclaw`), on a
+/// free port, its stderr kept in `root/dev.stderr`.
+pub struct Dev {
+    child: Option<Child>,
+    pub root: PathBuf,
+    /// Where it serves, from the URL file it writes.
+    pub url: String,
+}
+
+impl Dev {
+    /// The data directory `dev` keeps in its root.
+    pub const DIR: &str = ".skyclaw";
+
+    /// `skyclaw dev` in `root` on port 0 with a job uid range of its own, to
+    /// start with [`Dev::spawn`] once the test has added what it needs.
+    pub fn command(root: &Path) -> Command {
+        let mut cmd = skyclaw();
+        cmd.args(["dev", "--data-dir", Dev::DIR, "--port", "0"])
+            .args(["--job-uids", &job_uids()])
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    /// Starts `dev` in `root` with the usual flags.
+    pub async fn start(root: &Path) -> Dev {
+        Dev::spawn(Dev::command(root), root).await
+    }
+
+    /// Starts `command` (from [`Dev::command`]) and waits for its URL file
+    /// and for its coordinator to answer.
+    pub async fn spawn(mut command: Command, root: &Path) -> Dev {
+        let url_file = root.join(Dev::DIR).join("url");
+        let _ = std::fs::remove_file(&url_file);
+        let log = std::fs::File::create(root.join("dev.stderr")).expect("create dev.stderr");
+        let child = command.stderr(log).spawn().expect("spawn skyclaw dev");
+        let mut dev = Dev {
+            child: Some(child),
+            root: root.to_path_buf(),
+            url: String::new(),
+        };
+        dev.url = eventually("skyclaw dev to write its url", || async {
+            std::fs::read_to_string(&url_file)
+                .ok()
+                .map(|u| u.trim().to_string())
+                .filter(|u| u.starts_with("http://"))
+        })
+        .await;
+        let health = format!("{}/health", dev.url);
+        eventually("skyclaw dev to answer /health", || async {
+            reqwest::get(&health)
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await;
+        dev
+    }
+
+    /// The dev data directory.
+    pub fn dir(&self) -> PathBuf {
+        self.root.join(Dev::DIR)
+    }
+
+    /// The CLI run in `cwd` as a user would, with no URL or credentials:
+    /// what it needs it finds in the dev directory.
+    pub fn cli_in(cwd: &Path, args: &[&str]) -> Output {
+        skyclaw()
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run skyclaw")
+    }
+
+    /// [`Dev::cli_in`] in the directory `dev` runs in.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Dev::cli_in(&self.root, args)
+    }
+
+    /// What `dev` wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.root.join("dev.stderr")).expect("read dev.stderr")
+    }
+
+    /// Ctrl-C: sends SIGINT and returns the exit status; fails the test when
+    /// the process does not exit within [`DEADLINE`].
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("dev running");
+        let status = signal_and_reap(child, nix::sys::signal::Signal::SIGINT, "dev");
+        self.child = None;
+        status
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9 dev");
+            child.wait().expect("reap dev");
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }
 
 /// A one-coordinator, one-host network in a temp dir.

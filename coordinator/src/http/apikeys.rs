@@ -1,4 +1,5 @@
-//! API key routes: create (the secret is shown once), list, revoke.
+//! API key routes: create (the secret is shown once), list, revoke, and
+//! `whoami`, the caller's own credentials.
 
 use std::sync::Arc;
 
@@ -6,7 +7,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rand::RngCore;
-use skyclaw_api::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, MAX_KEY_NAME_LEN};
+use skyclaw_api::apikeys::{
+    ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, MAX_KEY_NAME_LEN, Whoami,
+};
 use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal, key_hash};
@@ -83,6 +86,15 @@ pub async fn revoke(
         .execute(Command::RevokeApiKey { id, now }, record)
         .await?;
     Ok(Json(expect_key(output)?))
+}
+
+/// Any credentials: the token, or the key presented with its scopes (a
+/// revoked key is refused before this, as everywhere).
+pub async fn whoami(principal: Principal) -> Json<Whoami> {
+    Json(match principal {
+        Principal::Token => Whoami::Token,
+        Principal::ApiKey(key) => Whoami::ApiKey { key },
+    })
 }
 
 fn expect_key(output: Output) -> Result<ApiKey, ApiError> {

@@ -83,13 +83,14 @@ fn check_wasi(node: &Node, wasi: &WasiSpec) -> Result<(), ApiError> {
     if caps.is_empty() || caps.iter().any(|c| wasi.limits.within(c)) {
         return Ok(());
     }
-    let excess = caps
-        .iter()
-        .filter_map(|c| wasi.limits.excess(c))
-        .collect::<Vec<_>>()
-        .join("; ");
+    // Hosts often share their caps: each excess is said once.
+    let mut excess: Vec<String> = caps.iter().filter_map(|c| wasi.limits.excess(c)).collect();
+    excess.sort();
+    excess.dedup();
     Err(ApiError::BadRequest(format!(
-        "no live host grants these limits: {excess}"
+        "no live host grants these limits: {}; a host's owner sets its maxima with \
+         --wasi-max-fuel, --wasi-max-memory-mb and --wasi-max-timeout-ms",
+        excess.join("; ")
     )))
 }
 
@@ -98,20 +99,33 @@ fn new_job_id() -> String {
     format!("j-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// Jobs the caller may see, oldest first: every job for the token, the jobs
+/// it submitted for a key with `jobs:read`.
 pub async fn list(
     State(node): State<Arc<Node>>,
-    _token: ClusterToken,
+    principal: Principal,
     ApiQuery(query): ApiQuery<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
+    principal.require(Scope::JobsRead)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    let rows = node
-        .store
-        .read(|c| read::jobs_page(c, query.status, None, query.after.as_deref(), limit + 1))?;
+    let owner = match &principal {
+        Principal::Token => None,
+        Principal::ApiKey(_) => Some(principal.owner().as_column()),
+    };
+    let rows = node.store.read(|c| {
+        read::jobs_page(
+            c,
+            query.status,
+            owner.as_deref(),
+            query.after.as_deref(),
+            limit + 1,
+        )
+    })?;
     let mut jobs: Vec<Job> = rows.into_iter().map(|r| r.job).collect();
     let next_after = if jobs.len() > limit as usize {
         jobs.truncate(limit as usize);

@@ -74,6 +74,7 @@ pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
         )
         .route("/v1/apikeys", post(apikeys::create).get(apikeys::list))
         .route("/v1/apikeys/{id}", delete(apikeys::revoke))
+        .route("/v1/whoami", get(apikeys::whoami))
         .route("/v1/network/peers", get(network::peers))
         .route("/v1/network/peers/{id}", delete(network::remove))
         .route("/v1/network/join", post(network::join))

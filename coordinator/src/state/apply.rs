@@ -557,8 +557,8 @@ fn cancel_job(
     };
     if row.job.status.is_terminal() {
         return Ok(Err(CommandError::Conflict(format!(
-            "job {job_id} is already {}",
-            row.job.status
+            "job {job_id} {}",
+            row.job.status.already()
         ))));
     }
     let result = JobResult::error(format!("cancelled while {}", row.job.status));

@@ -181,7 +181,7 @@ impl WasiEngine {
         let started = Instant::now();
         let limits = self.inner.settings.caps.apply(&spec.limits);
         let job = Job {
-            argv: std::iter::once(spec.artifact.to_string())
+            argv: std::iter::once(spec.program_name().to_string())
                 .chain(spec.args.iter().cloned())
                 .collect(),
             env: spec.env.clone(),

@@ -250,6 +250,7 @@ fn store_wat(dir: &Path, text: &str) -> Artifact {
 fn spec(artifact: &Artifact, limits: WasiLimits) -> WasiSpec {
     WasiSpec {
         artifact: artifact.digest.clone(),
+        program: None,
         args: Vec::new(),
         env: BTreeMap::new(),
         stdin: String::new(),
@@ -367,9 +368,15 @@ async fn guest_sees_only_its_args_env_and_stdin() {
     spec.stdin = "ping".to_string();
     let run = run_spec(&engine, &echo, &spec).await;
     assert_eq!(run.result.stdout, "pingKEY=value\0");
-    assert_eq!(run.result.stderr, format!("{}\0a\0bc\0", echo.digest));
-    // Three arguments (the digest first) and exactly the job's one variable.
+    assert_eq!(run.result.stderr, "main.wasm\0a\0bc\0");
+    // Three arguments (the program name first) and exactly the job's one variable.
     assert_eq!(run.result.exit_code, Some(31));
+    spec.program = Some("echo.wasm".to_string());
+    let run = run_spec(&engine, &echo, &spec).await;
+    assert_eq!(
+        run.result.stderr, "echo.wasm\0a\0bc\0",
+        "the job's own name"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! echo: prints `{"args":[…],"env":{…},"stdin":"…"}` (args without argv[0],
-//! env sorted by name, stdin read to its end, invalid UTF-8 replaced), then
+//! echo: prints `{"program":"…","args":[…],"env":{…},"stdin":"…"}` (program
+//! is argv[0], args the rest, env sorted by name, stdin read to its end,
+//! invalid UTF-8 replaced), then
 //! exits with the code in env var `EXIT_CODE`, or 0 when it is not set. Built
 //! as a component, it can only report 0 or 1: any nonzero code shows as 1.
 
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 struct Echo {
+    program: Option<String>,
     args: Vec<String>,
     env: BTreeMap<String, String>,
     stdin: String,
@@ -21,6 +23,7 @@ fn main() {
         skyclaw_guest::fail(format!("cannot read stdin: {e}"));
     }
     let echo = Echo {
+        program: std::env::args().next(),
         args: skyclaw_guest::args(),
         env: std::env::vars().collect(),
         stdin: String::from_utf8_lossy(&stdin).into_owned(),
