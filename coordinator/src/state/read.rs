@@ -103,17 +103,35 @@ pub fn jobs_page(
             .unwrap_or(i64::MAX),
         None => 0,
     };
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs
-         WHERE seq > ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR owner = ?3)
-         ORDER BY seq LIMIT ?4"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
-        params![after_seq, status.map(|s| s.as_str()), owner, limit],
-        job_row,
-    )?;
+    let status = status.map(|s| s.as_str());
+    let mut params: Vec<(&str, &dyn rusqlite::ToSql)> =
+        vec![(":after", &after_seq), (":limit", &limit)];
+    if let Some(status) = &status {
+        params.push((":status", status));
+    }
+    if let Some(owner) = &owner {
+        params.push((":owner", owner));
+    }
+    let mut stmt = conn.prepare_cached(&jobs_page_sql(status.is_some(), owner.is_some()))?;
+    let rows = stmt.query_map(params.as_slice(), job_row)?;
     rows.collect()
+}
+
+/// The job list's query with only the filters given, so that SQLite can use
+/// the index on each (`(:status IS NULL OR status = :status)` rules indexes
+/// out).
+pub(super) fn jobs_page_sql(by_status: bool, by_owner: bool) -> String {
+    let mut filters = vec!["seq > :after"];
+    if by_status {
+        filters.push("status = :status");
+    }
+    if by_owner {
+        filters.push("owner = :owner");
+    }
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE {} ORDER BY seq LIMIT :limit",
+        filters.join(" AND ")
+    )
 }
 
 /// Queued jobs oldest first, after queue position `after_seq`, with their positions.
