@@ -246,6 +246,12 @@ async fn bad_input_gets_clear_errors() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
+    let (status, body) = api.token("DELETE", "/v1/jobs", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")),
+        "{body}"
+    );
 }
 
 /// A key lists the jobs it submitted, and only those; the token lists all.

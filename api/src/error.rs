@@ -18,6 +18,8 @@ pub enum ErrorCode {
     Forbidden,
     /// No such job, host or key, or not visible to the caller (404).
     NotFound,
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
     /// The request conflicts with the current state (409).
     Conflict,
     /// A completion or renewal carried a lease token that is no longer current (409).
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::StaleLease => "stale_lease",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
@@ -68,6 +71,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound | ErrorCode::HostNotRegistered => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict | ErrorCode::StaleLease | ErrorCode::IdempotencyConflict => {
                 StatusCode::CONFLICT
             }

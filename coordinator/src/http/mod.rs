@@ -125,5 +125,5 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::BadRequest("method not allowed on this route".into())
+    ApiError::MethodNotAllowed("method not allowed on this route".into())
 }
