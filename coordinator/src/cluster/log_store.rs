@@ -1,5 +1,8 @@
 //! The Raft log and vote in their own SQLite database, every write fsynced
-//! (`synchronous=FULL`) before openraft is told it is durable.
+//! (`synchronous=FULL`) before openraft is told it is durable. Reads use a
+//! connection of their own, on blocking threads, so replication never waits
+//! behind an append's fsync; the newest entries are also kept in memory, up
+//! to a count and a size.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -9,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError, Vote};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::kv;
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig, storage_error};
@@ -35,12 +38,26 @@ const STATE_TABLE: &str = "state";
 /// what was just appended, and decoding it from disk again costs more than
 /// the copy. Older entries are read from the database.
 const CACHED_ENTRIES: usize = 1024;
+/// Most bytes (of their encoding) the cached entries may take: entries that
+/// carry jobs' outputs can be megabytes each, and 1,024 of them must not
+/// hold gigabytes.
+const CACHED_BYTES: usize = 64 * 1024 * 1024;
 
-/// The log store; clones share one connection and one cache.
+/// The log store; clones share the connections and the cache.
 #[derive(Clone)]
 pub struct LogStore {
+    /// Writes: appends, truncation, purges, the vote.
     conn: Arc<Mutex<Connection>>,
-    recent: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// Reads, beside the writer (WAL), so none waits for a write's fsync.
+    reader: Arc<Mutex<Connection>>,
+    recent: Arc<Mutex<Cache>>,
+}
+
+/// The newest entries, each with the size of its encoding.
+#[derive(Default)]
+struct Cache {
+    entries: BTreeMap<u64, (Entry, usize)>,
+    bytes: usize,
 }
 
 impl LogStore {
@@ -57,10 +74,26 @@ impl LogStore {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", LOG_SCHEMA_VERSION)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         Ok(LogStore {
             conn: Arc::new(Mutex::new(conn)),
-            recent: Arc::new(Mutex::new(BTreeMap::new())),
+            reader: Arc::new(Mutex::new(reader)),
+            recent: Arc::new(Mutex::new(Cache::default())),
         })
+    }
+
+    /// Runs the read `f` on the reading connection on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || f(&reader.lock().expect("log reader lock")))
+            .await
+            .expect("log store task panicked")
     }
 
     /// Runs `f` on the connection on a blocking thread: writes wait for fsync.
@@ -79,7 +112,7 @@ impl LogStore {
     /// The entries `start..=end` if the cache holds all of them that exist.
     fn cached(&self, start: i64, end: i64) -> Option<Vec<Entry>> {
         let recent = self.recent.lock().expect("log cache lock");
-        let (&first, _) = recent.first_key_value()?;
+        let (&first, _) = recent.entries.first_key_value()?;
         if start < first as i64 {
             return None;
         }
@@ -88,19 +121,28 @@ impl LogStore {
         }
         Some(
             recent
+                .entries
                 .range(start as u64..=end as u64)
-                .map(|(_, e)| e.clone())
+                .map(|(_, (e, _))| e.clone())
                 .collect(),
         )
     }
 
-    fn remember(&self, entries: &[Entry]) {
+    /// Caches `entries` (each with its encoded size), then drops the oldest
+    /// past [`CACHED_ENTRIES`] or [`CACHED_BYTES`].
+    fn remember(&self, entries: &[Entry], sizes: &[usize]) {
         let mut recent = self.recent.lock().expect("log cache lock");
-        for entry in entries {
-            recent.insert(entry.log_id.index, entry.clone());
+        for (entry, &size) in entries.iter().zip(sizes) {
+            let old = recent
+                .entries
+                .insert(entry.log_id.index, (entry.clone(), size));
+            recent.bytes = recent.bytes + size - old.map_or(0, |(_, s)| s);
         }
-        while recent.len() > CACHED_ENTRIES {
-            recent.pop_first();
+        while recent.entries.len() > CACHED_ENTRIES || recent.bytes > CACHED_BYTES {
+            let Some((_, (_, size))) = recent.entries.pop_first() else {
+                break;
+            };
+            recent.bytes -= size;
         }
     }
 
@@ -108,11 +150,12 @@ impl LogStore {
     fn forget(&self, from: Option<u64>, upto: Option<u64>) {
         let mut recent = self.recent.lock().expect("log cache lock");
         if let Some(from) = from {
-            recent.split_off(&from);
+            recent.entries.split_off(&from);
         }
         if let Some(upto) = upto {
-            *recent = recent.split_off(&(upto + 1));
+            recent.entries = recent.entries.split_off(&(upto + 1));
         }
+        recent.bytes = recent.entries.values().map(|(_, size)| size).sum();
     }
 }
 
@@ -139,8 +182,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(cached) = self.cached(start, end) {
             return Ok(cached);
         }
-        let conn = self.conn.lock().expect("log lock");
-        let read = || -> rusqlite::Result<Vec<Entry>> {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx",
             )?;
@@ -150,8 +192,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 serde_json::from_str(&text).map_err(kv::decode_error)
             })
             .collect()
-        };
-        read().map_err(|e| storage_error(StorageIOError::read_logs, &e))
+        })
+        .await
+        .map_err(|e| storage_error(StorageIOError::read_logs, &e))
     }
 }
 
@@ -159,9 +202,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let conn = self.conn.lock().expect("log lock");
-        let read = || -> rusqlite::Result<LogState<TypeConfig>> {
-            let purged: Option<LogId> = kv::get(&conn, STATE_TABLE, "last_purged")?;
+        self.read(|conn| {
+            let purged: Option<LogId> = kv::get(conn, STATE_TABLE, "last_purged")?;
             let last: Option<String> = conn
                 .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| {
                     r.get(0)
@@ -179,8 +221,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 last_purged_log_id: purged,
                 last_log_id: last,
             })
-        };
-        read().map_err(|e| storage_error(StorageIOError::read_logs, &e))
+        })
+        .await
+        .map_err(|e| storage_error(StorageIOError::read_logs, &e))
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -195,8 +238,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        let conn = self.conn.lock().expect("log lock");
-        kv::get(&conn, STATE_TABLE, "vote")
+        self.read(|conn| kv::get(conn, STATE_TABLE, "vote"))
+            .await
             .map_err(|e| storage_error(StorageIOError::read_vote, &e))
     }
 
@@ -219,6 +262,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 )
             })
             .collect();
+        let sizes: Vec<usize> = rows.iter().map(|(_, entry)| entry.len()).collect();
         let written = self
             .blocking(move |conn| {
                 let tx = conn.transaction()?;
@@ -237,7 +281,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable now (FULL sync): only then may openraft count the entries.
         match written {
             Ok(()) => {
-                self.remember(&entries);
+                self.remember(&entries, &sizes);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -268,5 +312,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|e| storage_error(StorageIOError::write_logs, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_bytes_as_well_as_by_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(&dir.path().join("log.db")).unwrap();
+        // Entries as big as a batch of completions with large outputs.
+        let big = 20 * 1024 * 1024;
+        let entries: Vec<Entry> = (1..=10).map(blank).collect();
+        log.remember(&entries, &[big; 10]);
+        let cache = log.recent.lock().unwrap();
+        assert!(cache.bytes <= CACHED_BYTES, "{} bytes cached", cache.bytes);
+        assert_eq!(cache.bytes, cache.entries.len() * big);
+        assert_eq!(cache.entries.keys().last(), Some(&10), "the newest stay");
+        drop(cache);
+        assert!(log.cached(1, 10).is_none(), "the oldest are read from disk");
+        assert_eq!(log.cached(10, 10).unwrap(), vec![blank(10)]);
     }
 }
