@@ -204,7 +204,6 @@ impl Drop for Coordinator {
     }
 }
 
-/// A host daemon process.
 /// A coordinator's state database held locked; see
 /// [`Coordinator::hold_state_database`].
 pub struct DatabaseLock(rusqlite::Connection);
@@ -217,6 +216,7 @@ impl Drop for DatabaseLock {
     }
 }
 
+/// A host daemon process.
 pub struct Host {
     child: Option<Child>,
     pub dir: PathBuf,

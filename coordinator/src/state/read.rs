@@ -126,7 +126,9 @@ pub(super) fn jobs_page_sql(by_status: bool, by_owner: bool) -> String {
         filters.push("status = :status");
     }
     if by_owner {
-        filters.push("owner = :owner");
+        // The second term lets SQLite use `jobs_by_owner`, which leaves out
+        // the token's jobs; a key's owner is never the token.
+        filters.push("owner = :owner AND owner != 'token'");
     }
     format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE {} ORDER BY seq LIMIT :limit",
