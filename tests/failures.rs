@@ -9,13 +9,15 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Cluster, Coordinator, Host, eventually, execution_log, fake_host, host_up, keep_alive, metric,
+    Cluster, Coordinator, Host, eventually, execution_log, host_up, live_fake_host, metric,
     wait_status, wait_terminal,
 };
 use skyclaw_api::ErrorCode;
 use skyclaw_api::hosts::Claim;
 use skyclaw_api::jobs::{JobSpec, JobStatus};
 
+/// Leases and a host TTL of a second: expiries and verdicts come soon.
+const SHORT_LEASES: [&str; 4] = ["--lease-ms", "1000", "--host-ttl-ms", "1000"];
 /// How often the tests' fake hosts heartbeat: five times per host TTL.
 const HEARTBEAT: Duration = Duration::from_millis(200);
 /// How long a test's client waits for a claim it then abandons.
@@ -31,17 +33,9 @@ fn true_job() -> JobSpec {
 #[tokio::test]
 async fn a_claim_abandoned_mid_proposal_leaves_its_jobs_claimable() {
     let tmp = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(
-        &tmp.path().join("coord"),
-        &["--lease-ms", "1000", "--host-ttl-ms", "1000"],
-    )
-    .await;
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &SHORT_LEASES).await;
     let client = coordinator.client();
-    client
-        .register_host(&fake_host("h-abandons", &["shell"]))
-        .await
-        .unwrap();
-    let _beats = keep_alive(&client, "h-abandons", HEARTBEAT);
+    let _beats = live_fake_host(&client, "h-abandons", HEARTBEAT).await;
     let job = client.submit_job(&true_job(), None).await.unwrap();
 
     let claim = Claim {
@@ -85,17 +79,9 @@ async fn a_claim_abandoned_mid_proposal_leaves_its_jobs_claimable() {
 #[tokio::test]
 async fn a_replayed_claim_hands_out_only_leases_the_host_still_holds() {
     let tmp = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(
-        &tmp.path().join("coord"),
-        &["--lease-ms", "1000", "--host-ttl-ms", "1000"],
-    )
-    .await;
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &SHORT_LEASES).await;
     let client = coordinator.client();
-    client
-        .register_host(&fake_host("h-partitioned", &["shell"]))
-        .await
-        .unwrap();
-    let partitioned = keep_alive(&client, "h-partitioned", HEARTBEAT);
+    let partitioned = live_fake_host(&client, "h-partitioned", HEARTBEAT).await;
     let job = client.submit_job(&true_job(), None).await.unwrap();
     let claim = Claim {
         max_jobs: 1,
@@ -111,11 +97,7 @@ async fn a_replayed_claim_hands_out_only_leases_the_host_still_holds() {
     // queued again, then leased to another host.
     partitioned.abort();
     wait_status(&client, &job.id, JobStatus::Queued).await;
-    client
-        .register_host(&fake_host("h-other", &["shell"]))
-        .await
-        .unwrap();
-    let _other = keep_alive(&client, "h-other", HEARTBEAT);
+    let _other = live_fake_host(&client, "h-other", HEARTBEAT).await;
     let taken = client.claim("h-other", &claim, "other").await.unwrap();
     assert_eq!(taken.jobs.len(), 1, "{taken:?}");
     assert_eq!(taken.jobs[0].job.id, job.id);
@@ -129,11 +111,7 @@ async fn a_replayed_claim_hands_out_only_leases_the_host_still_holds() {
         Some(ErrorCode::HostNotRegistered),
         "{refused}"
     );
-    client
-        .register_host(&fake_host("h-partitioned", &["shell"]))
-        .await
-        .unwrap();
-    let _back = keep_alive(&client, "h-partitioned", HEARTBEAT);
+    let _back = live_fake_host(&client, "h-partitioned", HEARTBEAT).await;
     let replayed = client
         .claim("h-partitioned", &claim, "lost-answer")
         .await
@@ -155,11 +133,7 @@ async fn attempts_of_one_claim_all_answer_the_grants_that_applied() {
     let tmp = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
     let client = coordinator.client();
-    client
-        .register_host(&fake_host("h-retries", &["shell"]))
-        .await
-        .unwrap();
-    let _beats = keep_alive(&client, "h-retries", HEARTBEAT);
+    let _beats = live_fake_host(&client, "h-retries", HEARTBEAT).await;
     let mut jobs = Vec::new();
     for _ in 0..4 {
         jobs.push(client.submit_job(&true_job(), None).await.unwrap());

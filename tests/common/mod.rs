@@ -585,6 +585,20 @@ pub fn keep_alive(client: &Client, host_id: &str, every: Duration) -> tokio::tas
     })
 }
 
+/// Registers a [`fake_host`] offering `shell` and heartbeats for it every
+/// `every` until the returned task is aborted.
+pub async fn live_fake_host(
+    client: &Client,
+    host_id: &str,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    client
+        .register_host(&fake_host(host_id, &["shell"]))
+        .await
+        .expect("register a fake host");
+    keep_alive(client, host_id, every)
+}
+
 /// Submits a spec given as JSON and waits for the job to be terminal.
 pub async fn run_job(client: &Client, spec: serde_json::Value) -> Job {
     let spec: JobSpec = serde_json::from_value(spec).expect("valid spec");
