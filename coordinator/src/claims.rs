@@ -163,7 +163,8 @@ async fn lease_some(
     while picked.len() < max && scanned < SCHEDULING_WINDOW {
         let page = node
             .store
-            .read(|c| read::queued_jobs(c, after_seq, page_size))?;
+            .scan(move |c| read::queued_jobs(c, after_seq, page_size))
+            .await?;
         page_size = (page_size * 2).min(SCHEDULING_PAGE);
         let Some((last_seq, _)) = page.last() else {
             break;
@@ -177,7 +178,7 @@ async fn lease_some(
             .collect();
         let want = max - picked.len();
         if loads.is_none() && scheduler::needs_loads(&free, host, &live) {
-            loads = Some(load_by_host(node)?);
+            loads = Some(load_by_host(node).await?);
         }
         picked.extend(
             scheduler::pick(
@@ -233,8 +234,13 @@ async fn lease_some(
 }
 
 /// Jobs running per host, as the state machine has them.
-fn load_by_host(node: &Node) -> Result<Loads, ApiError> {
-    Ok(node.store.read(read::running_counts)?.into_iter().collect())
+async fn load_by_host(node: &Node) -> Result<Loads, ApiError> {
+    Ok(node
+        .store
+        .scan(read::running_counts)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// 128 random bits: a lease token cannot be guessed by another host.

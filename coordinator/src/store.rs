@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, DatabaseName, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{Notify, oneshot};
@@ -96,8 +96,21 @@ impl Store {
         Ok(())
     }
 
-    /// Runs a read on a pooled connection. Reads are short index lookups, so
-    /// they run in place rather than on a blocking thread.
+    /// [`Store::read`] on a blocking thread, for reads that scan or decode
+    /// many rows (the claim scan, lists, counts), which must not hold an
+    /// async worker.
+    pub async fn scan<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.read(f))
+            .await
+            .expect("store read panicked")
+    }
+
+    /// Runs a read on a pooled connection, in place: for point lookups by
+    /// key, which take microseconds; see [`Store::scan`] for the rest.
     pub fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,

@@ -124,7 +124,10 @@ async fn expire_leases(node: &Node) -> Result<(), crate::ApiError> {
         return Ok(());
     }
     let now = now_ms();
-    let expired = node.store.read(|c| read::expired_leases(c, now))?;
+    let expired = node
+        .store
+        .scan(move |c| read::expired_leases(c, now))
+        .await?;
     if !expired.is_empty() {
         node.propose(Command::ExpireLeases { now }, None).await?;
         tracing::warn!(jobs = expired.len(), "leases expired; jobs requeued");

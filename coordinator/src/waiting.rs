@@ -82,12 +82,10 @@ fn changed_reasons(
 /// waited.
 pub async fn fail_overdue(node: &Node) -> Result<(), ApiError> {
     let now = now_ms();
-    let store = Arc::clone(&node.store);
-    let overdue = tokio::task::spawn_blocking(move || {
-        store.read(|c| read::queue_overdue(c, now, OVERDUE_PER_SWEEP))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("reading the queue failed: {e}")))??;
+    let overdue = node
+        .store
+        .scan(move |c| read::queue_overdue(c, now, OVERDUE_PER_SWEEP))
+        .await?;
     if overdue.is_empty() {
         return Ok(());
     }

@@ -69,7 +69,7 @@ pub async fn list(
     State(node): State<Arc<Node>>,
     _token: ClusterToken,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    let keys = node.store.read(read::api_keys)?;
+    let keys = node.store.scan(read::api_keys).await?;
     Ok(Json(ApiKeyList { keys }))
 }
 

@@ -147,7 +147,7 @@ pub async fn list(
     principal: Principal,
 ) -> Result<Json<ArtifactList>, ApiError> {
     principal.require(Scope::ArtifactsPush)?;
-    let artifacts = node.store.read(read::artifacts)?;
+    let artifacts = node.store.scan(read::artifacts).await?;
     Ok(Json(ArtifactList { artifacts }))
 }
 

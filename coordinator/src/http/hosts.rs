@@ -206,7 +206,8 @@ pub async fn list(
 ) -> Result<Json<HostList>, ApiError> {
     let (rows, counts) = node
         .store
-        .read(|c| Ok((read::hosts(c)?, read::running_counts(c)?)))?;
+        .scan(|c| Ok((read::hosts(c)?, read::running_counts(c)?)))
+        .await?;
     let now = Instant::now();
     let hosts = rows
         .into_iter()

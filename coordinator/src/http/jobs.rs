@@ -117,15 +117,11 @@ pub async fn list(
         Principal::Token => None,
         Principal::ApiKey(_) => Some(principal.owner().as_column()),
     };
-    let rows = node.store.read(|c| {
-        read::jobs_page(
-            c,
-            query.status,
-            owner.as_deref(),
-            query.after.as_deref(),
-            limit + 1,
-        )
-    })?;
+    let (status, after) = (query.status, query.after.clone());
+    let rows = node
+        .store
+        .scan(move |c| read::jobs_page(c, status, owner.as_deref(), after.as_deref(), limit + 1))
+        .await?;
     let mut jobs: Vec<Job> = rows.into_iter().map(|r| r.job).collect();
     let next_after = if jobs.len() > limit as usize {
         jobs.truncate(limit as usize);

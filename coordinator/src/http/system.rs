@@ -21,7 +21,8 @@ pub async fn health(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Va
 pub async fn metrics(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
     let (applied, jobs) = node
         .store
-        .read(|c| Ok((read::applied_index(c)?, read::job_counts(c)?)))?;
+        .scan(|c| Ok((read::applied_index(c)?, read::job_counts(c)?)))
+        .await?;
     let mut out = String::new();
     let _ = writeln!(out, "# TYPE skyclaw_applied_index counter");
     let _ = writeln!(out, "skyclaw_applied_index {applied}");
