@@ -266,6 +266,23 @@ fn never_stopped() -> (watch::Sender<Option<StopReason>>, StopSignal) {
     watch::channel(None)
 }
 
+/// Starts a run of `artifact` on its own task; the sender gives its stop
+/// order.
+async fn start(
+    engine: &WasiEngine,
+    artifact: &Artifact,
+    limits: WasiLimits,
+) -> (
+    watch::Sender<Option<StopReason>>,
+    tokio::task::JoinHandle<Run>,
+) {
+    let (program, code) = engine.load(&artifact.digest, &artifact.path).await.unwrap();
+    let (stop_tx, stop) = never_stopped();
+    let (engine, spec) = (engine.clone(), spec(artifact, limits));
+    let running = tokio::spawn(async move { engine.run(program, code, &spec, stop).await });
+    (stop_tx, running)
+}
+
 async fn run_spec(engine: &WasiEngine, artifact: &Artifact, spec: &WasiSpec) -> Run {
     let (program, code) = engine
         .load(&artifact.digest, &artifact.path)
@@ -458,12 +475,7 @@ async fn stop_signal_interrupts_a_guest_asleep_in_a_host_call() {
     let dir = TempDir::new().unwrap();
     let engine = engine(dir.path());
     let sleeper = store_wat(dir.path(), &sleep_p1(HOUR_NANOS));
-    let (program, code) = engine.load(&sleeper.digest, &sleeper.path).await.unwrap();
-    let (stop_tx, stop) = never_stopped();
-    let running = tokio::spawn({
-        let (engine, spec) = (engine.clone(), spec(&sleeper, WasiLimits::default()));
-        async move { engine.run(program, code, &spec, stop).await }
-    });
+    let (stop_tx, running) = start(&engine, &sleeper, WasiLimits::default()).await;
     wait_until_free_slots(&engine, 1).await;
     stop_tx.send_replace(Some(StopReason::ShuttingDown));
     let run = promptly("the stopped sleeper", running).await.unwrap();
@@ -495,16 +507,11 @@ async fn a_busy_guest_yields_its_thread_to_other_guests() {
     let dir = TempDir::new().unwrap();
     let engine = engine(dir.path());
     let busy = store_wat(dir.path(), BUSY);
-    let (program, code) = engine.load(&busy.digest, &busy.path).await.unwrap();
     let limits = WasiLimits {
         fuel: Some(1 << 40),
         ..WasiLimits::default()
     };
-    let (stop_tx, stop) = never_stopped();
-    let running = tokio::spawn({
-        let (engine, spec) = (engine.clone(), spec(&busy, limits));
-        async move { engine.run(program, code, &spec, stop).await }
-    });
+    let (stop_tx, running) = start(&engine, &busy, limits).await;
     wait_until_free_slots(&engine, 1).await;
     promptly(
         "a guest beside the busy one",
@@ -578,16 +585,11 @@ async fn stop_signal_interrupts_a_running_guest() {
     let dir = TempDir::new().unwrap();
     let engine = engine(dir.path());
     let busy = store_wat(dir.path(), BUSY);
-    let (program, code) = engine.load(&busy.digest, &busy.path).await.unwrap();
     let limits = WasiLimits {
         fuel: Some(1 << 40),
         ..WasiLimits::default()
     };
-    let (stop_tx, stop) = never_stopped();
-    let running = tokio::spawn({
-        let (engine, spec) = (engine.clone(), spec(&busy, limits));
-        async move { engine.run(program, code, &spec, stop).await }
-    });
+    let (stop_tx, running) = start(&engine, &busy, limits).await;
     // `engine` has two slots; the busy guest holds one.
     wait_until_free_slots(&engine, 1).await;
     stop_tx.send_replace(Some(StopReason::Revoked));
