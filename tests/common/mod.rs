@@ -570,21 +570,6 @@ pub fn fake_host(host_id: &str, capabilities: &[&str]) -> RegisterHost {
     }
 }
 
-/// Heartbeats for a [`fake_host`] (holding no leases) every `every` until
-/// the task is aborted, as its daemon would.
-pub fn keep_alive(client: &Client, host_id: &str, every: Duration) -> tokio::task::JoinHandle<()> {
-    let (client, host_id) = (client.clone(), host_id.to_string());
-    tokio::spawn(async move {
-        let mut beat = tokio::time::interval(every);
-        loop {
-            beat.tick().await;
-            let _ = client
-                .heartbeat(&host_id, &skyclaw_api::hosts::Heartbeat::default())
-                .await;
-        }
-    })
-}
-
 /// Registers a [`fake_host`] offering `shell` and heartbeats for it every
 /// `every` until the returned task is aborted.
 pub async fn live_fake_host(
@@ -596,7 +581,17 @@ pub async fn live_fake_host(
         .register_host(&fake_host(host_id, &["shell"]))
         .await
         .expect("register a fake host");
-    keep_alive(client, host_id, every)
+    // It holds no leases, as a daemon with nothing running.
+    let (client, host_id) = (client.clone(), host_id.to_string());
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(every);
+        loop {
+            beat.tick().await;
+            let _ = client
+                .heartbeat(&host_id, &skyclaw_api::hosts::Heartbeat::default())
+                .await;
+        }
+    })
 }
 
 /// Submits a spec given as JSON and waits for the job to be terminal.
