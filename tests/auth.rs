@@ -3,30 +3,11 @@
 
 mod common;
 
-use common::{Coordinator, TOKEN};
+use common::{Coordinator, TOKEN, coordinator_routes};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// Every private route, with a body where it takes one.
-const PRIVATE_ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/jobs/j-x/complete"),
-    ("GET", "/v1/hosts"),
-    ("POST", "/v1/hosts/register"),
-    ("POST", "/v1/hosts/h-x/heartbeat"),
-    ("POST", "/v1/hosts/h-x/claim"),
-    ("POST", "/v1/apikeys"),
-    ("GET", "/v1/apikeys"),
-    ("DELETE", "/v1/apikeys/k-x"),
-];
-/// Public routes: the token or a scoped key.
-const PUBLIC_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/whoami"),
-    ("GET", "/v1/jobs"),
-    ("POST", "/v1/jobs"),
-    ("GET", "/v1/jobs/j-x"),
-    ("GET", "/v1/jobs/j-x/wait"),
-    ("POST", "/v1/jobs/j-x/cancel"),
-];
+use skyclaw_api::apikeys::Scope;
+use skyclaw_coordinator::Access;
 
 struct Api {
     http: reqwest::Client,
@@ -99,28 +80,45 @@ async fn api() -> (tempfile::TempDir, Coordinator, Api) {
 const ECHO: &str = r#"{"kind":"shell","command":"echo","args":["hi"]}"#;
 
 #[tokio::test]
-async fn every_private_route_needs_the_token() {
+async fn every_route_admits_whom_the_router_says() {
     let (_tmp, _c, api) = api().await;
-    let (_, secret) = api.create_key(&["jobs:submit", "jobs:read"]).await;
-    for (method, path) in PRIVATE_ROUTES.iter().chain(PUBLIC_ROUTES) {
-        let (status, body) = api.send(method, path, None, Some("{}")).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
-        assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
+    let every_scope: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+    let (_, secret) = api.create_key(&every_scope).await;
+    let routes = coordinator_routes();
+    assert!(routes.len() > 20, "{} routes", routes.len());
+    for (method, path, access) in routes {
+        let route = format!("{method} {path} ({access:?})");
+        let (status, body) = api.send(&method, &path, None, Some("{}")).await;
+        if access == Access::Open {
+            assert_eq!(status, StatusCode::OK, "{route}: {body}");
+            continue;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{route}: {body}");
+        if method != "HEAD" {
+            assert_eq!(body["error"]["code"], "unauthorized", "{route}");
+        }
         let wrong = api
-            .send(method, path, Some(("x-skyclaw-token", "nope")), Some("{}"))
+            .send(
+                &method,
+                &path,
+                Some(("x-skyclaw-token", "nope")),
+                Some("{}"),
+            )
             .await;
         assert_eq!(
             wrong.0,
             StatusCode::UNAUTHORIZED,
-            "{method} {path} with a wrong token"
+            "{route} with a wrong token"
         );
+        let (status, body) = api.key(&secret, &method, &path, Some("{}")).await;
+        match access {
+            Access::Token => assert_eq!(status, StatusCode::FORBIDDEN, "a key on {route}: {body}"),
+            _ => assert!(
+                status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                "a key with every scope on {route}: {status} {body}"
+            ),
+        }
     }
-    for (method, path) in PRIVATE_ROUTES {
-        let (status, _) = api.key(&secret, method, path, Some("{}")).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "a key on {method} {path}");
-    }
-    let (status, _) = api.send("GET", "/health", None, None).await;
-    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, Host, TOKEN, eventually, host_up, last_log_index, last_purged_index, log_holds,
-    open_read_only, process_gone, skyclaw, snapshot_meta, wait_terminal,
+    Cluster, Host, TOKEN, eventually, host_up, last_log_index, last_purged_index, live_fake_host,
+    log_holds, process_gone, same_replicas, skyclaw, snapshot_meta, wait_terminal,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use skyclaw_api::apikeys::{CreateApiKey, Scope};
-use skyclaw_api::jobs::{Job, JobQuery, JobSpec, JobStatus};
+use skyclaw_api::hosts::{Claim, Complete, CompleteMany, Completion, Outcome};
+use skyclaw_api::jobs::{Job, JobQuery, JobResult, JobSpec, JobStatus, MAX_OUTPUT_BYTES_LIMIT};
 use skyclaw_api::network::PeerRole;
 use skyclaw_api::{Client, ClientError, ErrorCode};
 
@@ -103,78 +104,6 @@ async fn raw_submit(url: &str, key: &str) -> (StatusCode, Value) {
     let status = resp.status();
     let body = resp.json().await.unwrap_or(Value::Null);
     (status, body)
-}
-
-/// A coordinator's replicated state, read in one transaction from its
-/// database: the applied index and every row of the state tables, in key order.
-fn state_of(dir: &Path) -> rusqlite::Result<(u64, Vec<String>)> {
-    let mut conn = open_read_only(&dir.join("coordinator.db"))?;
-    let tx = conn.transaction()?;
-    let applied: u64 = tx.query_row(
-        "SELECT value FROM meta WHERE key = 'applied_index'",
-        [],
-        |r| r.get(0),
-    )?;
-    let mut rows = Vec::new();
-    for (table, order) in [
-        ("jobs", "id"),
-        ("hosts", "id"),
-        ("api_keys", "id"),
-        ("idempotency", "principal, key"),
-    ] {
-        let mut stmt = tx.prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
-        let columns = stmt.column_count();
-        let mut query = stmt.query([])?;
-        while let Some(row) = query.next()? {
-            let values: Vec<String> = (0..columns)
-                .map(|i| {
-                    row.get::<_, rusqlite::types::Value>(i)
-                        .map(|v| format!("{v:?}"))
-                })
-                .collect::<rusqlite::Result<_>>()?;
-            rows.push(format!("{table}: {}", values.join(" | ")));
-        }
-    }
-    Ok((applied, rows))
-}
-
-/// Waits until the coordinators in `dirs` have applied the same index and
-/// hold the same rows, and returns the row count. On timeout, shows the first
-/// rows that differ.
-async fn same_state(dirs: &[PathBuf]) -> usize {
-    let start = Instant::now();
-    loop {
-        let states: Vec<_> = dirs.iter().map(|d| state_of(d)).collect();
-        if let Ok(states) = states.into_iter().collect::<rusqlite::Result<Vec<_>>>() {
-            if states.iter().all(|s| *s == states[0]) {
-                return states[0].1.len();
-            }
-            if start.elapsed() > common::DEADLINE {
-                let indexes: Vec<u64> = states.iter().map(|s| s.0).collect();
-                for state in &states[1..] {
-                    let differ = states[0]
-                        .1
-                        .iter()
-                        .zip(&state.1)
-                        .find(|(a, b)| a != b)
-                        .map(|(a, b)| format!("{a}\n  vs\n{b}"));
-                    if let Some(differ) = differ {
-                        panic!("coordinators at applied indexes {indexes:?} differ:\n{differ}");
-                    }
-                }
-                panic!(
-                    "coordinators never reached the same state: applied indexes {indexes:?}, rows {:?}",
-                    states.iter().map(|s| s.1.len()).collect::<Vec<_>>()
-                );
-            }
-        } else {
-            assert!(
-                start.elapsed() < common::DEADLINE,
-                "cannot read the coordinator databases"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Kills a process the test started when the test ends, however it ends.
@@ -471,7 +400,7 @@ async fn leader_sigkill_under_load_loses_nothing_and_runs_nothing_twice() {
     // same state as the others.
     cluster.nodes[old_leader].restart().await;
     let dirs: Vec<PathBuf> = cluster.nodes.iter().map(|n| n.dir.clone()).collect();
-    let rows = same_state(&dirs).await;
+    let rows = same_replicas(&dirs).await;
     assert!(rows > jobs.len(), "the compared state holds the jobs");
     eventually("the same applied index on every /health", || async {
         let mut indexes = BTreeSet::new();
@@ -652,7 +581,7 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
     cluster.nodes[lagging].restart().await;
     let leader = cluster.leader().await;
     let leader_dir = cluster.nodes[leader].dir.clone();
-    let rows = same_state(&[leader_dir, lagging_dir.clone()]).await;
+    let rows = same_replicas(&[leader_dir, lagging_dir.clone()]).await;
     assert!(rows >= submitted, "{rows} rows");
     let leader_jobs = all_jobs(&cluster.nodes[leader].client()).await.unwrap();
     let lagging_jobs = all_jobs(&cluster.nodes[lagging].client()).await.unwrap();
@@ -671,6 +600,102 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
         "entry {} came from the log, not a snapshot",
         behind + 1
     );
+}
+
+/// Jobs the large-output test completes, in rounds of what the fake host may
+/// run at once: 2 MiB of output each, 280 MiB in all, more than one Raft
+/// request may carry (256 MiB).
+const LARGE_OUTPUT_JOBS: usize = 140;
+
+/// A follower that was down while jobs reported megabytes of output catches
+/// up: the leader splits what it sends so that no request passes the Raft
+/// body limit, and no log entry holds more than one request can carry.
+#[tokio::test]
+async fn a_follower_catches_up_after_jobs_with_megabytes_of_output() {
+    let mut cluster = Cluster::start(3, 3, &[]).await;
+    let leader = cluster.leader().await;
+    let lagging = cluster.follower(leader);
+    assert!(cluster.nodes[lagging].terminate().success());
+    let client = cluster.client();
+    let _beats = live_fake_host(&client, "h-loud", Duration::from_millis(500)).await;
+
+    // Each job reports the most output a host may send, on both streams.
+    let loud = "a".repeat(MAX_OUTPUT_BYTES_LIMIT);
+    let spec: JobSpec =
+        serde_json::from_value(json!({"kind": "shell", "command": "true"})).unwrap();
+    let mut finished = 0;
+    let mut round = 0;
+    let mut last_job = String::new();
+    while finished < LARGE_OUTPUT_JOBS {
+        round += 1;
+        let mut submitted = Vec::new();
+        for n in 0..common::FAKE_HOST_PARALLEL {
+            let key = format!("loud-{round}-{n}");
+            submitted.push(client.submit_job(&spec, Some(&key)).await.unwrap().id);
+        }
+        let claim = Claim {
+            max_jobs: common::FAKE_HOST_PARALLEL as u32,
+            wait_ms: 5_000,
+        };
+        let leased = client
+            .claim("h-loud", &claim, &format!("claim-{round}"))
+            .await
+            .unwrap()
+            .jobs;
+        assert_eq!(leased.len(), submitted.len(), "round {round}");
+        // Completed at once, so that they are proposed together.
+        let completions: Vec<_> = leased
+            .into_iter()
+            .map(|leased| {
+                let client = client.clone();
+                let result: JobResult = serde_json::from_value(json!({
+                    "exit_code": 0, "stdout": loud, "stderr": loud,
+                    "stdout_truncated": false, "stderr_truncated": false,
+                    "duration_ms": 1, "error": null,
+                }))
+                .unwrap();
+                async move {
+                    let batch = CompleteMany {
+                        completions: vec![Completion {
+                            job_id: leased.job.id.clone(),
+                            complete: Complete {
+                                lease_token: leased.lease_token,
+                                outcome: Outcome::Succeeded,
+                                result,
+                            },
+                        }],
+                    };
+                    client.complete_many("h-loud", &batch).await.unwrap()
+                }
+            })
+            .map(tokio::spawn)
+            .collect();
+        for completion in completions {
+            let answer = completion.await.unwrap();
+            assert_eq!(answer.results[0].error, None, "round {round}");
+            finished += 1;
+        }
+        last_job = submitted.pop().expect("a job this round");
+    }
+
+    cluster.nodes[lagging].restart().await;
+    let leader = cluster.leader().await;
+    let dirs = [
+        cluster.nodes[leader].dir.clone(),
+        cluster.nodes[lagging].dir.clone(),
+    ];
+    let rows = same_replicas(&dirs).await;
+    assert!(rows > finished, "{rows} rows compared");
+    // And it serves what it caught up on.
+    let job = cluster.nodes[lagging]
+        .client()
+        .get_job(&last_job)
+        .await
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    let result = job.result.expect("a result");
+    assert_eq!(result.stdout.len(), MAX_OUTPUT_BYTES_LIMIT);
+    assert_eq!(result.stderr.len(), MAX_OUTPUT_BYTES_LIMIT);
 }
 
 #[tokio::test]
@@ -881,7 +906,7 @@ async fn a_coordinator_restarted_on_another_port_announces_its_new_address() {
     })
     .await;
     let dirs: Vec<PathBuf> = cluster.nodes.iter().map(|n| n.dir.clone()).collect();
-    same_state(&dirs).await;
+    same_replicas(&dirs).await;
 }
 
 #[tokio::test]

@@ -25,8 +25,8 @@ use crate::artifacts::{ArtifactInfo, ArtifactList, Digest};
 use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::headers;
 use crate::hosts::{
-    Claim, Claimed, Complete, CompleteMany, CompletedMany, Heartbeat, HeartbeatAck, HostList,
-    RegisterHost, Registered,
+    Claim, Claimed, CompleteMany, CompletedMany, Heartbeat, HeartbeatAck, HostList, RegisterHost,
+    Registered,
 };
 use crate::jobs::{Job, JobList, JobQuery, JobSpec};
 use crate::network::{Join, PeerList};
@@ -317,19 +317,6 @@ impl Client {
     pub async fn cancel_job(&self, id: &str) -> Result<Job, ClientError> {
         let path = format!("/v1/jobs/{}/cancel", segment(id));
         self.call(Call::post(&path, &serde_json::json!({}), None))
-            .await
-    }
-
-    /// Reports a job's end. The key should be the same on every retry of one
-    /// completion, so a lost answer can be asked again.
-    pub async fn complete_job(
-        &self,
-        id: &str,
-        complete: &Complete,
-        idempotency_key: &str,
-    ) -> Result<Job, ClientError> {
-        let path = format!("/v1/jobs/{}/complete", segment(id));
-        self.call(Call::post(&path, complete, Some(idempotency_key)))
             .await
     }
 

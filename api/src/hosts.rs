@@ -166,9 +166,9 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// `POST /v1/jobs/{id}/complete`. Idempotent by its lease: the first
-/// completion under a lease is recorded, and the same lease reported again
-/// is answered with the job as recorded.
+/// How one job ended, under the lease it ends. Idempotent by its lease: the
+/// first completion under a lease is recorded, and the same lease reported
+/// again is answered as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Complete {

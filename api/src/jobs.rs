@@ -37,9 +37,12 @@ pub const DEFAULT_AGENT: &str = "main";
 pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
 /// Bytes in an openclaw message.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Most output a host may keep per stream of a job: results travel to the
-/// coordinators in one request and live in the job record.
-pub const MAX_OUTPUT_BYTES_LIMIT: usize = 8 * 1024 * 1024;
+/// Most output a host may keep per stream of a job. A result travels between
+/// coordinators in one Raft log entry, which a lagging follower must receive
+/// and fsync within one heartbeat interval (openraft 0.9 times appends out
+/// there); at 8 MiB a stream, entries took longer on a test machine's
+/// loopback and leadership churned. Bigger outputs belong in artifacts.
+pub const MAX_OUTPUT_BYTES_LIMIT: usize = 1024 * 1024;
 /// Capabilities one job may require.
 pub const MAX_CAPABILITIES: usize = 32;
 /// Longest a job may wait in the queue for a host, when it sets a queue

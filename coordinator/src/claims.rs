@@ -88,17 +88,9 @@ fn replay(
     let Some(record) = record else {
         return Ok(None);
     };
-    let stored = node
-        .store
-        .read(|c| read::idempotency(c, &record.principal, &record.key))?;
-    let Some((hash, outcome)) = stored else {
+    let Some(outcome) = node.store.read(|c| read::recorded_outcome(c, record))? else {
         return Ok(None);
     };
-    if hash != record.request_hash {
-        return Err(CommandError::IdempotencyConflict(record.key.clone()).into());
-    }
-    let outcome: Result<Output, CommandError> = serde_json::from_str(&outcome)
-        .map_err(|e| ApiError::Internal(format!("stored claim does not decode: {e}")))?;
     match outcome? {
         Output::Leased(leases) => Ok(Some(answer(node, host_id, leases, HashMap::new())?)),
         other => Err(ApiError::Internal(format!("stored claim is {other:?}"))),

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use skyclaw_api::{ErrorBody, ErrorCode, ErrorEnvelope};
 
 use crate::artifacts::BlobError;
+use crate::cluster::ClusterError;
 use crate::state::CommandError;
 use crate::store::StoreError;
 
@@ -69,6 +70,23 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store fault");
         ApiError::Internal(format!("storage fault: {e}"))
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> ApiError {
+        match e {
+            ClusterError::NoQuorum(m) => ApiError::NoQuorum(m),
+            ClusterError::OutcomeUnknown(m) => ApiError::Timeout(m),
+            ClusterError::Unavailable(m) => ApiError::Unavailable(m),
+            ClusterError::InvalidPeer(m) => ApiError::BadRequest(m),
+            ClusterError::UnknownPeer(m) => ApiError::NotFound(m),
+            ClusterError::Conflict(m) => ApiError::Command(CommandError::Conflict(m)),
+            ClusterError::Storage(_) | ClusterError::Internal(_) => {
+                tracing::error!(error = %e, "cluster fault");
+                ApiError::Internal(e.to_string())
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ApiError;
+pub use http::{Access, Route, routes};
 use store::Store;
 pub use store::StoreError;
 
@@ -35,6 +36,15 @@ pub const DEFAULT_HOST_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
 /// Largest request body: a job spec with its stdin fits with room to spare.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request body limit a coordinator accepts: a request becomes one
+/// proposal, and the log entry that carries it must fit a Raft RPC
+/// ([`cluster::network::RAFT_BODY_LIMIT`]) with room to spare.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+const _: () = assert!(
+    MAX_BODY_BYTES_LIMIT <= cluster::network::RAFT_BODY_LIMIT / 4
+        && http::COMPLETION_BODY_LIMIT <= cluster::network::RAFT_BODY_LIMIT / 4,
+    "one proposal must fit a raft append with room to spare"
+);
 /// Largest artifact accepted: a big WASI component or a bundled service fits;
 /// a runaway upload cannot fill the coordinators' disks.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 256 * 1024 * 1024;
@@ -204,6 +214,12 @@ fn validate(config: &Config) -> Result<(), CoordinatorError> {
         return Err(CoordinatorError::Config(
             "the cluster token must be at least 16 characters".into(),
         ));
+    }
+    if config.max_body_bytes == 0 || config.max_body_bytes > MAX_BODY_BYTES_LIMIT {
+        return Err(CoordinatorError::Config(format!(
+            "the request body limit must be between 1 and {MAX_BODY_BYTES_LIMIT} bytes, not {}",
+            config.max_body_bytes
+        )));
     }
     if config.voters == 0 || config.voters > MAX_VOTERS {
         return Err(CoordinatorError::Config(format!(

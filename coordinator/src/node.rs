@@ -12,7 +12,7 @@ use crate::Config;
 use crate::artifacts::BlobStore;
 use crate::claims::Reservations;
 use crate::cluster::types::Response;
-use crate::cluster::{Cluster, LEADER_WAIT};
+use crate::cluster::{Cluster, ClusterError, LEADER_WAIT};
 use crate::error::ApiError;
 use crate::liveness::Liveness;
 use crate::state::read::{self, JobRow};
@@ -95,7 +95,7 @@ impl Node {
         &self,
         command: Command,
         idempotency: Option<IdempotencyRecord>,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Response, ClusterError> {
         let proposal = Proposal::new(command).with_idempotency(idempotency);
         self.cluster.write(proposal).await
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use skyclaw_api::now_ms;
 
+use crate::cluster::ClusterError;
 use crate::node::Node;
 use crate::state::Command;
 use crate::state::read;
@@ -70,7 +71,7 @@ pub async fn run(node: Arc<Node>) {
 /// its predecessor left (so the hosts it reads are the ones last
 /// registered), and stops tracking once it no longer leads. A takeover that
 /// fails is tried again on the next change or tick.
-async fn follow_leadership(node: &Node) -> Result<(), crate::ApiError> {
+async fn follow_leadership(node: &Node) -> Result<(), ClusterError> {
     let leading = node.cluster.is_leader();
     let tracking = node.liveness.tracking_since().is_some();
     if !leading && tracking {
@@ -92,7 +93,7 @@ async fn follow_leadership(node: &Node) -> Result<(), crate::ApiError> {
     Ok(())
 }
 
-async fn mark_silent_hosts_down(node: &Node) -> Result<(), crate::ApiError> {
+async fn mark_silent_hosts_down(node: &Node) -> Result<(), ClusterError> {
     for (host_id, incarnation) in node.liveness.overdue(Instant::now()) {
         let command = Command::HostDown {
             host_id: host_id.clone(),
@@ -115,7 +116,7 @@ async fn mark_silent_hosts_down(node: &Node) -> Result<(), crate::ApiError> {
 /// one host TTL of grace, as it gives hosts: expiries were stamped by its
 /// predecessor's clock, and hosts could not renew while no leader was
 /// elected.
-async fn expire_leases(node: &Node) -> Result<(), crate::ApiError> {
+async fn expire_leases(node: &Node) -> Result<(), ClusterError> {
     let in_grace = node
         .liveness
         .tracking_since()
@@ -136,13 +137,13 @@ async fn expire_leases(node: &Node) -> Result<(), crate::ApiError> {
 }
 
 /// Both duties run each time: one failing does not hold up the other.
-async fn queue_duties(node: &Node) -> Result<(), crate::ApiError> {
+async fn queue_duties(node: &Node) -> Result<(), ClusterError> {
     let refreshed = crate::waiting::refresh_reasons(node).await;
     let failed = crate::waiting::fail_overdue(node).await;
     refreshed.and(failed)
 }
 
-async fn prune_idempotency(node: &Node) -> Result<(), crate::ApiError> {
+async fn prune_idempotency(node: &Node) -> Result<(), ClusterError> {
     let before = now_ms().saturating_sub(IDEMPOTENCY_TTL.as_millis() as u64);
     node.propose(Command::PruneIdempotency { before }, None)
         .await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use skyclaw_api::jobs::Job;
 use skyclaw_api::now_ms;
 
-use crate::error::ApiError;
+use crate::cluster::ClusterError;
 use crate::node::Node;
 use crate::scheduler::{self, LiveHost};
 use crate::state::Command;
@@ -27,7 +27,7 @@ const OVERDUE_PER_SWEEP: usize = 512;
 /// Brings every queued job's waiting reason in step with the live hosts, if
 /// they changed since the last refresh. A refresh that fails is tried again
 /// on the next call.
-pub async fn refresh_reasons(node: &Node) -> Result<(), ApiError> {
+pub async fn refresh_reasons(node: &Node) -> Result<(), ClusterError> {
     if !node.liveness.take_stale() {
         return Ok(());
     }
@@ -38,12 +38,12 @@ pub async fn refresh_reasons(node: &Node) -> Result<(), ApiError> {
     result
 }
 
-async fn refresh(node: &Node) -> Result<(), ApiError> {
+async fn refresh(node: &Node) -> Result<(), ClusterError> {
     let live = node.liveness.up_hosts();
     let store = Arc::clone(&node.store);
     let changes = tokio::task::spawn_blocking(move || changed_reasons(&store, &live))
         .await
-        .map_err(|e| ApiError::Internal(format!("reading the queue failed: {e}")))??;
+        .map_err(|e| ClusterError::Internal(format!("reading the queue failed: {e}")))??;
     for chunk in changes.chunks(REASONS_PER_COMMAND) {
         let reasons = chunk.to_vec();
         node.propose(Command::SetWaitingReasons { reasons }, None)
@@ -80,7 +80,7 @@ fn changed_reasons(
 
 /// Fails the queued jobs whose queue timeout has passed, each with why it
 /// waited.
-pub async fn fail_overdue(node: &Node) -> Result<(), ApiError> {
+pub async fn fail_overdue(node: &Node) -> Result<(), ClusterError> {
     let now = now_ms();
     let overdue = node
         .store

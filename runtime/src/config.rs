@@ -142,7 +142,7 @@ impl HostConfig {
         }
         if self.max_output_bytes > MAX_OUTPUT_BYTES_LIMIT {
             return invalid(format!(
-                "max_output_bytes must be at most {MAX_OUTPUT_BYTES_LIMIT}, so results fit a coordinator's request limit"
+                "max_output_bytes must be at most {MAX_OUTPUT_BYTES_LIMIT}, so results fit one coordinator log entry"
             ));
         }
         if self.sandbox_only && !self.allowed_commands.is_empty() {

@@ -65,7 +65,8 @@ pub struct CoordinatorArgs {
     /// by heartbeat.
     #[arg(long = "lease-ms", env = "SKYCLAW_LEASE_MS", default_value_t = millis(DEFAULT_LEASE_DURATION), value_parser = positive_u64(), value_name = "N")]
     lease_ms: u64,
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes, at most 67108864 (64 MiB): a
+    /// request travels between coordinators as one Raft log entry.
     #[arg(long, env = "SKYCLAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "N")]
     max_body_bytes: usize,
     /// Largest artifact an upload may store, in bytes.
@@ -149,8 +150,9 @@ pub struct HostArgs {
     /// The name the host registers under [default: the machine's host name].
     #[arg(long, env = "SKYCLAW_HOST_NAME", value_name = "NAME")]
     name: Option<String>,
-    /// Bytes of a job's stdout and of its stderr kept; the rest is dropped
-    /// and counted.
+    /// Bytes of a job's stdout and of its stderr kept, at most 1048576
+    /// (1 MiB: results travel between coordinators in one Raft entry); the
+    /// rest is dropped and counted.
     #[arg(long, env = "SKYCLAW_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES, value_name = "N")]
     max_output_bytes: usize,
     /// The OpenClaw command openclaw-run jobs use.

@@ -553,6 +553,9 @@ pub fn fake_openclaw() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Jobs a [`fake_host`] may hold at once.
+pub const FAKE_HOST_PARALLEL: usize = 4;
+
 /// A host registered by hand (no daemon behind it) offering `capabilities`:
 /// it stays live for one host TTL unless the test heartbeats for it.
 pub fn fake_host(host_id: &str, capabilities: &[&str]) -> RegisterHost {
@@ -561,7 +564,7 @@ pub fn fake_host(host_id: &str, capabilities: &[&str]) -> RegisterHost {
         incarnation: "fake-incarnation".into(),
         name: host_id.into(),
         capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
-        max_parallel: 4,
+        max_parallel: FAKE_HOST_PARALLEL as u32,
         allowed_commands: vec!["true".into()],
         openclaw_version: None,
         version: "test".into(),
@@ -1151,6 +1154,103 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// A coordinator's replicated state, read in one transaction from its
+/// database: the applied index and every row of every table, sorted. Tables
+/// come from `sqlite_master`, so a new table is compared without a change here.
+pub fn replica_state(dir: &Path) -> rusqlite::Result<(u64, Vec<String>)> {
+    let mut conn = open_read_only(&dir.join("coordinator.db"))?;
+    let tx = conn.transaction()?;
+    let applied: u64 = tx.query_row(
+        "SELECT value FROM meta WHERE key = 'applied_index'",
+        [],
+        |r| r.get(0),
+    )?;
+    let tables: Vec<String> = tx
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut rows = Vec::new();
+    for table in tables {
+        let mut stmt = tx.prepare(&format!("SELECT * FROM \"{table}\""))?;
+        let columns = stmt.column_count();
+        let mut query = stmt.query([])?;
+        let mut table_rows = Vec::new();
+        while let Some(row) = query.next()? {
+            let values: Vec<String> = (0..columns)
+                .map(|i| {
+                    row.get::<_, rusqlite::types::Value>(i)
+                        .map(|v| format!("{v:?}"))
+                })
+                .collect::<rusqlite::Result<_>>()?;
+            table_rows.push(format!("{table}: {}", values.join(" | ")));
+        }
+        table_rows.sort();
+        rows.extend(table_rows);
+    }
+    Ok((applied, rows))
+}
+
+/// Waits until the coordinators in `dirs` have applied the same index and
+/// hold the same rows in every table, and returns the row count. On timeout,
+/// shows the first rows that differ.
+pub async fn same_replicas(dirs: &[PathBuf]) -> usize {
+    let start = Instant::now();
+    loop {
+        let states: Vec<_> = dirs.iter().map(|d| replica_state(d)).collect();
+        if let Ok(states) = states.into_iter().collect::<rusqlite::Result<Vec<_>>>() {
+            if states.iter().all(|s| *s == states[0]) {
+                return states[0].1.len();
+            }
+            if start.elapsed() > DEADLINE {
+                let indexes: Vec<u64> = states.iter().map(|s| s.0).collect();
+                for state in &states[1..] {
+                    let differ = states[0]
+                        .1
+                        .iter()
+                        .zip(&state.1)
+                        .find(|(a, b)| a != b)
+                        .map(|(a, b)| format!("{a}\n  vs\n{b}"));
+                    if let Some(differ) = differ {
+                        panic!("coordinators at applied indexes {indexes:?} differ:\n{differ}");
+                    }
+                }
+                panic!(
+                    "coordinators never reached the same state: applied indexes {indexes:?}, rows {:?}",
+                    states.iter().map(|s| s.1.len()).collect::<Vec<_>>()
+                );
+            }
+        } else {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "cannot read the coordinator databases"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every route a coordinator serves, from its router's own table, as
+/// `(method, path, access)` with each `{param}` filled in by a value of the
+/// right shape that names nothing stored.
+pub fn coordinator_routes() -> Vec<(String, String, skyclaw_coordinator::Access)> {
+    let digest = format!("sha256:{}", "0".repeat(64));
+    skyclaw_coordinator::routes()
+        .into_iter()
+        .map(|route| {
+            let path = route
+                .path
+                .replace("{id}", "x-1")
+                .replace("{digest}", &digest);
+            assert!(
+                !path.contains('{'),
+                "a parameter to fill in: {}",
+                route.path
+            );
+            (route.method.to_string(), path, route.access)
+        })
+        .collect()
 }
 
 /// The highest index in a coordinator's Raft log (or the last purged one).

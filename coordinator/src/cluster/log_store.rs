@@ -15,6 +15,7 @@ use openraft::{LogState, RaftLogReader, StorageIOError, Vote};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::kv;
+use super::network::APPEND_BYTES;
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig, storage_error};
 
 /// Version of the log database's layout, kept in `PRAGMA user_version`.
@@ -109,8 +110,9 @@ impl LogStore {
 }
 
 impl LogStore {
-    /// The entries `start..=end` if the cache holds all of them that exist.
-    fn cached(&self, start: i64, end: i64) -> Option<Vec<Entry>> {
+    /// The entries `start..=end`, up to `budget` encoded bytes (always at
+    /// least one), if the cache holds all of them that exist.
+    fn cached(&self, start: i64, end: i64, budget: usize) -> Option<Vec<Entry>> {
         let recent = self.recent.lock().expect("log cache lock");
         let (&first, _) = recent.entries.first_key_value()?;
         if start < first as i64 {
@@ -119,13 +121,46 @@ impl LogStore {
         if end < start {
             return Some(Vec::new());
         }
+        let mut taken = Budget::new(budget);
         Some(
             recent
                 .entries
                 .range(start as u64..=end as u64)
+                .take_while(|(_, (_, size))| taken.admits(*size))
                 .map(|(_, (e, _))| e.clone())
                 .collect(),
         )
+    }
+
+    /// The entries `start..=end` that exist, up to `budget` encoded bytes
+    /// (always at least one).
+    async fn entries(
+        &self,
+        start: i64,
+        end: i64,
+        budget: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if let Some(cached) = self.cached(start, end, budget) {
+            return Ok(cached);
+        }
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx",
+            )?;
+            let mut rows = stmt.query([start, end])?;
+            let mut taken = Budget::new(budget);
+            let mut entries = Vec::new();
+            while let Some(row) = rows.next()? {
+                let text = row.get_ref(0)?.as_str()?;
+                if !taken.admits(text.len()) {
+                    break;
+                }
+                entries.push(serde_json::from_str(text).map_err(kv::decode_error)?);
+            }
+            Ok(entries)
+        })
+        .await
+        .map_err(|e| storage_error(StorageIOError::read_logs, &e))
     }
 
     /// Caches `entries` (each with its encoded size), then drops the oldest
@@ -179,22 +214,45 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(&range);
-        if let Some(cached) = self.cached(start, end) {
-            return Ok(cached);
+        self.entries(start, end, usize::MAX).await
+    }
+
+    /// What replication sends in one append: entries from `start` up to
+    /// [`APPEND_BYTES`] of their encoding, so that a follower far behind gets
+    /// appends it can take within openraft's append timeout, however big
+    /// the entries are.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = bounds(&(start..end));
+        self.entries(start, end, APPEND_BYTES).await
+    }
+}
+
+/// Counts encoded bytes against a budget; the first item is always admitted.
+struct Budget {
+    left: usize,
+    first: bool,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Budget {
+        Budget {
+            left: bytes,
+            first: true,
         }
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT entry FROM log WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx",
-            )?;
-            let rows = stmt.query_map([start, end], |r| r.get::<_, String>(0))?;
-            rows.map(|row| {
-                let text = row?;
-                serde_json::from_str(&text).map_err(kv::decode_error)
-            })
-            .collect()
-        })
-        .await
-        .map_err(|e| storage_error(StorageIOError::read_logs, &e))
+    }
+
+    fn admits(&mut self, size: usize) -> bool {
+        let first = std::mem::take(&mut self.first);
+        if first || size <= self.left {
+            self.left = self.left.saturating_sub(size);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -341,7 +399,63 @@ mod tests {
         assert_eq!(cache.bytes, cache.entries.len() * big);
         assert_eq!(cache.entries.keys().last(), Some(&10), "the newest stay");
         drop(cache);
-        assert!(log.cached(1, 10).is_none(), "the oldest are read from disk");
-        assert_eq!(log.cached(10, 10).unwrap(), vec![blank(10)]);
+        assert!(
+            log.cached(1, 10, usize::MAX).is_none(),
+            "the oldest are read from disk"
+        );
+        assert_eq!(log.cached(10, 10, usize::MAX).unwrap(), vec![blank(10)]);
+    }
+
+    /// An entry whose encoding is `bytes` long, give or take its framing.
+    fn sized(index: u64, bytes: usize) -> Entry {
+        let command = crate::state::Command::RevokeApiKey {
+            id: "x".repeat(bytes),
+            now: 0,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(super::super::types::Batch(vec![
+                crate::state::Proposal::new(command),
+            ])),
+        }
+    }
+
+    #[tokio::test]
+    async fn replication_reads_one_appends_worth_of_entries_from_disk_and_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(&dir.path().join("log.db")).unwrap();
+        let third = APPEND_BYTES / 3;
+        let entries: Vec<Entry> = (1..=6).map(|i| sized(i, third)).collect();
+        {
+            let conn = log.conn.lock().unwrap();
+            for entry in &entries {
+                conn.execute(
+                    "INSERT INTO log (idx, entry) VALUES (?1, ?2)",
+                    params![
+                        entry.log_id.index as i64,
+                        serde_json::to_string(entry).unwrap()
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        // A third of the budget and a little more each: two fit, not three.
+        let limited = log.limited_get_log_entries(1, 7).await.unwrap();
+        assert_eq!(limited, entries[..2]);
+        assert_eq!(log.try_get_log_entries(1..7).await.unwrap(), entries);
+
+        // The same from the cache, and an entry over the budget goes alone.
+        let sizes: Vec<usize> = entries
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap().len())
+            .collect();
+        log.remember(&entries, &sizes);
+        assert_eq!(
+            log.limited_get_log_entries(3, 7).await.unwrap(),
+            entries[2..4]
+        );
+        let huge = sized(7, 2 * APPEND_BYTES);
+        log.remember(std::slice::from_ref(&huge), &[2 * APPEND_BYTES + 100]);
+        assert_eq!(log.limited_get_log_entries(7, 8).await.unwrap(), vec![huge]);
     }
 }

@@ -5,6 +5,7 @@
 //! Architecture invariant: a single coordinator is a one-voter cluster. Every
 //! write goes through `Cluster::write`; there is no path around the log.
 
+mod error;
 mod kv;
 pub mod log_store;
 pub mod network;
@@ -23,10 +24,10 @@ use skyclaw_api::network::{Join, Peer, PeerList, PeerRole};
 use skyclaw_api::{Client, ClientError, Credentials, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ApiError;
 use crate::state::Proposal;
 use crate::store::Store;
 use crate::{Config, CoordinatorError};
+pub use error::ClusterError;
 use log_store::LogStore;
 use network::{Contacts, Network};
 use state_machine::StateMachine;
@@ -41,6 +42,12 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(3);
 /// Most proposals gathered into one log entry: bounds an entry's size and the
 /// latency one batch adds to the proposals in it.
 const MAX_BATCH: usize = 1024;
+/// Encoded bytes past which a batch takes no more proposals: an entry then
+/// fits one append ([`network::APPEND_BYTES`]) even when concurrent
+/// completions carry megabytes of output each. A single proposal larger
+/// than this travels alone; request body limits keep it far below the Raft
+/// body limit (`MAX_BODY_BYTES_LIMIT`, `COMPLETION_BODY_LIMIT`).
+const MAX_BATCH_BYTES: usize = network::APPEND_BYTES;
 /// Proposals waiting for a batch; past this, proposers wait (backpressure)
 /// instead of growing memory without bound.
 const PROPOSAL_QUEUE: usize = 16 * 1024;
@@ -82,8 +89,13 @@ pub struct Cluster {
     proposals: mpsc::Sender<Pending>,
 }
 
-/// A proposal waiting to be batched, with where its answer goes.
-type Pending = (Proposal, oneshot::Sender<Result<Response, ApiError>>);
+/// A proposal waiting to be batched, with its encoded size and where its
+/// answer goes.
+struct Pending {
+    proposal: Proposal,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Response, ClusterError>>,
+}
 
 impl Cluster {
     /// Opens the log and state machine and starts Raft. The cluster is formed
@@ -241,14 +253,14 @@ impl Cluster {
     /// Waits, up to [`LEADER_WAIT`], until this node has applied every entry
     /// its log holds now: for a new leader, its predecessor's last entries
     /// and its own first one.
-    pub async fn wait_applied_own_log(&self) -> Result<(), ApiError> {
+    pub async fn wait_applied_own_log(&self) -> Result<(), ClusterError> {
         let last = self.raft.metrics().borrow().last_log_index;
         self.raft
             .wait(Some(LEADER_WAIT))
             .applied_index_at_least(last, "applied its log")
             .await
             .map(|_| ())
-            .map_err(|e| ApiError::Unavailable(format!("the log is not applied yet: {e}")))
+            .map_err(|e| ClusterError::Unavailable(format!("the log is not applied yet: {e}")))
     }
 
     /// The leader's id and URL, if one is known.
@@ -284,14 +296,21 @@ impl Cluster {
     /// Commits a proposal through the log, batched with concurrent ones, and
     /// returns what applying it answered. Only the leader can; others forward
     /// writes to it.
-    pub async fn write(&self, proposal: Proposal) -> Result<Response, ApiError> {
+    pub async fn write(&self, proposal: Proposal) -> Result<Response, ClusterError> {
         if self.quorum_lost() {
             return Err(no_quorum());
         }
-        let stopping = || ApiError::Unavailable("the coordinator is shutting down".into());
+        let stopping = || ClusterError::Unavailable("the coordinator is shutting down".into());
         let (reply, answer) = oneshot::channel();
+        // Measured here, on the proposer's task, so the one batching task
+        // does not encode every proposal twice.
+        let bytes = types::encoded_len(&proposal);
         self.proposals
-            .send((proposal, reply))
+            .send(Pending {
+                proposal,
+                bytes,
+                reply,
+            })
             .await
             .map_err(|_| stopping())?;
         answer.await.map_err(|_| stopping())?
@@ -312,9 +331,9 @@ impl Cluster {
 
     /// Adds a coordinator (as a learner, promoted while voters are missing),
     /// or updates the address of one that rejoins. Leader only.
-    pub async fn join(&self, join: Join) -> Result<(), ApiError> {
+    pub async fn join(&self, join: Join) -> Result<(), ClusterError> {
         if !(join.url.starts_with("http://") || join.url.starts_with("https://")) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ClusterError::InvalidPeer(format!(
                 "url must be http://HOST:PORT or https://HOST:PORT, not {:?}",
                 join.url
             )));
@@ -323,11 +342,9 @@ impl Cluster {
         match self.membership_url(join.node_id) {
             Some(url) if url == join.url => {}
             Some(url) if !join.rejoin => {
-                return Err(ApiError::Command(crate::state::CommandError::Conflict(
-                    format!(
-                        "node id {} is already taken by the coordinator at {url}; give this one another --node-id",
-                        join.node_id
-                    ),
+                return Err(ClusterError::Conflict(format!(
+                    "node id {} is already taken by the coordinator at {url}; give this one another --node-id",
+                    join.node_id
                 )));
             }
             Some(_) => {
@@ -346,11 +363,11 @@ impl Cluster {
     }
 
     /// Removes a coordinator for good and promotes a learner in its place.
-    pub async fn remove(&self, id: NodeId) -> Result<(), ApiError> {
+    pub async fn remove(&self, id: NodeId) -> Result<(), ClusterError> {
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
         if membership.get_node(&id).is_none() {
-            return Err(ApiError::NotFound(format!(
+            return Err(ClusterError::UnknownPeer(format!(
                 "no coordinator {id} in the cluster"
             )));
         }
@@ -369,7 +386,7 @@ impl Cluster {
 
     /// Makes learners voters, lowest id first, until the cluster has the
     /// configured number of voters.
-    async fn promote_learners(&self) -> Result<(), ApiError> {
+    async fn promote_learners(&self) -> Result<(), ClusterError> {
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
         let voters = membership.voter_ids().count();
@@ -382,7 +399,7 @@ impl Cluster {
         self.change(ChangeMembers::AddVoterIds(promote)).await
     }
 
-    async fn change(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), ApiError> {
+    async fn change(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), ClusterError> {
         self.raft
             .change_membership(change, false)
             .await
@@ -445,29 +462,53 @@ impl Cluster {
 /// openraft, the log and the state machine a fixed amount, and smaller
 /// batches pay it more often.
 async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        commit(&raft, std::mem::take(&mut batch)).await;
+    let mut waiting = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
+        for batch in by_bytes(std::mem::take(&mut waiting), MAX_BATCH_BYTES) {
+            commit(&raft, batch).await;
+        }
     }
+}
+
+/// Splits waiting proposals, in order, into batches of at most `limit`
+/// encoded bytes; a proposal larger than `limit` makes a batch of its own.
+fn by_bytes(waiting: Vec<Pending>, limit: usize) -> Vec<Vec<Pending>> {
+    let mut batches: Vec<Vec<Pending>> = Vec::new();
+    let mut bytes = 0;
+    for pending in waiting {
+        match batches.last_mut() {
+            Some(batch) if bytes + pending.bytes <= limit => {
+                bytes += pending.bytes;
+                batch.push(pending);
+            }
+            _ => {
+                bytes = pending.bytes;
+                batches.push(vec![pending]);
+            }
+        }
+    }
+    batches
 }
 
 /// Commits one batch and hands each proposer its answer.
 async fn commit(raft: &Raft, batch: Vec<Pending>) {
-    let (proposals, replies): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
+    let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+        batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
     let count = proposals.len();
-    let written =
-        match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Batch(proposals))).await {
-            Err(_) => Err(outcome_unknown()),
-            Ok(Ok(written)) if written.data.len() == count => Ok(written.data),
-            Ok(Ok(written)) => Err(ApiError::Internal(format!(
-                "a batch of {count} proposals answered {} times",
-                written.data.len()
-            ))),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
-                ApiError::Unavailable("leadership moved while writing; retry the request".into()),
-            ),
-            Ok(Err(e)) => Err(ApiError::Unavailable(format!("cannot write: {e}"))),
-        };
+    let written = match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(Batch(proposals)))
+        .await
+    {
+        Err(_) => Err(outcome_unknown()),
+        Ok(Ok(written)) if written.data.len() == count => Ok(written.data),
+        Ok(Ok(written)) => Err(ClusterError::Internal(format!(
+            "a batch of {count} proposals answered {} times",
+            written.data.len()
+        ))),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
+            ClusterError::Unavailable("leadership moved while writing; retry the request".into()),
+        ),
+        Ok(Err(e)) => Err(ClusterError::Unavailable(format!("cannot write: {e}"))),
+    };
     match written {
         Ok(responses) => {
             for (reply, response) in replies.into_iter().zip(responses) {
@@ -485,36 +526,36 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
 /// A write that is in the log but did not commit in time may still commit
 /// once a quorum returns: its outcome is unknown, which `no_quorum` (never
 /// written) would misstate.
-fn outcome_unknown() -> ApiError {
-    ApiError::Timeout(format!(
+fn outcome_unknown() -> ClusterError {
+    ClusterError::OutcomeUnknown(format!(
         "the write was not committed within {} s (no quorum answered) and may still commit \
          when one returns; retry with the same idempotency key to learn its outcome",
         WRITE_TIMEOUT.as_secs()
     ))
 }
 
-fn no_quorum() -> ApiError {
-    ApiError::NoQuorum(
+fn no_quorum() -> ClusterError {
+    ClusterError::NoQuorum(
         "no quorum: a majority of coordinators has not acknowledged this leader lately; \
          the write was not made"
             .into(),
     )
 }
 
-fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClusterError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-            ApiError::Unavailable("leadership moved during the membership change; retry".into())
+            ClusterError::Unavailable("leadership moved during the membership change; retry".into())
         }
         // Another change is still committing (coordinators joining at once):
         // worth retrying, unlike the other refusals.
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             openraft::error::ChangeMembershipError::InProgress(e),
-        )) => ApiError::Unavailable(format!("{e}; retry")),
+        )) => ClusterError::Unavailable(format!("{e}; retry")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ApiError::Command(crate::state::CommandError::Conflict(e.to_string()))
+            ClusterError::Conflict(e.to_string())
         }
-        other => ApiError::Unavailable(other.to_string()),
+        other => ClusterError::Unavailable(other.to_string()),
     }
 }
 
@@ -583,6 +624,30 @@ mod tests {
     #[test]
     fn storage_passes_the_openraft_suite() {
         Suite::test_all(TempStores).expect("storage suite");
+    }
+
+    fn pending(bytes: usize) -> Pending {
+        let command = crate::state::Command::RevokeApiKey {
+            id: format!("k-{bytes}"),
+            now: 0,
+        };
+        Pending {
+            proposal: Proposal::new(command),
+            bytes,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_by_bytes_and_keep_the_order() {
+        let sizes = [4, 3, 3, 12, 1, 9, 1];
+        let waiting = sizes.iter().map(|&b| pending(b)).collect();
+        let batches: Vec<Vec<usize>> = by_bytes(waiting, 10)
+            .into_iter()
+            .map(|batch| batch.iter().map(|p| p.bytes).collect())
+            .collect();
+        // 12 is over the limit alone and travels alone.
+        assert_eq!(batches, [vec![4, 3, 3], vec![12], vec![1, 9], vec![1]]);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use openraft::BasicNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -25,6 +26,20 @@ use super::types::{NodeId, TypeConfig};
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// Largest Raft RPC body a coordinator accepts: an append or one snapshot
+/// chunk (JSON spells snapshot bytes as numbers, several characters a byte).
+/// One log entry never comes near it: batches are bounded by bytes far below.
+pub const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Encoded bytes past which an append of several entries is split. openraft
+/// 0.9 gives an append one heartbeat interval to be answered and then sends
+/// the same entries again, so an append must be small enough for a follower
+/// to receive, decode and fsync in that time; a larger one is answered
+/// [`PayloadTooLarge`] before it is sent, and openraft sends fewer entries.
+/// A single entry larger than this still goes alone.
+pub const APPEND_BYTES: usize = 4 * 1024 * 1024;
+const _: () = assert!(APPEND_BYTES < RAFT_BODY_LIMIT);
 
 /// When this node last heard back from each peer: the leader's view of its
 /// followers, for `/v1/network/peers`.
@@ -88,14 +103,17 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    async fn send<Req, Resp, E>(
+    /// Posts an encoded RPC and decodes the peer's Raft answer. A peer that
+    /// refuses an append of `entries` entries as too large gets it again in
+    /// smaller pieces: openraft shrinks its next appends on [`PayloadTooLarge`].
+    async fn send<Resp, E>(
         &self,
         path: &str,
-        request: &Req,
+        body: Vec<u8>,
+        entries: u64,
         timeout: Duration,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -104,12 +122,18 @@ impl PeerClient {
             .http
             .post(format!("{}{path}", self.url))
             .header(headers::TOKEN, &self.network.token)
-            .json(request)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .timeout(timeout)
             .send()
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let status = response.status();
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE && entries > 1 {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            ));
+        }
         if !status.is_success() {
             let detail = response.text().await.unwrap_or_default();
             let error = std::io::Error::other(format!("{} answered {status}: {detail}", self.url));
@@ -124,13 +148,48 @@ impl PeerClient {
     }
 }
 
+/// Encodes an RPC body as JSON, the form the peer's routes read.
+fn encode(request: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(request).expect("raft RPCs serialise")
+}
+
+/// How many of `entries` entries to send next, when all of them encode to
+/// `bytes` bytes: as many as fit [`APPEND_BYTES`] at their mean size, fewer
+/// than before and at least one.
+fn entries_that_fit(entries: u64, bytes: usize) -> u64 {
+    let fit = (entries as u128 * APPEND_BYTES as u128 / bytes.max(1) as u128) as u64;
+    fit.clamp(1, entries.saturating_sub(1).max(1))
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.send(APPEND_PATH, &rpc, option.hard_ttl()).await
+        let entries = rpc.entries.len() as u64;
+        let body = encode(&rpc);
+        if body.len() > RAFT_BODY_LIMIT {
+            if entries > 1 {
+                let fit = entries_that_fit(entries, body.len());
+                tracing::debug!(
+                    entries,
+                    bytes = body.len(),
+                    fit,
+                    "append too large, splitting"
+                );
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(fit),
+                ));
+            }
+            // Batches are bounded far below the limit; this is a bug.
+            tracing::error!(
+                bytes = body.len(),
+                "one log entry exceeds the raft body limit"
+            );
+        }
+        self.send(APPEND_PATH, body, entries, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -141,7 +200,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.send(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await
+        self.send(SNAPSHOT_PATH, encode(&rpc), 0, option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -149,6 +209,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.send(VOTE_PATH, &rpc, option.hard_ttl()).await
+        self.send(VOTE_PATH, encode(&rpc), 0, option.hard_ttl())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_too_large_append_is_split_to_what_fits() {
+        // Twice the budget: half the entries.
+        assert_eq!(entries_that_fit(100, 2 * APPEND_BYTES), 50);
+        // Always fewer than before, and never none.
+        assert_eq!(entries_that_fit(2, APPEND_BYTES + 1), 1);
+        assert_eq!(entries_that_fit(3, 1000 * APPEND_BYTES), 1);
+        assert_eq!(entries_that_fit(512, APPEND_BYTES + 1), 511);
     }
 }

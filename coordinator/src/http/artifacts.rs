@@ -33,6 +33,8 @@ use crate::state::{Command, Output};
 /// Where artifacts are listed, and where coordinators record the blobs they
 /// stored.
 pub const ARTIFACTS_PATH: &str = "/v1/artifacts";
+/// One artifact's blob, by digest.
+pub const BLOB_PATH: &str = "/v1/artifacts/{digest}";
 /// How long fetching a blob from one peer may take: the largest default blob
 /// (256 MiB) at about 1 MB/s; coordinators are expected near each other.
 const PEER_FETCH_TIMEOUT: Duration = Duration::from_secs(5 * 60);

@@ -182,8 +182,8 @@ pub async fn complete_many(
     Ok(Json(CompletedMany { results }))
 }
 
-/// Applies one completion of a batch as `POST /v1/jobs/{id}/complete` would.
-/// No idempotency key is needed: a completion is idempotent by its lease.
+/// Applies one completion of a batch. No idempotency key is needed: a
+/// completion is idempotent by its lease.
 async fn complete_one(node: &Node, completion: Completion, now: u64) -> CompletionResult {
     let Completion { job_id, complete } = completion;
     let command = Command::CompleteJob {

@@ -9,11 +9,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use skyclaw_api::apikeys::Scope;
-use skyclaw_api::hosts::Complete;
 use skyclaw_api::jobs::{DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE, WasiSpec};
 use skyclaw_api::now_ms;
 
-use super::auth::{ClusterToken, Principal};
+use super::auth::Principal;
 use super::extract::{ApiQuery, IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
@@ -200,36 +199,6 @@ pub async fn cancel(
     };
     let record = idempotency.record(&principal, &body.request_hash, now);
     Ok(Json(expect_job(node.execute(command, record).await?)?))
-}
-
-pub async fn complete(
-    State(node): State<Arc<Node>>,
-    _token: ClusterToken,
-    idempotency: IdempotencyKey,
-    Path(id): Path<String>,
-    body: JsonBody<Complete>,
-) -> Result<Json<Job>, ApiError> {
-    let now = now_ms();
-    let Complete {
-        lease_token,
-        outcome,
-        result,
-    } = body.value;
-    let command = Command::CompleteJob {
-        job_id: id.clone(),
-        lease_token,
-        outcome,
-        result,
-        now,
-    };
-    let record = idempotency.record(&Principal::Token, &body.request_hash, now);
-    node.execute(command, record).await?;
-    // The answer is the job as it is now, which the completion just wrote.
-    let row = node.job(&id)?;
-    Ok(Json(
-        row.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?
-            .job,
-    ))
 }
 
 fn expect_job(output: Output) -> Result<Job, ApiError> {

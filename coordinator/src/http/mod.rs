@@ -20,8 +20,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::middleware;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::ServiceBuilder;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -36,9 +38,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest an artifact upload may go without sending more of its body: a big
 /// upload takes as long as it keeps moving, a stalled one is dropped.
 const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest Raft RPC body: a batch of log entries or one snapshot chunk (JSON
-/// spells snapshot bytes as numbers, several characters a byte).
-const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// Largest completion body: a job's result carries up to two output streams
 /// of the host's `--max-output-bytes` (at most
@@ -47,52 +46,224 @@ const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 pub const COMPLETION_BODY_LIMIT: usize =
     4 * skyclaw_api::jobs::MAX_OUTPUT_BYTES_LIMIT + 1024 * 1024;
 
-pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
-    let raft = Router::new()
-        .route(crate::cluster::network::APPEND_PATH, post(raft::append))
-        .route(crate::cluster::network::VOTE_PATH, post(raft::vote))
-        .route(crate::cluster::network::SNAPSHOT_PATH, post(raft::snapshot))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
-    let api = Router::new()
-        .route("/health", get(system::health))
-        .route("/metrics", get(system::metrics))
-        .route("/v1/hosts", get(hosts::list))
-        .route("/v1/hosts/register", post(hosts::register))
-        .route("/v1/hosts/{id}/heartbeat", post(hosts::heartbeat))
-        .route("/v1/hosts/{id}/claim", post(hosts::claim))
-        .route(
+/// Who may call a route. Each handler's extractors enforce it
+/// ([`auth::ClusterToken`], [`auth::Principal`]); the route table states it,
+/// so that the tests probe the router's own list rather than a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: health and metrics.
+    Open,
+    /// The cluster token only: hosts, peers and administration.
+    Token,
+    /// The token, or an API key with the route's scope.
+    TokenOrKey,
+}
+
+/// One route the coordinator serves.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub method: Method,
+    /// The path pattern, with `{name}` for each parameter.
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Which layers a route sits under.
+enum Group {
+    /// The body limit and the request timeout.
+    Api,
+    /// Raft RPC between coordinators: the Raft body limit and the timeout.
+    Raft,
+    /// Artifact blobs: streamed without a body limit (uploads enforce the
+    /// artifact size limit themselves) or a request timeout, but dropped
+    /// when the body stalls.
+    Transfer,
+}
+
+struct Entry {
+    route: Route,
+    group: Group,
+    handler: MethodRouter<Arc<Node>>,
+}
+
+fn entry<H, T>(
+    group: Group,
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: H,
+) -> Entry
+where
+    H: Handler<T, Arc<Node>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+    Entry {
+        route: Route {
+            method,
+            path,
+            access,
+        },
+        group,
+        handler: on(filter, handler),
+    }
+}
+
+impl Entry {
+    /// Gives the route a body limit of its own instead of the group's.
+    fn body_limit(mut self, bytes: usize) -> Entry {
+        self.handler = self.handler.layer(DefaultBodyLimit::max(bytes));
+        self
+    }
+}
+
+/// Every route: the one list the router is built from.
+fn table() -> Vec<Entry> {
+    use crate::cluster::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+    use Access::{Open, Token, TokenOrKey};
+    use Group::{Api, Raft, Transfer};
+    vec![
+        entry(Api, Method::GET, "/health", Open, system::health),
+        entry(Api, Method::GET, "/metrics", Open, system::metrics),
+        entry(Api, Method::GET, "/v1/hosts", Token, hosts::list),
+        entry(
+            Api,
+            Method::POST,
+            "/v1/hosts/register",
+            Token,
+            hosts::register,
+        ),
+        entry(
+            Api,
+            Method::POST,
+            "/v1/hosts/{id}/heartbeat",
+            Token,
+            hosts::heartbeat,
+        ),
+        entry(
+            Api,
+            Method::POST,
+            "/v1/hosts/{id}/claim",
+            Token,
+            hosts::claim,
+        ),
+        entry(
+            Api,
+            Method::POST,
             "/v1/hosts/{id}/complete",
-            post(hosts::complete_many).layer(DefaultBodyLimit::max(COMPLETION_BODY_LIMIT)),
+            Token,
+            hosts::complete_many,
         )
-        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/wait", get(jobs::wait))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route(
-            "/v1/jobs/{id}/complete",
-            post(jobs::complete).layer(DefaultBodyLimit::max(COMPLETION_BODY_LIMIT)),
-        )
-        .route("/v1/apikeys", post(apikeys::create).get(apikeys::list))
-        .route("/v1/apikeys/{id}", delete(apikeys::revoke))
-        .route("/v1/whoami", get(apikeys::whoami))
-        .route("/v1/network/peers", get(network::peers))
-        .route("/v1/network/peers/{id}", delete(network::remove))
-        .route("/v1/network/join", post(network::join))
-        .route(
+        .body_limit(COMPLETION_BODY_LIMIT),
+        entry(Api, Method::POST, "/v1/jobs", TokenOrKey, jobs::submit),
+        entry(Api, Method::GET, "/v1/jobs", TokenOrKey, jobs::list),
+        entry(Api, Method::GET, "/v1/jobs/{id}", TokenOrKey, jobs::get),
+        entry(
+            Api,
+            Method::GET,
+            "/v1/jobs/{id}/wait",
+            TokenOrKey,
+            jobs::wait,
+        ),
+        entry(
+            Api,
+            Method::POST,
+            "/v1/jobs/{id}/cancel",
+            TokenOrKey,
+            jobs::cancel,
+        ),
+        entry(Api, Method::POST, "/v1/apikeys", Token, apikeys::create),
+        entry(Api, Method::GET, "/v1/apikeys", Token, apikeys::list),
+        entry(
+            Api,
+            Method::DELETE,
+            "/v1/apikeys/{id}",
+            Token,
+            apikeys::revoke,
+        ),
+        entry(Api, Method::GET, "/v1/whoami", TokenOrKey, apikeys::whoami),
+        entry(
+            Api,
+            Method::GET,
+            "/v1/network/peers",
+            TokenOrKey,
+            network::peers,
+        ),
+        entry(
+            Api,
+            Method::DELETE,
+            "/v1/network/peers/{id}",
+            Token,
+            network::remove,
+        ),
+        entry(Api, Method::POST, "/v1/network/join", Token, network::join),
+        entry(
+            Api,
+            Method::GET,
             artifacts::ARTIFACTS_PATH,
-            get(artifacts::list).post(artifacts::record),
-        )
-        .layer(DefaultBodyLimit::max(max_body_bytes));
-    // Blobs stream through these without a body limit (uploads enforce the
-    // artifact size limit themselves) and without the request timeout.
-    let transfers = Router::new()
-        .route(
-            "/v1/artifacts/{digest}",
-            put(artifacts::upload)
-                .get(artifacts::download)
-                .head(artifacts::head),
-        )
-        .layer(RequestBodyTimeoutLayer::new(UPLOAD_IDLE_TIMEOUT));
+            TokenOrKey,
+            artifacts::list,
+        ),
+        entry(
+            Api,
+            Method::POST,
+            artifacts::ARTIFACTS_PATH,
+            Token,
+            artifacts::record,
+        ),
+        entry(Raft, Method::POST, APPEND_PATH, Token, raft::append),
+        entry(Raft, Method::POST, VOTE_PATH, Token, raft::vote),
+        entry(Raft, Method::POST, SNAPSHOT_PATH, Token, raft::snapshot),
+        entry(
+            Transfer,
+            Method::PUT,
+            artifacts::BLOB_PATH,
+            TokenOrKey,
+            artifacts::upload,
+        ),
+        entry(
+            Transfer,
+            Method::GET,
+            artifacts::BLOB_PATH,
+            TokenOrKey,
+            artifacts::download,
+        ),
+        entry(
+            Transfer,
+            Method::HEAD,
+            artifacts::BLOB_PATH,
+            TokenOrKey,
+            artifacts::head,
+        ),
+    ]
+}
+
+/// Every route the coordinator serves, with who may call it.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|e| e.route).collect()
+}
+
+pub fn router(node: Arc<Node>, max_body_bytes: usize) -> Router {
+    let (mut api, mut raft, mut transfers) = (Router::new(), Router::new(), Router::new());
+    for Entry {
+        route,
+        group,
+        handler,
+    } in table()
+    {
+        let routes = match group {
+            Group::Api => &mut api,
+            Group::Raft => &mut raft,
+            Group::Transfer => &mut transfers,
+        };
+        // Routes on one path with different methods merge.
+        *routes = std::mem::take(routes).route(route.path, handler);
+    }
+    let api = api.layer(DefaultBodyLimit::max(max_body_bytes));
+    let raft = raft.layer(DefaultBodyLimit::max(
+        crate::cluster::network::RAFT_BODY_LIMIT,
+    ));
+    let transfers = transfers.layer(RequestBodyTimeoutLayer::new(UPLOAD_IDLE_TIMEOUT));
     api.merge(raft)
         .layer(
             ServiceBuilder::new()

@@ -10,7 +10,8 @@ use skyclaw_api::hosts::{HeldLease, HostStatus, Outcome, RegisterHost};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
 
 use super::command::{
-    Command, CommandError, Granted, IdempotencyRecord, Leases, Output, Owner, Proposal,
+    COMMAND_ENCODING, Command, CommandError, Granted, IdempotencyRecord, Leases, Output, Owner,
+    Proposal,
 };
 use super::read::{self, JobRow};
 
@@ -48,7 +49,7 @@ type CommandResult = Result<Output, CommandError>;
 /// idempotency record.
 pub fn apply(conn: &Connection, proposal: &Proposal) -> rusqlite::Result<Applied> {
     if let Some(record) = &proposal.idempotency
-        && let Some(outcome) = replay(conn, record)?
+        && let Some(outcome) = read::recorded_outcome(conn, record)?
     {
         return Ok(Applied {
             outcome,
@@ -87,26 +88,6 @@ fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The recorded outcome of an idempotency key, or a conflict when the key was
-/// used with another request.
-fn replay(
-    conn: &Connection,
-    record: &IdempotencyRecord,
-) -> rusqlite::Result<Option<CommandResult>> {
-    let Some((hash, outcome)) = read::idempotency(conn, &record.principal, &record.key)? else {
-        return Ok(None);
-    };
-    if hash != record.request_hash {
-        return Ok(Some(Err(CommandError::IdempotencyConflict(
-            record.key.clone(),
-        ))));
-    }
-    let outcome = serde_json::from_str(&outcome).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
-    })?;
-    Ok(Some(outcome))
-}
-
 fn remember(
     conn: &Connection,
     record: &IdempotencyRecord,
@@ -114,15 +95,16 @@ fn remember(
 ) -> rusqlite::Result<()> {
     let outcome = serde_json::to_string(outcome).expect("outcomes serialise");
     conn.prepare_cached(
-        "INSERT INTO idempotency (principal, key, request_hash, outcome, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO idempotency (principal, key, request_hash, outcome, created_at, encoding)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         record.principal,
         record.key,
         record.request_hash,
         outcome,
-        record.now
+        record.now,
+        COMMAND_ENCODING
     ])?;
     Ok(())
 }
@@ -993,6 +975,27 @@ mod tests {
             other.outcome,
             Err(CommandError::IdempotencyConflict(_))
         ));
+    }
+
+    #[test]
+    fn an_outcome_recorded_by_a_newer_build_stops_apply_instead_of_replaying() {
+        let conn = db();
+        conn.execute(
+            "INSERT INTO idempotency (principal, key, request_hash, outcome, created_at, encoding)
+             VALUES ('token', 'k1', 'h', '{\"Ok\":\"from_the_future\"}', 1, ?1)",
+            [COMMAND_ENCODING + 1],
+        )
+        .unwrap();
+        let proposal = Proposal::new(Command::PruneIdempotency { before: 0 }).with_idempotency(
+            Some(IdempotencyRecord {
+                principal: "token".into(),
+                key: "k1".into(),
+                request_hash: "h".into(),
+                now: 1,
+            }),
+        );
+        let err = apply(&conn, &proposal).unwrap_err().to_string();
+        assert!(err.contains("newer skyclaw"), "{err}");
     }
 
     #[test]

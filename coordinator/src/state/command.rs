@@ -7,6 +7,23 @@ use skyclaw_api::artifacts::{ArtifactInfo, ArtifactKind, Digest};
 use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
 
+/// The version of how commands and their outcomes are encoded where they are
+/// kept: in Raft log entries and in idempotency records. Raise it when a
+/// change would make older builds misread them; an older build then stops
+/// on them with [`check_encoding`]'s reason instead of misapplying them.
+pub const COMMAND_ENCODING: u32 = 1;
+
+/// Refuses what a newer build wrote in an encoding this one does not know.
+pub fn check_encoding(version: u32) -> Result<(), String> {
+    if version > COMMAND_ENCODING {
+        return Err(format!(
+            "written by a newer skyclaw (command encoding {version}; this build reads up to \
+             {COMMAND_ENCODING}); upgrade this coordinator"
+        ));
+    }
+    Ok(())
+}
+
 /// Who a job belongs to: the cluster token's holder, or one API key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -12,4 +12,7 @@ pub mod read;
 pub mod schema;
 
 pub use apply::{Effects, apply};
-pub use command::{Command, CommandError, IdempotencyRecord, Leases, Output, Owner, Proposal};
+pub use command::{
+    COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Leases, Output, Owner, Proposal,
+    check_encoding,
+};

@@ -6,6 +6,8 @@ use skyclaw_api::artifacts::{ArtifactInfo, Digest};
 use skyclaw_api::hosts::{HostStatus, RegisterHost};
 use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
 
+use super::command::{CommandError, IdempotencyRecord, Output, check_encoding};
+
 /// A job with the columns only the coordinator sees.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
@@ -297,16 +299,37 @@ pub fn artifacts(conn: &Connection) -> rusqlite::Result<Vec<ArtifactInfo>> {
 }
 
 /// The stored request hash and outcome (JSON) of an idempotency key.
-pub fn idempotency(
+/// The outcome recorded under an idempotency key: `None` while the key is
+/// unused, a conflict when it was used with another request. An outcome
+/// written in a newer encoding than this build's is a fault, not misread.
+pub fn recorded_outcome(
     conn: &Connection,
-    principal: &str,
-    key: &str,
-) -> rusqlite::Result<Option<(String, String)>> {
-    conn.prepare_cached(
-        "SELECT request_hash, outcome FROM idempotency WHERE principal = ?1 AND key = ?2",
-    )?
-    .query_row([principal, key], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()
+    record: &IdempotencyRecord,
+) -> rusqlite::Result<Option<Result<Output, CommandError>>> {
+    let stored = conn
+        .prepare_cached(
+            "SELECT request_hash, outcome, encoding FROM idempotency
+             WHERE principal = ?1 AND key = ?2",
+        )?
+        .query_row([&record.principal, &record.key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((request_hash, outcome, encoding)) = stored else {
+        return Ok(None);
+    };
+    if request_hash != record.request_hash {
+        return Ok(Some(Err(CommandError::IdempotencyConflict(
+            record.key.clone(),
+        ))));
+    }
+    check_encoding(encoding).map_err(|e| corrupt(1, e))?;
+    let outcome = serde_json::from_str(&outcome).map_err(|e| corrupt(1, e.to_string()))?;
+    Ok(Some(outcome))
 }
 
 pub fn applied_index(conn: &Connection) -> rusqlite::Result<u64> {

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 /// The schema version this build writes. A database with a newer version was
 /// written by a newer skyclaw and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const V1: &str = "
 CREATE TABLE meta (
@@ -99,6 +99,12 @@ const V5: &str = "
 CREATE INDEX jobs_by_owner ON jobs (owner, seq) WHERE owner != 'token';
 ";
 
+/// Version 6: the encoding each idempotency record's outcome is written in
+/// (`state::COMMAND_ENCODING`); records from before it are encoding 1.
+const V6: &str = "
+ALTER TABLE idempotency ADD COLUMN encoding INTEGER NOT NULL DEFAULT 1;
+";
+
 /// Errors opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -134,6 +140,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     }
     if found < 5 {
         tx.execute_batch(V5)?;
+    }
+    if found < 6 {
+        tx.execute_batch(V6)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
