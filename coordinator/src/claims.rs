@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::scheduler::{self, LiveHost, Loads};
 use crate::state::read::{self, JobRow};
-use crate::state::{Command, CommandError, IdempotencyRecord, Leases, Output};
+use crate::state::{Command, CommandError, IdempotencyRecord, Leases};
 
 /// Queued jobs the scheduler looks at per claim, oldest first. Jobs that no
 /// live host can run sit in the queue; past this many of them, younger jobs
@@ -91,10 +91,8 @@ fn replay(
     let Some(outcome) = node.store.read(|c| read::recorded_outcome(c, record))? else {
         return Ok(None);
     };
-    match outcome? {
-        Output::Leased(leases) => Ok(Some(answer(node, host_id, leases, HashMap::new())?)),
-        other => Err(ApiError::Internal(format!("stored claim is {other:?}"))),
-    }
+    let leases = crate::node::answer(outcome?)?;
+    Ok(Some(answer(node, host_id, leases, HashMap::new())?))
 }
 
 /// The host's answer from the leases a claim's key names. A grant the claim
@@ -215,14 +213,9 @@ async fn lease_some(
     };
     let result = node.execute(command, record).await;
     drop(reserved);
-    match result? {
-        // The grants, not the picks: under a retried key, apply replays the
-        // first attempt's grants, which may be other jobs.
-        Output::Leased(leases) => Ok(Some(answer(node, host_id, leases, proposed)?)),
-        other => Err(ApiError::Internal(format!(
-            "expected leases from the state machine, got {other:?}"
-        ))),
-    }
+    // The grants, not the picks: under a retried key, apply replays the
+    // first attempt's grants, which may be other jobs.
+    Ok(Some(answer(node, host_id, result?, proposed)?))
 }
 
 /// Jobs running per host, as the state machine has them.

@@ -16,7 +16,7 @@ use crate::cluster::{Cluster, ClusterError, LEADER_WAIT};
 use crate::error::ApiError;
 use crate::liveness::Liveness;
 use crate::state::read::{self, JobRow};
-use crate::state::{Command, IdempotencyRecord, Output, Proposal};
+use crate::state::{Answer, Command, IdempotencyRecord, Output, Proposal};
 use crate::store::{Store, StoreError};
 
 pub struct Node {
@@ -100,13 +100,13 @@ impl Node {
         self.cluster.write(proposal).await
     }
 
-    /// Commits a command and returns its output, or the reason it was refused.
-    pub async fn execute(
+    /// Commits a command and returns its answer, or the reason it was refused.
+    pub async fn execute<A: Answer>(
         &self,
         command: Command,
         idempotency: Option<IdempotencyRecord>,
-    ) -> Result<Output, ApiError> {
-        Ok(self.propose(command, idempotency).await?.outcome?)
+    ) -> Result<A, ApiError> {
+        answer(self.propose(command, idempotency).await?.outcome?)
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
@@ -123,4 +123,16 @@ impl Node {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stopping| *stopping).await;
     }
+}
+
+/// A command's output as the answer its proposer expects; another kind of
+/// output is a bug (a command answered as another would).
+pub fn answer<A: Answer>(output: Output) -> Result<A, ApiError> {
+    A::from_output(output).map_err(|other| {
+        ApiError::Internal(format!(
+            "the state machine answered {}, not {}",
+            other.kind(),
+            std::any::type_name::<A>()
+        ))
+    })
 }

@@ -16,8 +16,8 @@ use super::auth::{ClusterToken, Principal, key_hash};
 use super::extract::{IdempotencyKey, JsonBody, request_hash};
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::state::Command;
 use crate::state::read;
-use crate::state::{Command, Output};
 
 /// Prefix of every secret, so leaked keys are easy to recognise and scan for.
 const SECRET_PREFIX: &str = "skyclaw_";
@@ -52,7 +52,7 @@ pub async fn create(
     };
     let record = idempotency.record(&Principal::Token, &body.request_hash, now);
     let applied = node.propose(command, record).await?;
-    let key = expect_key(applied.outcome?)?;
+    let key: ApiKey = crate::node::answer(applied.outcome?)?;
     // A replay never shows the secret: it is stored nowhere.
     let secret = (!applied.replayed).then_some(secret);
     Ok((StatusCode::CREATED, Json(CreatedApiKey { key, secret })))
@@ -82,10 +82,10 @@ pub async fn revoke(
     let now = now_ms();
     let hash = request_hash("DELETE", &format!("/v1/apikeys/{id}"), b"");
     let record = idempotency.record(&Principal::Token, &hash, now);
-    let output = node
+    let key = node
         .execute(Command::RevokeApiKey { id, now }, record)
         .await?;
-    Ok(Json(expect_key(output)?))
+    Ok(Json(key))
 }
 
 /// Any credentials: the token, or the key presented with its scopes (a
@@ -95,13 +95,4 @@ pub async fn whoami(principal: Principal) -> Json<Whoami> {
         Principal::Token => Whoami::Token,
         Principal::ApiKey(key) => Whoami::ApiKey { key },
     })
-}
-
-fn expect_key(output: Output) -> Result<ApiKey, ApiError> {
-    match output {
-        Output::ApiKey(key) => Ok(key),
-        other => Err(ApiError::Internal(format!(
-            "expected an api key from the state machine, got {other:?}"
-        ))),
-    }
 }

@@ -27,8 +27,8 @@ use super::extract::JsonBody;
 use super::forward::{self, FORWARDED};
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::state::Command;
 use crate::state::read;
-use crate::state::{Command, Output};
 
 /// Where artifacts are listed, and where coordinators record the blobs they
 /// stored.
@@ -229,19 +229,13 @@ async fn record_here(
         kind: record.kind,
         now: now_ms(),
     };
-    match node.execute(command, None).await? {
-        Output::Artifact { info, created } => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((status, Json(info)))
-        }
-        other => Err(ApiError::Internal(format!(
-            "expected an artifact from the state machine, got {other:?}"
-        ))),
-    }
+    let (info, created) = node.execute(command, None).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info)))
 }
 
 /// Waits up to [`APPLY_WAIT`] for this coordinator to have applied the record

@@ -19,8 +19,8 @@ use super::extract::{IdempotencyKey, JsonBody};
 use crate::claims::{self, not_registered};
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::state::Command;
 use crate::state::read;
-use crate::state::{Command, Output};
 
 /// Hosts heartbeat this many times per TTL, so one lost beat is harmless.
 const BEATS_PER_TTL: u32 = 5;
@@ -40,7 +40,7 @@ pub async fn register(
     node.hosts_tracked().await?;
     let now = now_ms();
     let record = idempotency.record(&Principal::Token, &body.request_hash, now);
-    node.execute(
+    node.execute::<()>(
         Command::RegisterHost {
             host: host.clone(),
             now,
@@ -128,12 +128,8 @@ pub async fn heartbeat(
         leases: running,
         expires_at: now_ms() + node.config.lease_duration.as_millis() as u64,
     };
-    match node.execute(command, None).await? {
-        Output::Stop(stop) => Ok(Json(HeartbeatAck { stop })),
-        other => Err(ApiError::Internal(format!(
-            "expected a stop list from the state machine, got {other:?}"
-        ))),
-    }
+    let stop = node.execute(command, None).await?;
+    Ok(Json(HeartbeatAck { stop }))
 }
 
 pub async fn claim(
@@ -193,7 +189,7 @@ async fn complete_one(node: &Node, completion: Completion, now: u64) -> Completi
         result: complete.result,
         now,
     };
-    let error = node.execute(command, None).await.err();
+    let error = node.execute::<()>(command, None).await.err();
     CompletionResult {
         job_id,
         error: error.map(|e| e.body()),

@@ -17,8 +17,8 @@ use super::extract::{ApiQuery, IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::scheduler;
+use crate::state::Command;
 use crate::state::read::{self, JobRow};
-use crate::state::{Command, Output};
 
 /// Longest a single wait long-poll holds the connection; clients loop.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -50,7 +50,7 @@ pub async fn submit(
         waiting_reason,
     };
     let record = idempotency.record(&principal, &body.request_hash, now);
-    let job = expect_job(node.execute(command, record).await?)?;
+    let job: Job = node.execute(command, record).await?;
     // Hosts that changed while the job was being enqueued may have been
     // judged by a refresh that did not see it yet.
     if node.liveness.generation() != generation {
@@ -198,14 +198,5 @@ pub async fn cancel(
         now,
     };
     let record = idempotency.record(&principal, &body.request_hash, now);
-    Ok(Json(expect_job(node.execute(command, record).await?)?))
-}
-
-fn expect_job(output: Output) -> Result<Job, ApiError> {
-    match output {
-        Output::Job(job) => Ok(*job),
-        other => Err(ApiError::Internal(format!(
-            "expected a job from the state machine, got {other:?}"
-        ))),
-    }
+    Ok(Json(node.execute(command, record).await?))
 }

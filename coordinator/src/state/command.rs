@@ -188,6 +188,96 @@ pub enum Output {
     },
 }
 
+impl Output {
+    /// The variant's name, for errors that must not print a whole job.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Output::Done => "done",
+            Output::Job(_) => "job",
+            Output::Leased(_) => "leased",
+            Output::Stop(_) => "stop",
+            Output::ApiKey(_) => "api_key",
+            Output::Count(_) => "count",
+            Output::Artifact { .. } => "artifact",
+        }
+    }
+}
+
+/// A command's answer as the type its proposer wants. [`Output`] is how every
+/// answer travels (back from `apply`, in idempotency records); proposers get
+/// it unpacked here, in one place, instead of each matching on it.
+pub trait Answer: Sized {
+    /// The answer, or the output back when it is of another kind.
+    fn from_output(output: Output) -> Result<Self, Output>;
+}
+
+/// `Done`: the command answers nothing beyond having applied.
+impl Answer for () {
+    fn from_output(output: Output) -> Result<(), Output> {
+        match output {
+            Output::Done => Ok(()),
+            other => Err(other),
+        }
+    }
+}
+
+impl Answer for Job {
+    fn from_output(output: Output) -> Result<Job, Output> {
+        match output {
+            Output::Job(job) => Ok(*job),
+            other => Err(other),
+        }
+    }
+}
+
+impl Answer for Leases {
+    fn from_output(output: Output) -> Result<Leases, Output> {
+        match output {
+            Output::Leased(leases) => Ok(leases),
+            other => Err(other),
+        }
+    }
+}
+
+/// `Stop`: the jobs a host reported that it must stop.
+impl Answer for Vec<String> {
+    fn from_output(output: Output) -> Result<Vec<String>, Output> {
+        match output {
+            Output::Stop(stop) => Ok(stop),
+            other => Err(other),
+        }
+    }
+}
+
+impl Answer for ApiKey {
+    fn from_output(output: Output) -> Result<ApiKey, Output> {
+        match output {
+            Output::ApiKey(key) => Ok(key),
+            other => Err(other),
+        }
+    }
+}
+
+/// `Count`: how many rows the command changed.
+impl Answer for u64 {
+    fn from_output(output: Output) -> Result<u64, Output> {
+        match output {
+            Output::Count(n) => Ok(n),
+            other => Err(other),
+        }
+    }
+}
+
+/// An artifact as recorded, and whether this command recorded it.
+impl Answer for (ArtifactInfo, bool) {
+    fn from_output(output: Output) -> Result<(ArtifactInfo, bool), Output> {
+        match output {
+            Output::Artifact { info, created } => Ok((info, created)),
+            other => Err(other),
+        }
+    }
+}
+
 /// The leases a `LeaseJobs` granted: jobs taken meanwhile are left out. A
 /// job's spec never changes, so the proposer, which read the jobs to pick
 /// them, completes the host's answer; the state machine returns only what

@@ -1,18 +1,26 @@
 //! The coordinator's replicated state: typed commands, the one deterministic
-//! `apply` that turns a command into SQLite writes, the schema, and the reads.
+//! `apply` (dispatch, idempotency replays, savepoints) over one module per
+//! entity (`jobs`, `hosts`, `apikeys`, `artifacts`) holding its commands'
+//! effects and their tests, the schema, and the reads.
 //!
 //! Architecture invariant: nothing in here looks at a clock, draws a random
 //! number or does network IO. Everything a command needs (times, ids, tokens)
 //! is chosen by the node that proposes it and travels inside it, so applying
 //! the same sequence of proposals on any replica gives the same database.
 
+mod apikeys;
 pub mod apply;
+mod artifacts;
 pub mod command;
+mod hosts;
+mod jobs;
 pub mod read;
 pub mod schema;
+#[cfg(test)]
+mod testkit;
 
 pub use apply::{Effects, apply};
 pub use command::{
-    COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Leases, Output, Owner, Proposal,
-    check_encoding,
+    Answer, COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Leases, Output, Owner,
+    Proposal, check_encoding,
 };
