@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use common::{Cluster, Coordinator, TOKEN, eventually, skyclaw};
+use common::{Auth, Cluster, Coordinator, RawApi, TOKEN, eventually, skyclaw};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -78,26 +78,12 @@ fn artifact_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Raw HTTP to one coordinator, without failover, as any client would send it.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-/// Credentials on a raw request.
-#[derive(Clone, Copy)]
-enum Auth<'a> {
-    None,
-    Token,
-    Key(&'a str),
-}
+/// Artifact routes over raw HTTP to one coordinator.
+struct Api(RawApi);
 
 impl Api {
     fn new(base: &str) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            base: base.to_string(),
-        }
+        Api(RawApi::new(base))
     }
 
     async fn send(
@@ -107,18 +93,7 @@ impl Api {
         auth: Auth<'_>,
         body: Option<Vec<u8>>,
     ) -> reqwest::Response {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        req = match auth {
-            Auth::None => req,
-            Auth::Token => req.header("x-skyclaw-token", TOKEN),
-            Auth::Key(secret) => req.bearer_auth(secret),
-        };
-        if let Some(body) = body {
-            req = req.body(body);
-        }
-        req.send().await.unwrap()
+        self.0.send(method, path, auth, body).await
     }
 
     async fn put(&self, digest: &str, auth: Auth<'_>, body: &[u8]) -> (StatusCode, Value) {

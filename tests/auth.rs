@@ -3,16 +3,14 @@
 
 mod common;
 
-use common::{Coordinator, TOKEN, coordinator_routes};
+use common::{Auth, Coordinator, RawApi, TOKEN, coordinator_routes};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use skyclaw_api::apikeys::Scope;
 use skyclaw_coordinator::Access;
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
+/// Raw JSON requests to one coordinator, with any credentials.
+struct Api(RawApi);
 
 impl Api {
     async fn send(
@@ -22,21 +20,8 @@ impl Api {
         auth: Option<(&str, &str)>,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some((name, value)) = auth {
-            req = req.header(name, value);
-        }
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        (status, body)
+        let auth = auth.map_or(Auth::None, |(name, value)| Auth::Header(name, value));
+        self.0.json(method, path, auth, body).await
     }
 
     async fn token(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
@@ -70,10 +55,7 @@ impl Api {
 async fn api() -> (tempfile::TempDir, Coordinator, Api) {
     let tmp = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(tmp.path(), &["--max-body-bytes", "65536"]).await;
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: coordinator.url.clone(),
-    };
+    let api = Api(RawApi::new(&coordinator.url));
     (tmp, coordinator, api)
 }
 

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, Host, TOKEN, eventually, host_up, last_log_index, last_purged_index, live_fake_host,
-    log_holds, process_gone, same_replicas, skyclaw, snapshot_meta, wait_terminal,
+    Auth, Cluster, Host, RawApi, TOKEN, eventually, host_up, last_log_index, last_purged_index,
+    live_fake_host, log_holds, process_gone, same_replicas, skyclaw, snapshot_meta, wait_terminal,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -90,9 +90,8 @@ async fn all_jobs(client: &Client) -> Result<Vec<Job>, ClientError> {
 
 /// `POST /v1/jobs` straight to one coordinator, without failover.
 async fn raw_submit(url: &str, key: &str) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/jobs"))
-        .header("x-skyclaw-token", TOKEN)
+    let resp = RawApi::new(url)
+        .request("POST", "/v1/jobs", Auth::Token)
         .header("x-idempotency-key", key)
         .header("content-type", "application/json")
         .body(r#"{"kind":"shell","command":"echo","args":["x"]}"#)

@@ -3,14 +3,13 @@
 
 mod common;
 
-use common::{Coordinator, TOKEN};
+use common::{Auth, Coordinator, RawApi};
 use reqwest::StatusCode;
 use serde_json::Value;
 
 async fn submit(url: &str, key: &str, header: &str, body: &str) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/jobs"))
-        .header("x-skyclaw-token", TOKEN)
+    let resp = RawApi::new(url)
+        .request("POST", "/v1/jobs", Auth::Token)
         .header(header, key)
         .body(body.to_string())
         .send()

@@ -1231,6 +1231,87 @@ pub async fn same_replicas(dirs: &[PathBuf]) -> usize {
     }
 }
 
+/// Credentials on a raw request.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    /// The cluster token.
+    Token,
+    /// An API key's secret, as a bearer token.
+    Key(&'a str),
+    /// Any header, such as a wrong token.
+    Header(&'a str, &'a str),
+}
+
+/// Raw HTTP to one coordinator, without failover or retries, as any client
+/// would send it.
+pub struct RawApi {
+    http: reqwest::Client,
+    pub base: String,
+}
+
+impl RawApi {
+    pub fn new(base: &str) -> RawApi {
+        RawApi {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// A request to `path` with `auth`, to add to and send.
+    pub fn request(&self, method: &str, path: &str, auth: Auth<'_>) -> reqwest::RequestBuilder {
+        let req = self.http.request(
+            method.parse().expect("an HTTP method"),
+            format!("{}{path}", self.base),
+        );
+        match auth {
+            Auth::None => req,
+            Auth::Token => req.header(skyclaw_api::headers::TOKEN, TOKEN),
+            Auth::Key(secret) => req.bearer_auth(secret),
+            Auth::Header(name, value) => req.header(name, value),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<Vec<u8>>,
+    ) -> reqwest::Response {
+        let mut req = self.request(method, path, auth);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        req.send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} got no answer: {e}"))
+    }
+
+    /// Sends a JSON body (if any) and returns the status and the JSON answer
+    /// (`Null` when the answer is not JSON).
+    pub async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<&str>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.request(method, path, auth);
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} got no answer: {e}"));
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
 /// Every route a coordinator serves, from its router's own table, as
 /// `(method, path, access)` with each `{param}` filled in by a value of the
 /// right shape that names nothing stored.
