@@ -320,9 +320,9 @@ impl Client {
             .await
     }
 
-    /// Reports several jobs' ends at once. Each completion carries its own
-    /// idempotency key, so sending the batch again applies none twice; the
-    /// answer says what became of each.
+    /// Reports several jobs' ends at once. Each completion names its lease,
+    /// so sending the batch again applies none twice; the answer says what
+    /// became of each.
     pub async fn complete_many(
         &self,
         host_id: &str,
