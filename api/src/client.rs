@@ -30,6 +30,7 @@ use crate::hosts::{
 };
 use crate::jobs::{Job, JobList, JobQuery, JobSpec};
 use crate::network::{Join, PeerList};
+use crate::url::{BASE_URL_FORM, is_http_url};
 
 /// How long an ordinary request may take before the next coordinator is tried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -180,9 +181,9 @@ impl Client {
             return Err(ClientError::BadUrl("no coordinator urls given".into()));
         }
         for url in &urls {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !is_http_url(url) {
                 return Err(ClientError::BadUrl(format!(
-                    "{url} (expected http://HOST:PORT or https://HOST:PORT)"
+                    "{url} (expected {BASE_URL_FORM})"
                 )));
             }
         }
@@ -233,7 +234,7 @@ impl Client {
             .peers
             .iter()
             .map(|p| p.url.trim_end_matches('/').to_string())
-            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .filter(|u| is_http_url(u))
             .collect();
         if urls.is_empty() {
             return Ok(self.urls());

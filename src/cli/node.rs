@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::builder::TypedValueParser as _;
 use skyclaw_api::jobs::MAX_WASI_MEMORY_MB;
 use skyclaw_api::serve;
+use skyclaw_api::url::parse_base_url;
 use skyclaw_coordinator::{
     DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SNAPSHOT_LOGS, DEFAULT_VOTERS, MAX_VOTERS,
@@ -80,7 +81,7 @@ pub struct CoordinatorArgs {
     /// The URL other coordinators, hosts and clients reach this one at, such
     /// as `http://coord-a:8787` [default: http:// and the listen address].
     /// Needed when listening on 0.0.0.0 or [::], which no one can connect to.
-    #[arg(long, env = "SKYCLAW_ADVERTISE_URL", value_parser = http_url, value_name = "URL")]
+    #[arg(long, env = "SKYCLAW_ADVERTISE_URL", value_parser = parse_base_url, value_name = "URL")]
     advertise: Option<String>,
     /// Coordinators of an existing cluster to join, comma-separated; the first
     /// that answers adds this one. Without any, an empty data directory starts
@@ -388,7 +389,7 @@ fn check_reachable(advertise: Option<&str>, listening: SocketAddr) -> Result<()>
 fn bootstrap_urls(items: Vec<String>) -> Result<Vec<String>> {
     without_empty(items)
         .iter()
-        .map(|item| http_url(item).map_err(|e| anyhow!("--bootstrap: {e}")))
+        .map(|item| parse_base_url(item).map_err(|e| anyhow!("--bootstrap: {e}")))
         .collect()
 }
 
@@ -611,23 +612,6 @@ fn millis(duration: Duration) -> u64 {
 
 fn voter_count() -> impl clap::builder::TypedValueParser<Value = usize> {
     between(1u64, MAX_VOTERS as u64).map(|n| n as usize)
-}
-
-/// A coordinator's base URL as peers and clients use it: `http://` or
-/// `https://`, a host, no trailing slash.
-fn http_url(value: &str) -> Result<String, String> {
-    let url = value.trim().trim_end_matches('/');
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
-            Ok(url.to_string())
-        }
-        _ => Err(format!(
-            "{value:?} is not a coordinator URL (expected http://HOST:PORT or https://HOST:PORT)"
-        )),
-    }
 }
 
 #[cfg(test)]
