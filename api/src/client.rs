@@ -7,7 +7,6 @@
 //! never read into memory whole, in either direction.
 
 use std::future::Future;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use crate::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, Whoami};
-use crate::artifacts::{ArtifactInfo, ArtifactList, Digest};
+use crate::artifacts::{ArtifactInfo, ArtifactList, Digest, digest_file};
 use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::headers;
 use crate::hosts::{
@@ -47,9 +46,6 @@ const LONG_POLL_SLACK: Duration = Duration::from_secs(5);
 /// How long one artifact upload or download may take: the largest blob a
 /// coordinator accepts by default (256 MiB) at about 150 KiB/s.
 pub const ARTIFACT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Bytes read per step when hashing a file: large enough to keep the disk busy,
-/// small enough to never matter for memory.
-const HASH_CHUNK_BYTES: usize = 256 * 1024;
 
 /// What the client presents to coordinators.
 #[derive(Clone, Default)]
@@ -386,7 +382,12 @@ impl Client {
     /// Hashes the file, then uploads it (`PUT /v1/artifacts/{digest}`). Returns
     /// what the coordinator stored and whether this upload stored it first.
     pub async fn put_artifact(&self, path: &Path) -> Result<(ArtifactInfo, bool), ClientError> {
-        let (digest, _) = digest_file(path).await?;
+        let (digest, _) = digest_file(path)
+            .await
+            .map_err(|source| ClientError::File {
+                path: path.to_path_buf(),
+                source,
+            })?;
         self.upload_artifact(path, &digest).await
     }
 
@@ -546,32 +547,6 @@ impl Client {
         };
         Ok(req.send().await)
     }
-}
-
-/// The sha256 digest and size of a file, read in chunks on a blocking thread.
-pub async fn digest_file(path: &Path) -> Result<(Digest, u64), ClientError> {
-    let owned = path.to_path_buf();
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; HASH_CHUNK_BYTES];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                return Ok((Digest::from_sha256(&hasher.finalize().into()), size));
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|hashed| hashed);
-    hashed.map_err(|source| ClientError::File {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// Opens a file to send and tells its length, for `content-length`.

@@ -4,7 +4,8 @@
 //! serving every node's listeners share.
 //!
 //! This is the only crate that the coordinator, the host runtime and the CLI
-//! share; nothing else in it does IO except [`client`], [`datadir`] and [`serve`].
+//! share; nothing else in it does IO except [`client`], [`datadir`], [`serve`]
+//! and [`artifacts::digest_file`].
 
 pub mod apikeys;
 pub mod artifacts;
