@@ -16,3 +16,4 @@ pub use command::{
     COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Leases, Output, Owner, Proposal,
     check_encoding,
 };
+pub use read::corrupt;
