@@ -1,8 +1,13 @@
-//! Artifacts on the wire: content digests ([`Digest`]), the kinds of blob the
-//! network stores ([`ArtifactKind`], told from a blob's first bytes) and the
-//! listing `GET /v1/artifacts` returns.
+//! Artifacts on the wire: content digests ([`Digest`], and [`digest_file`],
+//! the one way a file is hashed), the kinds of blob the network stores
+//! ([`ArtifactKind`], told from a blob's first bytes) and the listing
+//! `GET /v1/artifacts` returns.
+
+use std::io::Read;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::Millis;
 
@@ -13,6 +18,9 @@ const SHA256_HEX_LEN: usize = 64;
 /// Bytes of a blob's start that [`ArtifactKind::detect`] needs: enough for a
 /// wasm header (8) and a tar header's `ustar` magic (257..262).
 pub const KIND_SNIFF_BYTES: usize = 512;
+/// Bytes read per step when hashing a file: large enough to keep the disk busy,
+/// small enough to never matter for memory.
+const HASH_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A content digest, always `sha256:` and 64 lowercase hex characters. Parsing
 /// refuses anything else, so a digest can be used in paths and file names.
@@ -77,6 +85,28 @@ impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The sha256 digest and size of a file, read in chunks on a blocking
+/// thread, never on an async worker.
+pub async fn digest_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; HASH_CHUNK_BYTES];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok((Digest::from_sha256(&hasher.finalize().into()), size));
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// What a stored blob is, told from its first bytes.
@@ -198,6 +228,22 @@ mod tests {
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
         assert!(serde_json::from_str::<Digest>("\"sha256:xyz\"").is_err());
+    }
+
+    #[tokio::test]
+    async fn files_hash_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        // More than one chunk, and not a multiple of it.
+        let bytes: Vec<u8> = (0..HASH_CHUNK_BYTES * 2 + 7).map(|i| i as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let expected = Digest::from_sha256(&Sha256::digest(&bytes).into());
+        assert_eq!(
+            digest_file(&path).await.unwrap(),
+            (expected, bytes.len() as u64)
+        );
+        let missing = digest_file(&dir.path().join("missing")).await.unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! never read into memory whole, in either direction.
 
 use std::future::Future;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use crate::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, Whoami};
-use crate::artifacts::{ArtifactInfo, ArtifactList, Digest};
+use crate::artifacts::{ArtifactInfo, ArtifactList, Digest, digest_file};
 use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::headers;
 use crate::hosts::{
@@ -30,6 +29,7 @@ use crate::hosts::{
 };
 use crate::jobs::{Job, JobList, JobQuery, JobSpec};
 use crate::network::{Join, PeerList};
+use crate::url::{BASE_URL_FORM, is_http_url};
 
 /// How long an ordinary request may take before the next coordinator is tried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,9 +46,6 @@ const LONG_POLL_SLACK: Duration = Duration::from_secs(5);
 /// How long one artifact upload or download may take: the largest blob a
 /// coordinator accepts by default (256 MiB) at about 150 KiB/s.
 pub const ARTIFACT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Bytes read per step when hashing a file: large enough to keep the disk busy,
-/// small enough to never matter for memory.
-const HASH_CHUNK_BYTES: usize = 256 * 1024;
 
 /// What the client presents to coordinators.
 #[derive(Clone, Default)]
@@ -180,9 +177,9 @@ impl Client {
             return Err(ClientError::BadUrl("no coordinator urls given".into()));
         }
         for url in &urls {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !is_http_url(url) {
                 return Err(ClientError::BadUrl(format!(
-                    "{url} (expected http://HOST:PORT or https://HOST:PORT)"
+                    "{url} (expected {BASE_URL_FORM})"
                 )));
             }
         }
@@ -233,7 +230,7 @@ impl Client {
             .peers
             .iter()
             .map(|p| p.url.trim_end_matches('/').to_string())
-            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .filter(|u| is_http_url(u))
             .collect();
         if urls.is_empty() {
             return Ok(self.urls());
@@ -320,9 +317,9 @@ impl Client {
             .await
     }
 
-    /// Reports several jobs' ends at once. Each completion carries its own
-    /// idempotency key, so sending the batch again applies none twice; the
-    /// answer says what became of each.
+    /// Reports several jobs' ends at once. Each completion names its lease,
+    /// so sending the batch again applies none twice; the answer says what
+    /// became of each.
     pub async fn complete_many(
         &self,
         host_id: &str,
@@ -385,7 +382,12 @@ impl Client {
     /// Hashes the file, then uploads it (`PUT /v1/artifacts/{digest}`). Returns
     /// what the coordinator stored and whether this upload stored it first.
     pub async fn put_artifact(&self, path: &Path) -> Result<(ArtifactInfo, bool), ClientError> {
-        let (digest, _) = digest_file(path).await?;
+        let (digest, _) = digest_file(path)
+            .await
+            .map_err(|source| ClientError::File {
+                path: path.to_path_buf(),
+                source,
+            })?;
         self.upload_artifact(path, &digest).await
     }
 
@@ -545,32 +547,6 @@ impl Client {
         };
         Ok(req.send().await)
     }
-}
-
-/// The sha256 digest and size of a file, read in chunks on a blocking thread.
-pub async fn digest_file(path: &Path) -> Result<(Digest, u64), ClientError> {
-    let owned = path.to_path_buf();
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
-        let mut file = std::fs::File::open(&owned)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; HASH_CHUNK_BYTES];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                return Ok((Digest::from_sha256(&hasher.finalize().into()), size));
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|hashed| hashed);
-    hashed.map_err(|source| ClientError::File {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// Opens a file to send and tells its length, for `content-length`.

@@ -1,9 +1,11 @@
 //! Skyclaw's wire protocol: the JSON types every node speaks, the error envelope,
-//! the auth and idempotency header names, the client every node and the CLI
-//! use to reach coordinators, and the HTTP serving every node's listeners share.
+//! the auth and idempotency header names, what a coordinator URL looks like,
+//! the client every node and the CLI use to reach coordinators, and the HTTP
+//! serving every node's listeners share.
 //!
 //! This is the only crate that the coordinator, the host runtime and the CLI
-//! share; nothing else in it does IO except [`client`], [`datadir`] and [`serve`].
+//! share; nothing else in it does IO except [`client`], [`datadir`], [`serve`]
+//! and [`artifacts::digest_file`].
 
 pub mod apikeys;
 pub mod artifacts;
@@ -15,6 +17,7 @@ pub mod hosts;
 pub mod jobs;
 pub mod network;
 pub mod serve;
+pub mod url;
 
 pub use client::{Client, ClientError, Credentials};
 pub use error::{ErrorBody, ErrorCode, ErrorEnvelope};

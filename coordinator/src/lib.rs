@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use error::ApiError;
 pub use http::{Access, Route, routes};
+use skyclaw_api::url::{BASE_URL_FORM, is_http_url};
 use store::Store;
 pub use store::StoreError;
 
@@ -227,10 +228,10 @@ fn validate(config: &Config) -> Result<(), CoordinatorError> {
         )));
     }
     if let Some(url) = &config.advertise_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
+        && !is_http_url(url)
     {
         return Err(CoordinatorError::Config(format!(
-            "the advertised url must start with http:// or https://, not {url:?}"
+            "the advertised url must be {BASE_URL_FORM}, not {url:?}"
         )));
     }
     if config.host_ttl < Duration::from_millis(100) || config.lease_duration < config.host_ttl {

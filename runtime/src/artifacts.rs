@@ -7,13 +7,11 @@
 //! does not match is deleted.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest as _, Sha256};
 use skyclaw_api::Client;
-use skyclaw_api::artifacts::Digest;
+use skyclaw_api::artifacts::{Digest, digest_file};
 use skyclaw_api::hosts::MAX_REPORTED_ARTIFACTS;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -23,8 +21,6 @@ use crate::turns::Turns;
 
 /// Prefix of partial downloads; they are removed when the cache opens.
 const DOWNLOAD_PREFIX: &str = ".download-";
-/// Bytes hashed per read when checking a blob.
-const HASH_CHUNK: usize = 256 * 1024;
 
 /// Artifacts on disk under one directory, each file named by its digest's hex.
 pub(crate) struct ArtifactCache {
@@ -193,8 +189,7 @@ impl ArtifactCache {
 
     /// Hashes a cached blob; one that no longer matches is deleted.
     async fn verify_cached(self: &Arc<Self>, pinned: Pinned) -> Result<Pinned, String> {
-        let path = pinned.path.clone();
-        let actual = hash_file(path.clone()).await;
+        let actual = digest_file(&pinned.path).await.map(|(digest, _)| digest);
         match actual {
             Ok(actual) if actual == pinned.digest => Ok(pinned),
             Ok(actual) => {
@@ -324,27 +319,10 @@ impl ArtifactCache {
     }
 }
 
-/// The digest of a file's bytes, read in chunks off the async runtime.
-async fn hash_file(path: PathBuf) -> std::io::Result<Digest> {
-    tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&path)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; HASH_CHUNK];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(Digest::from_sha256(&hasher.finalize().into()))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest as _, Sha256};
+
     use super::*;
 
     fn digest_of(bytes: &[u8]) -> Digest {

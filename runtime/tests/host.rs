@@ -1,6 +1,7 @@
 //! The host daemon against fake coordinators on real ports: registration
-//! retries, claim and completion idempotency keys, revocation, re-registration,
-//! shutdown, and failover to coordinators learned from the peer list.
+//! retries, claims replayed under their idempotency keys, completions resent
+//! under their leases, revocation, re-registration, shutdown, and failover to
+//! coordinators learned from the peer list.
 
 use std::collections::HashMap;
 use std::path::Path;

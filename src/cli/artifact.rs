@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use skyclaw_api::artifacts::{ArtifactInfo, Digest};
-use skyclaw_api::client::digest_file;
+use skyclaw_api::artifacts::{ArtifactInfo, Digest, digest_file};
 use skyclaw_api::{Client, Millis};
 
 use super::output;
@@ -62,7 +61,9 @@ pub struct Pushed {
 /// Hashes the file, asks the coordinators whether they hold it, and uploads
 /// it only if not.
 pub async fn push_if_missing(client: &Client, file: &Path) -> Result<Pushed> {
-    let (digest, size) = digest_file(file).await?;
+    let (digest, size) = digest_file(file)
+        .await
+        .with_context(|| file.display().to_string())?;
     if client.head_artifact(&digest).await?.is_some() {
         return Ok(Pushed {
             digest,

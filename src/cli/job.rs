@@ -13,11 +13,11 @@ use skyclaw_api::apikeys::{Scope, Whoami};
 use skyclaw_api::artifacts::Digest;
 use skyclaw_api::jobs::{
     CodeSource, DEFAULT_AGENT, DEFAULT_OPENCLAW_ATTEMPTS, DEFAULT_OPENCLAW_TIMEOUT_MS,
-    DEFAULT_SHELL_ATTEMPTS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS, DEFAULT_WASI_MAX_FUEL,
-    DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, Job, JobList, JobQuery, JobResult,
-    JobSpec, JobStatus, MAX_ATTEMPTS_LIMIT, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS, MAX_TIMEOUT_MS,
-    MAX_WASI_MEMORY_MB, OpenclawSpec, OutputEncoding, Requirements, ShellSpec, THINKING_LEVELS,
-    WasiLimits, WasiSpec, validate_program_name,
+    DEFAULT_PAGE, DEFAULT_SHELL_ATTEMPTS, DEFAULT_SHELL_TIMEOUT_MS, DEFAULT_WASI_ATTEMPTS,
+    DEFAULT_WASI_MAX_FUEL, DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, Job, JobList,
+    JobQuery, JobResult, JobSpec, JobStatus, MAX_ATTEMPTS_LIMIT, MAX_PAGE, MAX_QUEUE_TIMEOUT_MS,
+    MAX_TIMEOUT_MS, MAX_WASI_MEMORY_MB, OpenclawSpec, OutputEncoding, Requirements, ShellSpec,
+    THINKING_LEVELS, WasiLimits, WasiSpec, validate_program_name,
 };
 use skyclaw_api::{Client, ErrorCode, Millis, now_ms};
 use tokio::time::Instant;
@@ -224,12 +224,12 @@ struct LsArgs {
     /// Only jobs with this status: queued, running, succeeded, failed or cancelled.
     #[arg(long, env = "SKYCLAW_JOB_STATUS", value_name = "STATUS")]
     status: Option<JobStatus>,
-    /// Jobs per page [default: the coordinator's, 100].
     #[arg(
         long,
         env = "SKYCLAW_JOB_LIMIT",
         value_parser = between(1, MAX_PAGE),
-        value_name = "N"
+        value_name = "N",
+        help = format!("Jobs per page [default: the coordinator's, {DEFAULT_PAGE}]")
     )]
     limit: Option<u32>,
     /// Start after this job id (the last one of the previous page).

@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::builder::TypedValueParser as _;
-use skyclaw_api::jobs::MAX_WASI_MEMORY_MB;
+use skyclaw_api::jobs::{MAX_OUTPUT_BYTES_LIMIT, MAX_WASI_MEMORY_MB};
 use skyclaw_api::serve;
+use skyclaw_api::url::parse_base_url;
 use skyclaw_coordinator::{
     DEFAULT_HOST_TTL, DEFAULT_LEASE_DURATION, DEFAULT_MAX_ARTIFACT_BYTES, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_SNAPSHOT_LOGS, DEFAULT_VOTERS, MAX_VOTERS,
+    DEFAULT_SNAPSHOT_LOGS, DEFAULT_VOTERS, MAX_BODY_BYTES_LIMIT, MAX_VOTERS,
 };
 use skyclaw_runtime::{
     DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB,
-    DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND,
+    DEFAULT_JOB_UIDS, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL, DEFAULT_WASI_MAX_MEMORY_MB,
     DEFAULT_WASI_MAX_TIMEOUT_MS, HostConfig, JobUsers, UidRange,
 };
@@ -65,9 +66,11 @@ pub struct CoordinatorArgs {
     /// by heartbeat.
     #[arg(long = "lease-ms", env = "SKYCLAW_LEASE_MS", default_value_t = millis(DEFAULT_LEASE_DURATION), value_parser = positive_u64(), value_name = "N")]
     lease_ms: u64,
-    /// Largest request body accepted, in bytes, at most 67108864 (64 MiB): a
-    /// request travels between coordinators as one Raft log entry.
-    #[arg(long, env = "SKYCLAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "N", help = format!(
+        "Largest request body accepted, in bytes, at most {MAX_BODY_BYTES_LIMIT} ({} MiB): a \
+         request travels between coordinators as one Raft log entry",
+        MAX_BODY_BYTES_LIMIT as u64 / MIB,
+    ))]
     max_body_bytes: usize,
     /// Largest artifact an upload may store, in bytes.
     #[arg(long, env = "SKYCLAW_MAX_ARTIFACT_BYTES", default_value_t = DEFAULT_MAX_ARTIFACT_BYTES, value_parser = positive_u64(), value_name = "N")]
@@ -80,7 +83,7 @@ pub struct CoordinatorArgs {
     /// The URL other coordinators, hosts and clients reach this one at, such
     /// as `http://coord-a:8787` [default: http:// and the listen address].
     /// Needed when listening on 0.0.0.0 or [::], which no one can connect to.
-    #[arg(long, env = "SKYCLAW_ADVERTISE_URL", value_parser = http_url, value_name = "URL")]
+    #[arg(long, env = "SKYCLAW_ADVERTISE_URL", value_parser = parse_base_url, value_name = "URL")]
     advertise: Option<String>,
     /// Coordinators of an existing cluster to join, comma-separated; the first
     /// that answers adds this one. Without any, an empty data directory starts
@@ -150,10 +153,12 @@ pub struct HostArgs {
     /// The name the host registers under [default: the machine's host name].
     #[arg(long, env = "SKYCLAW_HOST_NAME", value_name = "NAME")]
     name: Option<String>,
-    /// Bytes of a job's stdout and of its stderr kept, at most 1048576
-    /// (1 MiB: results travel between coordinators in one Raft entry); the
-    /// rest is dropped and counted.
-    #[arg(long, env = "SKYCLAW_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES, value_name = "N")]
+    #[arg(long, env = "SKYCLAW_MAX_OUTPUT_BYTES", default_value_t = DEFAULT_MAX_OUTPUT_BYTES, value_name = "N", help = format!(
+        "Bytes of a job's stdout and of its stderr kept, at most {MAX_OUTPUT_BYTES_LIMIT} \
+         ({} MiB: results travel between coordinators in one Raft entry); the rest is \
+         dropped and counted",
+        MAX_OUTPUT_BYTES_LIMIT as u64 / MIB,
+    ))]
     max_output_bytes: usize,
     /// The OpenClaw command openclaw-run jobs use.
     #[arg(long, env = "SKYCLAW_OPENCLAW_COMMAND", default_value = DEFAULT_OPENCLAW_COMMAND, value_name = "CMD")]
@@ -212,15 +217,16 @@ pub struct DevArgs {
 /// HOME) and /proc, never the host's data directory, and has no capabilities.
 #[derive(Debug, clap::Args)]
 pub struct JobArgs {
-    /// The uids (and gids) a root host gives its jobs, FIRST-LAST: each running
-    /// job gets one of its own, so jobs cannot touch the host or each other.
-    /// No account may use them [default: 1900000000-1900065535 when run as
-    /// root].
     #[arg(
         long,
         env = "SKYCLAW_JOB_UIDS",
         value_name = "FIRST-LAST",
-        conflicts_with = "allow_same_user_jobs"
+        conflicts_with = "allow_same_user_jobs",
+        help = format!(
+            "The uids (and gids) a root host gives its jobs, FIRST-LAST: each running job \
+             gets one of its own, so jobs cannot touch the host or each other. No account \
+             may use them [default: {DEFAULT_JOB_UIDS} when run as root]"
+        )
     )]
     job_uids: Option<UidRange>,
     /// Let a host that is not root run native jobs as its own user, in a user
@@ -304,8 +310,9 @@ impl ListenerArgs {
 }
 
 /// What a host grants WASI jobs. A job's own limits are capped at these; one
-/// that names none gets the built-in default (fuel 10^10, 256 MiB, 60 s) or
-/// the maximum when that is lower.
+/// that names none gets the built-in default (`DEFAULT_WASI_FUEL`,
+/// `DEFAULT_WASI_MEMORY_MB` and `DEFAULT_WASI_TIMEOUT_MS` in
+/// `skyclaw_api::jobs`) or the maximum when that is lower.
 #[derive(Debug, clap::Args)]
 pub struct WasiArgs {
     /// Most fuel one WASI job may burn (about one unit per wasm instruction).
@@ -388,7 +395,7 @@ fn check_reachable(advertise: Option<&str>, listening: SocketAddr) -> Result<()>
 fn bootstrap_urls(items: Vec<String>) -> Result<Vec<String>> {
     without_empty(items)
         .iter()
-        .map(|item| http_url(item).map_err(|e| anyhow!("--bootstrap: {e}")))
+        .map(|item| parse_base_url(item).map_err(|e| anyhow!("--bootstrap: {e}")))
         .collect()
 }
 
@@ -611,23 +618,6 @@ fn millis(duration: Duration) -> u64 {
 
 fn voter_count() -> impl clap::builder::TypedValueParser<Value = usize> {
     between(1u64, MAX_VOTERS as u64).map(|n| n as usize)
-}
-
-/// A coordinator's base URL as peers and clients use it: `http://` or
-/// `https://`, a host, no trailing slash.
-fn http_url(value: &str) -> Result<String, String> {
-    let url = value.trim().trim_end_matches('/');
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
-            Ok(url.to_string())
-        }
-        _ => Err(format!(
-            "{value:?} is not a coordinator URL (expected http://HOST:PORT or https://HOST:PORT)"
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -417,7 +417,7 @@ impl Dev {
             std::fs::read_to_string(&url_file)
                 .ok()
                 .map(|u| u.trim().to_string())
-                .filter(|u| u.starts_with("http://"))
+                .filter(|u| skyclaw_api::url::is_http_url(u))
         })
         .await;
         let health = format!("{}/health", dev.url);

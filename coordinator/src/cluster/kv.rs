@@ -5,6 +5,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::state::corrupt;
+
 /// The value under `key` in `table`, if any.
 pub fn get<T: DeserializeOwned>(
     conn: &Connection,
@@ -16,13 +18,8 @@ pub fn get<T: DeserializeOwned>(
         .query_row([key], |r| r.get(0))
         .optional()?;
     value
-        .map(|v| serde_json::from_str(&v).map_err(decode_error))
+        .map(|v| serde_json::from_str(&v).map_err(|e| corrupt(0, e)))
         .transpose()
-}
-
-/// A stored JSON value that does not decode, as a SQLite conversion error.
-pub fn decode_error(e: serde_json::Error) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
 }
 
 /// Sets `key` in `table` to `value`.
@@ -41,4 +38,26 @@ pub fn put(
         serde_json::to_string(value).expect("raft types serialise")
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_does_not_decode_is_reported_corrupt() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT INTO t VALUES ('k', '{not json');",
+        )
+        .unwrap();
+        let err = get::<u64>(&conn, "t", "k").unwrap_err();
+        assert!(
+            matches!(err, rusqlite::Error::FromSqlConversionFailure(0, _, _)),
+            "{err}"
+        );
+        put(&conn, "t", "k", &7u64).unwrap();
+        assert_eq!(get::<u64>(&conn, "t", "k").unwrap(), Some(7));
+    }
 }

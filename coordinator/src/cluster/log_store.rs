@@ -17,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::kv;
 use super::network::APPEND_BYTES;
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig, storage_error};
+use crate::state::corrupt;
 
 /// Version of the log database's layout, kept in `PRAGMA user_version`.
 const LOG_SCHEMA_VERSION: i64 = 1;
@@ -155,7 +156,7 @@ impl LogStore {
                 if !taken.admits(text.len()) {
                     break;
                 }
-                entries.push(serde_json::from_str(text).map_err(kv::decode_error)?);
+                entries.push(serde_json::from_str(text).map_err(|e| corrupt(0, e))?);
             }
             Ok(entries)
         })
@@ -270,7 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let last = match last {
                 Some(text) => Some(
                     serde_json::from_str::<Entry>(&text)
-                        .map_err(kv::decode_error)?
+                        .map_err(|e| corrupt(0, e))?
                         .log_id,
                 ),
                 None => purged,

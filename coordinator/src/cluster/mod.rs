@@ -21,6 +21,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use skyclaw_api::network::{Join, Peer, PeerList, PeerRole};
+use skyclaw_api::url::{BASE_URL_FORM, is_http_url};
 use skyclaw_api::{Client, ClientError, Credentials, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
@@ -332,9 +333,9 @@ impl Cluster {
     /// Adds a coordinator (as a learner, promoted while voters are missing),
     /// or updates the address of one that rejoins. Leader only.
     pub async fn join(&self, join: Join) -> Result<(), ClusterError> {
-        if !(join.url.starts_with("http://") || join.url.starts_with("https://")) {
+        if !is_http_url(&join.url) {
             return Err(ClusterError::InvalidPeer(format!(
-                "url must be http://HOST:PORT or https://HOST:PORT, not {:?}",
+                "url must be {BASE_URL_FORM}, not {:?}",
                 join.url
             )));
         }

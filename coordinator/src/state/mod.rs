@@ -24,3 +24,4 @@ pub use command::{
     Answer, COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Leases, Output, Owner,
     Proposal, check_encoding,
 };
+pub use read::corrupt;

@@ -36,7 +36,7 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
         job: Job {
             id: row.get(0)?,
             status: status.parse().map_err(|e: String| corrupt(1, e))?,
-            spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| corrupt(2, e.to_string()))?,
+            spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| corrupt(2, e))?,
             attempts: row.get(3)?,
             host_id: row.get(4)?,
             created_at: row.get(5)?,
@@ -44,7 +44,7 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
             result: result
                 .map(|r| serde_json::from_str(&r))
                 .transpose()
-                .map_err(|e| corrupt(7, e.to_string()))?,
+                .map_err(|e| corrupt(7, e))?,
             waiting_reason: row.get(10)?,
         },
         owner: row.get(8)?,
@@ -52,9 +52,15 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
-/// A stored value that does not decode: the database was damaged or hand-edited.
-fn corrupt(column: usize, detail: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, detail.into())
+/// A stored value (JSON or text) in result column `column` that does not
+/// decode: the database was damaged or hand-edited. The one way the state
+/// tables and the Raft log's tables say so.
+pub fn corrupt(column: usize, detail: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        detail.to_string().into(),
+    )
 }
 
 pub fn job(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRow>> {
@@ -204,7 +210,7 @@ fn host_row(row: &Row<'_>) -> rusqlite::Result<HostRow> {
     let registration: String = row.get(0)?;
     let status: String = row.get(1)?;
     Ok(HostRow {
-        registration: serde_json::from_str(&registration).map_err(|e| corrupt(0, e.to_string()))?,
+        registration: serde_json::from_str(&registration).map_err(|e| corrupt(0, e))?,
         status: if status == "up" {
             HostStatus::Up
         } else {
@@ -236,8 +242,7 @@ fn key_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
     Ok(ApiKey {
         id: row.get(0)?,
         name: row.get(1)?,
-        scopes: serde_json::from_str::<Vec<Scope>>(&scopes)
-            .map_err(|e| corrupt(2, e.to_string()))?,
+        scopes: serde_json::from_str::<Vec<Scope>>(&scopes).map_err(|e| corrupt(2, e))?,
         created_at: row.get(3)?,
         revoked_at: row.get(4)?,
     })
@@ -328,7 +333,7 @@ pub fn recorded_outcome(
         ))));
     }
     check_encoding(encoding).map_err(|e| corrupt(1, e))?;
-    let outcome = serde_json::from_str(&outcome).map_err(|e| corrupt(1, e.to_string()))?;
+    let outcome = serde_json::from_str(&outcome).map_err(|e| corrupt(1, e))?;
     Ok(Some(outcome))
 }
 
