@@ -4,6 +4,8 @@
 
 use skyclaw_api::jobs::{JobResult, OutputEncoding};
 
+use crate::spawned::OutputSink;
+
 /// Longest UTF-8 encoding of one character.
 const MAX_UTF8_CHAR_BYTES: usize = 4;
 
@@ -48,6 +50,34 @@ impl Captured {
             self.kept.truncate(e.valid_up_to());
             self.dropped += tail as u64;
         }
+    }
+}
+
+/// A stream captured as a native process writes it: [`Captured`] under the
+/// host's limit.
+#[derive(Debug)]
+pub(crate) struct Bounded {
+    captured: Captured,
+    limit: usize,
+}
+
+impl Bounded {
+    /// A stream that keeps at most `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Bounded {
+        Bounded {
+            captured: Captured::default(),
+            limit,
+        }
+    }
+
+    pub(crate) fn into_captured(self) -> Captured {
+        self.captured
+    }
+}
+
+impl OutputSink for Bounded {
+    fn write(&mut self, chunk: &[u8]) {
+        self.captured.push(chunk, self.limit);
     }
 }
 

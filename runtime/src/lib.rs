@@ -27,6 +27,7 @@ mod leases;
 mod native;
 mod openclaw;
 mod report;
+mod spawned;
 mod turns;
 pub mod wasi;
 mod workdir;

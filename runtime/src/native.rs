@@ -1,8 +1,10 @@
 //! The native runner: runs a job's program confined (see [`crate::confine`]:
 //! a user, PID and mount namespace of its own, caps), in a fresh working
 //! directory, with a clean environment, under a timeout, keeping a bounded
-//! amount of its output. Shell jobs are checked against the host's allowlist
-//! here, before anything is spawned.
+//! amount of its output, and turns how it ended into the job's result. Shell
+//! jobs are checked against the host's allowlist here, before anything is
+//! spawned; starting, feeding, capturing and stopping the process is
+//! [`crate::spawned`]'s.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,25 +18,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use skyclaw_api::jobs::{JobResult, ShellSpec};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::captured::{Captured, output_result};
-use crate::confine::{Confiner, JOB_HOME, Launch, Process};
+use crate::captured::{Bounded, output_result};
+use crate::confine::{Confiner, JOB_HOME, Launch};
+use crate::spawned::Spawned;
 use crate::workdir::WorkDirs;
 
-/// Bytes read from an output pipe at a time.
-const READ_CHUNK: usize = 16 * 1024;
-/// How long output pipes may stay open after the job's process group is
-/// killed: its PID namespace is torn down by then, so this only bounds the
-/// kernel's teardown, and a stuck pipe must not keep the job from ending.
-const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Spawn attempts while the program file is busy (ETXTBSY): another thread may
-/// be between fork and exec holding the file's just-closed write descriptor.
-const SPAWN_ATTEMPTS: u32 = 5;
-/// Pause between those attempts; the window it waits out is microseconds long.
-const SPAWN_RETRY_DELAY: Duration = Duration::from_millis(20);
 /// The locale jobs get: UTF-8 without depending on the host's installed locales.
 const JOB_LANG: &str = "C.UTF-8";
 
@@ -209,7 +200,17 @@ impl Runner {
             env: &env,
             stdin: !invocation.stdin.is_empty(),
         };
-        let mut child = match spawn(confiner, &launch, work_dir).await {
+        let limit = self.max_output_bytes;
+        let spawned = Spawned::start(
+            confiner,
+            &launch,
+            work_dir,
+            invocation.stdin.to_vec(),
+            Bounded::new(limit),
+            Bounded::new(limit),
+        )
+        .await;
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 return Run::refused(format!(
@@ -221,50 +222,19 @@ impl Runner {
         };
         debug!(program = %invocation.program.display(), pid = child.pid().as_raw(), "job process started");
 
-        // Written from a task so that a child that never reads its stdin
-        // cannot block us; a child that exits early closes the pipe (EPIPE),
-        // which is no error of ours.
-        let writer = child.stdin.take().map(|mut pipe| {
-            let data = invocation.stdin.to_vec();
-            tokio::spawn(async move {
-                if let Err(e) = pipe.write_all(&data).await
-                    && e.kind() != io::ErrorKind::BrokenPipe
-                {
-                    debug!(error = %e, "cannot write job stdin");
-                }
-            })
-        });
-
-        let (exited_tx, exited_rx) = watch::channel(false);
-        let stdout = capture(
-            child.stdout.take(),
-            self.max_output_bytes,
-            exited_rx.clone(),
-        );
-        let stderr = capture(child.stderr.take(), self.max_output_bytes, exited_rx);
         let timeout = invocation.timeout;
-        let waiting = async move {
-            let ending = tokio::select! {
-                status = child.wait() => Ending::Exited(status),
-                () = tokio::time::sleep(timeout) => Ending::TimedOut,
-                reason = stop_requested(stop) => Ending::Stopped(reason),
-            };
-            // A job that exited took every process it started with it (its
-            // PID namespace is gone by the time its init is reaped); one that
-            // timed out or was stopped is killed as a whole.
-            if !matches!(ending, Ending::Exited(_)) {
-                child.kill();
-                if let Err(e) = child.wait().await {
-                    warn!(error = %e, "cannot reap killed job process");
-                }
-            }
-            exited_tx.send_replace(true);
-            ending
+        let ending = tokio::select! {
+            status = child.wait() => Ending::Exited(status),
+            () = tokio::time::sleep(timeout) => Ending::TimedOut,
+            reason = stop_requested(stop) => Ending::Stopped(reason),
         };
-        let (ending, stdout, stderr) = tokio::join!(waiting, stdout, stderr);
-        if let Some(writer) = writer {
-            writer.abort();
+        // A job that exited took every process it started with it (its PID
+        // namespace is gone by the time its init is reaped); one that timed
+        // out or was stopped is killed as a whole.
+        if !matches!(ending, Ending::Exited(_)) {
+            child.stop().await;
         }
+        let (stdout, stderr) = child.output().await;
 
         let (exit_code, error, stopped) = match ending {
             Ending::Exited(Ok(status)) => {
@@ -288,7 +258,7 @@ impl Runner {
                 exit_code,
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 error,
-                ..output_result(stdout, stderr)
+                ..output_result(stdout.into_captured(), stderr.into_captured())
             },
             stopped,
         }
@@ -313,19 +283,6 @@ impl Runner {
             env.insert(name.clone(), OsString::from(value));
         }
         env
-    }
-}
-
-async fn spawn(confiner: &Confiner, launch: &Launch<'_>, work_dir: &Path) -> io::Result<Process> {
-    let mut attempt = 1;
-    loop {
-        match confiner.spawn(launch, work_dir) {
-            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && attempt < SPAWN_ATTEMPTS => {
-                attempt += 1;
-                tokio::time::sleep(SPAWN_RETRY_DELAY).await;
-            }
-            other => return other,
-        }
     }
 }
 
@@ -358,45 +315,6 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
-}
-
-/// Reads a pipe to its end, keeping at most `limit` bytes and counting the
-/// rest, which is read and discarded so the writer never blocks. Gives up
-/// [`PIPE_DRAIN_TIMEOUT`] after `exited` turns true.
-async fn capture(
-    pipe: Option<impl AsyncRead + Unpin>,
-    limit: usize,
-    mut exited: watch::Receiver<bool>,
-) -> Captured {
-    let mut captured = Captured::default();
-    let Some(mut pipe) = pipe else {
-        return captured;
-    };
-    let give_up = async move {
-        if exited.wait_for(|e| *e).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(PIPE_DRAIN_TIMEOUT).await;
-    };
-    tokio::pin!(give_up);
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        tokio::select! {
-            read = pipe.read(&mut buf) => match read {
-                Ok(0) => break,
-                Ok(n) => captured.push(&buf[..n], limit),
-                Err(e) => {
-                    debug!(error = %e, "cannot read job output");
-                    break;
-                }
-            },
-            () = &mut give_up => {
-                warn!("job output still open after its process group was killed; a process left the group");
-                break;
-            }
-        }
-    }
-    captured
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::confine::{self, JobUsers, UidRange};
+use crate::spawned::PIPE_DRAIN_TIMEOUT;
 
 const HOST: &str = "test-host";
 /// Generous bound on how long a killed process may take to disappear.
