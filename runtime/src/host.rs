@@ -11,9 +11,7 @@ use std::time::Duration;
 use skyclaw_api::hosts::{
     Claim, Complete, Heartbeat, LeasedJob, MAX_CLAIM_JOBS, Outcome, RegisterHost, Registered,
 };
-use skyclaw_api::jobs::{
-    CAP_OPENCLAW, CAP_SHELL, CAP_WASI, CodeSource, Job, JobResult, JobSpec, WasiSpec,
-};
+use skyclaw_api::jobs::JobResult;
 use skyclaw_api::{Client, Credentials, ErrorCode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -26,10 +24,11 @@ use crate::config::{DEFAULT_PATH, HostConfig};
 use crate::confine::{Confiner, Settings};
 use crate::discovery;
 use crate::leases::Leases;
-use crate::native::{Run, Runner, StopReason, StopSignal};
+use crate::native::Runner;
 use crate::report::{Reporter, answer_was_lost, is_retryable};
 use crate::wasi::{WasiEngine, WasiSettings};
 use crate::workdir::WorkDirs;
+use crate::workload::{Runners, StopReason};
 use crate::{HostError, identity};
 
 /// How long one claim waits for work: long enough to keep idle hosts quiet,
@@ -105,28 +104,6 @@ pub async fn run(
         if runner.confiner.is_some() {
             runner.openclaw_version = runner.probe_openclaw().await;
         }
-        let mut capabilities = vec![CAP_WASI.to_string()];
-        if !runner.allowed_commands.is_empty() {
-            capabilities.push(CAP_SHELL.to_string());
-        }
-        if runner.openclaw_version.is_some() {
-            capabilities.push(CAP_OPENCLAW.to_string());
-        }
-        let registration = RegisterHost {
-            host_id: host_id.clone(),
-            // Afresh for every start of the daemon: coordinators tell a
-            // restart (whose jobs are gone) from this daemon registering
-            // again (whose jobs still run).
-            incarnation: uuid::Uuid::now_v7().simple().to_string(),
-            name: config.name.clone(),
-            capabilities,
-            max_parallel: config.max_parallel,
-            allowed_commands: config.allowed_commands.clone(),
-            openclaw_version: runner.openclaw_version.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            sandbox_only: config.sandbox_only,
-            wasi: Some(config.wasi_caps()),
-        };
         let engine = WasiEngine::new(WasiSettings {
             caps: config.wasi_caps(),
             max_parallel: config.max_parallel,
@@ -145,6 +122,28 @@ pub async fn run(
             config.artifact_cache_bytes,
             move |digest| evicted_code.forget(digest),
         )?);
+        let runners = Runners {
+            native: runner,
+            engine,
+            artifacts,
+            client: client.clone(),
+            sandbox_only: config.sandbox_only,
+        };
+        let registration = RegisterHost {
+            host_id: host_id.clone(),
+            // Afresh for every start of the daemon: coordinators tell a
+            // restart (whose jobs are gone) from this daemon registering
+            // again (whose jobs still run).
+            incarnation: uuid::Uuid::now_v7().simple().to_string(),
+            name: config.name.clone(),
+            capabilities: runners.capabilities(),
+            max_parallel: config.max_parallel,
+            allowed_commands: config.allowed_commands.clone(),
+            openclaw_version: runners.native.openclaw_version.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            sandbox_only: config.sandbox_only,
+            wasi: Some(config.wasi_caps()),
+        };
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_task = tokio::spawn(async move {
@@ -157,9 +156,7 @@ pub async fn run(
             client,
             host_id,
             registration,
-            runner,
-            engine,
-            artifacts,
+            runners,
             max_parallel: config.max_parallel,
             leases: Arc::new(Leases::default()),
             reregister: Notify::new(),
@@ -181,9 +178,7 @@ struct Host {
     reporter: Reporter,
     host_id: String,
     registration: RegisterHost,
-    runner: Runner,
-    engine: WasiEngine,
-    artifacts: Arc<ArtifactCache>,
+    runners: Runners,
     max_parallel: u32,
     leases: Arc<Leases>,
     /// Wakes the heartbeat loop to register again when a claim learns that
@@ -278,7 +273,7 @@ impl Host {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                () = self.artifacts.changed() => {}
+                () = self.runners.artifacts.changed() => {}
                 () = self.reregister.notified() => {
                     if let Some(interval) = self.reregister().await {
                         ticker = self::ticker(interval);
@@ -288,7 +283,7 @@ impl Host {
             }
             let beat = Heartbeat {
                 running: self.leases.held(),
-                artifacts: self.artifacts.held(),
+                artifacts: self.runners.artifacts.held(),
             };
             match self.client.heartbeat(&self.host_id, &beat).await {
                 Ok(ack) => {
@@ -394,7 +389,7 @@ impl Host {
                     attempt = job.attempts,
                     "job started"
                 );
-                let run = host.run_job(&job, stop.clone()).await;
+                let run = host.runners.run(&job, stop.clone()).await;
                 drop(slot);
                 if *stop.borrow() == Some(StopReason::Revoked) {
                     info!("job revoked by the coordinator; not reporting it");
@@ -423,50 +418,6 @@ impl Host {
             }
             .instrument(span),
         );
-    }
-
-    /// Runs any job the host was given; failures to run become a failed result.
-    async fn run_job(&self, job: &Job, stop: StopSignal) -> Run {
-        // Coordinators validate submissions; checking again keeps a bad record
-        // (or a coordinator of another version) from reaching a process.
-        if let Err(e) = job.spec.validate() {
-            return Run::refused(format!("invalid job spec: {e}"));
-        }
-        match &job.spec {
-            JobSpec::Wasi(wasi) => self.run_wasi(wasi, stop).await,
-            spec if self.registration.sandbox_only => Run::refused(format!(
-                "host {} is sandbox-only: it runs WASI jobs, never {} jobs",
-                self.registration.name,
-                spec.kind()
-            )),
-            JobSpec::Shell(shell) => self.runner.run_shell(&job.id, shell, stop).await,
-            JobSpec::OpenclawRun(openclaw) => {
-                self.runner.run_openclaw(&job.id, openclaw, stop).await
-            }
-        }
-    }
-
-    /// Runs a WASI job: its compiled code from memory when an earlier job
-    /// loaded it, else its artifact, verified, from the cache or a coordinator.
-    async fn run_wasi(&self, spec: &WasiSpec, stop: StopSignal) -> Run {
-        let digest = &spec.artifact;
-        if let Some(program) = self.engine.loaded(digest) {
-            self.artifacts.touch(digest);
-            return self
-                .engine
-                .run(program, CodeSource::Memory, spec, stop)
-                .await;
-        }
-        let blob = match self.artifacts.fetch(&self.client, digest).await {
-            Ok(blob) => blob,
-            Err(e) => return Run::refused(e),
-        };
-        let (program, code) = match self.engine.load(digest, blob.path()).await {
-            Ok(loaded) => loaded,
-            Err(e) => return Run::refused(e),
-        };
-        drop(blob);
-        self.engine.run(program, code, spec, stop).await
     }
 
     /// Hands back a job the host has no slot for (a coordinator gave more
