@@ -14,9 +14,9 @@ use skyclaw_api::hosts::{
 use skyclaw_api::jobs::JobResult;
 use skyclaw_api::{Client, Credentials, ErrorCode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::artifacts::ArtifactCache;
 use crate::backoff::Backoff;
@@ -63,107 +63,17 @@ pub async fn run(
     config: HostConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HostError> {
-    config.validate()?;
-    let client = Client::new(
-        &config.coordinators,
-        Credentials::Token(config.token.clone()),
-    )
-    .map_err(HostError::Client)?;
-    skyclaw_api::datadir::create_private(&config.data_dir).map_err(|source| {
-        HostError::DataDir {
-            action: "cannot create",
-            path: config.data_dir.clone(),
-            source,
-        }
-    })?;
-    let host_id = identity::load_or_create(&config.data_dir)?;
-    let span = info_span!("host", host_id = %host_id);
+    let host = Arc::new(Host::build(&config).await?);
+    let span = host.span.clone();
     async move {
-        // Leftover processes go before their directories do.
-        let confiner = native_confiner(&config).await?;
-        let work_root = config.data_dir.join(WORK_DIR);
-        reset_work_root(&work_root).await?;
-        let work_dirs = Arc::new(WorkDirs::new(work_root, config.max_parallel as usize));
-        let confiner = match confiner {
-            Some(confiner) => probe_confinement(confiner, &config, &work_dirs).await?,
-            None => None,
-        };
-        let mut runner = Runner {
-            host_name: config.name.clone(),
-            allowed_commands: config.allowed_commands.clone(),
-            path: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
-            host_env: read_env(&config.pass_env),
-            pass_env: config.pass_env.clone(),
-            max_output_bytes: config.max_output_bytes,
-            work_dirs,
-            confiner,
-            openclaw_command: config.openclaw_command.clone(),
-            openclaw_version: None,
-        };
-        // A host that starts no native programs does not start a probe either.
-        if runner.confiner.is_some() {
-            runner.openclaw_version = runner.probe_openclaw().await;
-        }
-        let engine = WasiEngine::new(WasiSettings {
-            caps: config.wasi_caps(),
-            max_parallel: config.max_parallel,
-            guest_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_output_bytes: config.max_output_bytes,
-            code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
-            host_name: config.name.clone(),
-        })?;
-        // After the engine: it opens /proc/self/pagemap, which a
-        // non-dumpable process that is not root may no longer open.
-        crate::confine::protect_process()
-            .map_err(|e| HostError::Config(format!("cannot make the daemon non-dumpable: {e}")))?;
-        let evicted_code = engine.clone();
-        let artifacts = Arc::new(ArtifactCache::open(
-            config.data_dir.join(ARTIFACT_DIR),
-            config.artifact_cache_bytes,
-            move |digest| evicted_code.forget(digest),
-        )?);
-        let runners = Runners {
-            native: runner,
-            engine,
-            artifacts,
-            client: client.clone(),
-            sandbox_only: config.sandbox_only,
-        };
-        let registration = RegisterHost {
-            host_id: host_id.clone(),
-            // Afresh for every start of the daemon: coordinators tell a
-            // restart (whose jobs are gone) from this daemon registering
-            // again (whose jobs still run).
-            incarnation: uuid::Uuid::now_v7().simple().to_string(),
-            name: config.name.clone(),
-            capabilities: runners.capabilities(),
-            max_parallel: config.max_parallel,
-            allowed_commands: config.allowed_commands.clone(),
-            openclaw_version: runners.native.openclaw_version.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            sandbox_only: config.sandbox_only,
-            wasi: Some(config.wasi_caps()),
-        };
-
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_task = tokio::spawn(async move {
             shutdown.await;
             shutdown_tx.send_replace(true);
         });
-        let (reporter, reporting) = Reporter::start(client.clone(), host_id.clone());
-        let host = Arc::new(Host {
-            reporter,
-            client,
-            host_id,
-            registration,
-            runners,
-            max_parallel: config.max_parallel,
-            leases: Arc::new(Leases::default()),
-            reregister: Notify::new(),
-        });
         let outcome = host.serve(shutdown_rx, config.shutdown_grace).await;
         // Every job was settled (reported or given up on) by the drain.
-        reporting.abort();
+        host.reporting.abort();
         shutdown_task.abort();
         outcome
     }
@@ -173,9 +83,13 @@ pub async fn run(
 
 /// What the loops share.
 struct Host {
+    /// The span every log line of this host's loops is in: it names the host.
+    span: Span,
     client: Client,
     /// Sends jobs' completions, batched.
     reporter: Reporter,
+    /// The task behind `reporter`; aborted once the drain settled every job.
+    reporting: JoinHandle<()>,
     host_id: String,
     registration: RegisterHost,
     runners: Runners,
@@ -187,6 +101,43 @@ struct Host {
 }
 
 impl Host {
+    /// Everything the loops need, from the configuration: checks it, makes
+    /// the data directory and loads the host id, sets up the runners (see
+    /// [`runners`]), says what the host offers, and starts the reporter.
+    /// Errors when the host cannot start.
+    async fn build(config: &HostConfig) -> Result<Host, HostError> {
+        config.validate()?;
+        let client = Client::new(
+            &config.coordinators,
+            Credentials::Token(config.token.clone()),
+        )
+        .map_err(HostError::Client)?;
+        skyclaw_api::datadir::create_private(&config.data_dir).map_err(|source| {
+            HostError::DataDir {
+                action: "cannot create",
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
+        let host_id = identity::load_or_create(&config.data_dir)?;
+        let span = info_span!("host", host_id = %host_id);
+        let runners = runners(config, &client).instrument(span.clone()).await?;
+        let registration = registration(config, &host_id, &runners);
+        let (reporter, reporting) = Reporter::start(client.clone(), host_id.clone());
+        Ok(Host {
+            span,
+            client,
+            reporter,
+            reporting,
+            host_id,
+            registration,
+            runners,
+            max_parallel: config.max_parallel,
+            leases: Arc::new(Leases::default()),
+            reregister: Notify::new(),
+        })
+    }
+
     async fn serve(
         self: &Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
@@ -519,6 +470,82 @@ fn log_join(finished: Result<(), tokio::task::JoinError>) {
         && e.is_panic()
     {
         error!(error = %e, "job task panicked");
+    }
+}
+
+/// The runners of every kind of work: kills what an earlier run left (its
+/// processes, then their working directories), checks that native work can be
+/// confined here, asks OpenClaw its version, starts the WASI engine, makes the
+/// daemon non-dumpable and opens the artifact cache.
+async fn runners(config: &HostConfig, client: &Client) -> Result<Runners, HostError> {
+    // Leftover processes go before their directories do.
+    let confiner = native_confiner(config).await?;
+    let work_root = config.data_dir.join(WORK_DIR);
+    reset_work_root(&work_root).await?;
+    let work_dirs = Arc::new(WorkDirs::new(work_root, config.max_parallel as usize));
+    let confiner = match confiner {
+        Some(confiner) => probe_confinement(confiner, config, &work_dirs).await?,
+        None => None,
+    };
+    let mut native = Runner {
+        host_name: config.name.clone(),
+        allowed_commands: config.allowed_commands.clone(),
+        path: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
+        host_env: read_env(&config.pass_env),
+        pass_env: config.pass_env.clone(),
+        max_output_bytes: config.max_output_bytes,
+        work_dirs,
+        confiner,
+        openclaw_command: config.openclaw_command.clone(),
+        openclaw_version: None,
+    };
+    // A host that starts no native programs does not start a probe either.
+    if native.confiner.is_some() {
+        native.openclaw_version = native.probe_openclaw().await;
+    }
+    let engine = WasiEngine::new(WasiSettings {
+        caps: config.wasi_caps(),
+        max_parallel: config.max_parallel,
+        guest_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        max_output_bytes: config.max_output_bytes,
+        code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
+        host_name: config.name.clone(),
+    })?;
+    // After the engine: it opens /proc/self/pagemap, which a
+    // non-dumpable process that is not root may no longer open.
+    crate::confine::protect_process()
+        .map_err(|e| HostError::Config(format!("cannot make the daemon non-dumpable: {e}")))?;
+    let evicted_code = engine.clone();
+    let artifacts = Arc::new(ArtifactCache::open(
+        config.data_dir.join(ARTIFACT_DIR),
+        config.artifact_cache_bytes,
+        move |digest| evicted_code.forget(digest),
+    )?);
+    Ok(Runners {
+        native,
+        engine,
+        artifacts,
+        client: client.clone(),
+        sandbox_only: config.sandbox_only,
+    })
+}
+
+/// What the host tells coordinators about itself each time it registers.
+fn registration(config: &HostConfig, host_id: &str, runners: &Runners) -> RegisterHost {
+    RegisterHost {
+        host_id: host_id.to_string(),
+        // Afresh for every start of the daemon: coordinators tell a restart
+        // (whose jobs are gone) from this daemon registering again (whose
+        // jobs still run).
+        incarnation: uuid::Uuid::now_v7().simple().to_string(),
+        name: config.name.clone(),
+        capabilities: runners.capabilities(),
+        max_parallel: config.max_parallel,
+        allowed_commands: config.allowed_commands.clone(),
+        openclaw_version: runners.native.openclaw_version.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sandbox_only: config.sandbox_only,
+        wasi: Some(config.wasi_caps()),
     }
 }
 
