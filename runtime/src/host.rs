@@ -11,14 +11,12 @@ use std::time::Duration;
 use skyclaw_api::hosts::{
     Claim, Complete, Heartbeat, LeasedJob, MAX_CLAIM_JOBS, Outcome, RegisterHost, Registered,
 };
-use skyclaw_api::jobs::{
-    CAP_OPENCLAW, CAP_SHELL, CAP_WASI, CodeSource, Job, JobResult, JobSpec, WasiSpec,
-};
+use skyclaw_api::jobs::JobResult;
 use skyclaw_api::{Client, Credentials, ErrorCode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::artifacts::ArtifactCache;
 use crate::backoff::Backoff;
@@ -26,10 +24,11 @@ use crate::config::{DEFAULT_PATH, HostConfig};
 use crate::confine::{Confiner, Settings};
 use crate::discovery;
 use crate::leases::Leases;
-use crate::native::{Run, Runner, StopReason, StopSignal};
+use crate::native::Runner;
 use crate::report::{Reporter, answer_was_lost, is_retryable};
 use crate::wasi::{WasiEngine, WasiSettings};
 use crate::workdir::WorkDirs;
+use crate::workload::{Runners, StopReason};
 use crate::{HostError, identity};
 
 /// How long one claim waits for work: long enough to keep idle hosts quiet,
@@ -64,109 +63,17 @@ pub async fn run(
     config: HostConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HostError> {
-    config.validate()?;
-    let client = Client::new(
-        &config.coordinators,
-        Credentials::Token(config.token.clone()),
-    )
-    .map_err(HostError::Client)?;
-    skyclaw_api::datadir::create_private(&config.data_dir).map_err(|source| {
-        HostError::DataDir {
-            action: "cannot create",
-            path: config.data_dir.clone(),
-            source,
-        }
-    })?;
-    let host_id = identity::load_or_create(&config.data_dir)?;
-    let span = info_span!("host", host_id = %host_id);
+    let host = Arc::new(Host::build(&config).await?);
+    let span = host.span.clone();
     async move {
-        // Leftover processes go before their directories do.
-        let confiner = native_confiner(&config).await?;
-        let work_root = config.data_dir.join(WORK_DIR);
-        reset_work_root(&work_root).await?;
-        let work_dirs = Arc::new(WorkDirs::new(work_root, config.max_parallel as usize));
-        let confiner = match confiner {
-            Some(confiner) => probe_confinement(confiner, &config, &work_dirs).await?,
-            None => None,
-        };
-        let mut runner = Runner {
-            host_name: config.name.clone(),
-            allowed_commands: config.allowed_commands.clone(),
-            path: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
-            host_env: read_env(&config.pass_env),
-            pass_env: config.pass_env.clone(),
-            max_output_bytes: config.max_output_bytes,
-            work_dirs,
-            confiner,
-            openclaw_command: config.openclaw_command.clone(),
-            openclaw_version: None,
-        };
-        // A host that starts no native programs does not start a probe either.
-        if runner.confiner.is_some() {
-            runner.openclaw_version = runner.probe_openclaw().await;
-        }
-        let mut capabilities = vec![CAP_WASI.to_string()];
-        if !runner.allowed_commands.is_empty() {
-            capabilities.push(CAP_SHELL.to_string());
-        }
-        if runner.openclaw_version.is_some() {
-            capabilities.push(CAP_OPENCLAW.to_string());
-        }
-        let registration = RegisterHost {
-            host_id: host_id.clone(),
-            // Afresh for every start of the daemon: coordinators tell a
-            // restart (whose jobs are gone) from this daemon registering
-            // again (whose jobs still run).
-            incarnation: uuid::Uuid::now_v7().simple().to_string(),
-            name: config.name.clone(),
-            capabilities,
-            max_parallel: config.max_parallel,
-            allowed_commands: config.allowed_commands.clone(),
-            openclaw_version: runner.openclaw_version.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            sandbox_only: config.sandbox_only,
-            wasi: Some(config.wasi_caps()),
-        };
-        let engine = WasiEngine::new(WasiSettings {
-            caps: config.wasi_caps(),
-            max_parallel: config.max_parallel,
-            guest_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_output_bytes: config.max_output_bytes,
-            code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
-            host_name: config.name.clone(),
-        })?;
-        // After the engine: it opens /proc/self/pagemap, which a
-        // non-dumpable process that is not root may no longer open.
-        crate::confine::protect_process()
-            .map_err(|e| HostError::Config(format!("cannot make the daemon non-dumpable: {e}")))?;
-        let evicted_code = engine.clone();
-        let artifacts = Arc::new(ArtifactCache::open(
-            config.data_dir.join(ARTIFACT_DIR),
-            config.artifact_cache_bytes,
-            move |digest| evicted_code.forget(digest),
-        )?);
-
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shutdown_task = tokio::spawn(async move {
             shutdown.await;
             shutdown_tx.send_replace(true);
         });
-        let (reporter, reporting) = Reporter::start(client.clone(), host_id.clone());
-        let host = Arc::new(Host {
-            reporter,
-            client,
-            host_id,
-            registration,
-            runner,
-            engine,
-            artifacts,
-            max_parallel: config.max_parallel,
-            leases: Arc::new(Leases::default()),
-            reregister: Notify::new(),
-        });
         let outcome = host.serve(shutdown_rx, config.shutdown_grace).await;
         // Every job was settled (reported or given up on) by the drain.
-        reporting.abort();
+        host.reporting.abort();
         shutdown_task.abort();
         outcome
     }
@@ -176,14 +83,16 @@ pub async fn run(
 
 /// What the loops share.
 struct Host {
+    /// The span every log line of this host's loops is in: it names the host.
+    span: Span,
     client: Client,
     /// Sends jobs' completions, batched.
     reporter: Reporter,
+    /// The task behind `reporter`; aborted once the drain settled every job.
+    reporting: JoinHandle<()>,
     host_id: String,
     registration: RegisterHost,
-    runner: Runner,
-    engine: WasiEngine,
-    artifacts: Arc<ArtifactCache>,
+    runners: Runners,
     max_parallel: u32,
     leases: Arc<Leases>,
     /// Wakes the heartbeat loop to register again when a claim learns that
@@ -192,6 +101,43 @@ struct Host {
 }
 
 impl Host {
+    /// Everything the loops need, from the configuration: checks it, makes
+    /// the data directory and loads the host id, sets up the runners (see
+    /// [`runners`]), says what the host offers, and starts the reporter.
+    /// Errors when the host cannot start.
+    async fn build(config: &HostConfig) -> Result<Host, HostError> {
+        config.validate()?;
+        let client = Client::new(
+            &config.coordinators,
+            Credentials::Token(config.token.clone()),
+        )
+        .map_err(HostError::Client)?;
+        skyclaw_api::datadir::create_private(&config.data_dir).map_err(|source| {
+            HostError::DataDir {
+                action: "cannot create",
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
+        let host_id = identity::load_or_create(&config.data_dir)?;
+        let span = info_span!("host", host_id = %host_id);
+        let runners = runners(config, &client).instrument(span.clone()).await?;
+        let registration = registration(config, &host_id, &runners);
+        let (reporter, reporting) = Reporter::start(client.clone(), host_id.clone());
+        Ok(Host {
+            span,
+            client,
+            reporter,
+            reporting,
+            host_id,
+            registration,
+            runners,
+            max_parallel: config.max_parallel,
+            leases: Arc::new(Leases::default()),
+            reregister: Notify::new(),
+        })
+    }
+
     async fn serve(
         self: &Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
@@ -278,7 +224,7 @@ impl Host {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                () = self.artifacts.changed() => {}
+                () = self.runners.artifacts.changed() => {}
                 () = self.reregister.notified() => {
                     if let Some(interval) = self.reregister().await {
                         ticker = self::ticker(interval);
@@ -288,7 +234,7 @@ impl Host {
             }
             let beat = Heartbeat {
                 running: self.leases.held(),
-                artifacts: self.artifacts.held(),
+                artifacts: self.runners.artifacts.held(),
             };
             match self.client.heartbeat(&self.host_id, &beat).await {
                 Ok(ack) => {
@@ -394,7 +340,7 @@ impl Host {
                     attempt = job.attempts,
                     "job started"
                 );
-                let run = host.run_job(&job, stop.clone()).await;
+                let run = host.runners.run(&job, stop.clone()).await;
                 drop(slot);
                 if *stop.borrow() == Some(StopReason::Revoked) {
                     info!("job revoked by the coordinator; not reporting it");
@@ -423,50 +369,6 @@ impl Host {
             }
             .instrument(span),
         );
-    }
-
-    /// Runs any job the host was given; failures to run become a failed result.
-    async fn run_job(&self, job: &Job, stop: StopSignal) -> Run {
-        // Coordinators validate submissions; checking again keeps a bad record
-        // (or a coordinator of another version) from reaching a process.
-        if let Err(e) = job.spec.validate() {
-            return Run::refused(format!("invalid job spec: {e}"));
-        }
-        match &job.spec {
-            JobSpec::Wasi(wasi) => self.run_wasi(wasi, stop).await,
-            spec if self.registration.sandbox_only => Run::refused(format!(
-                "host {} is sandbox-only: it runs WASI jobs, never {} jobs",
-                self.registration.name,
-                spec.kind()
-            )),
-            JobSpec::Shell(shell) => self.runner.run_shell(&job.id, shell, stop).await,
-            JobSpec::OpenclawRun(openclaw) => {
-                self.runner.run_openclaw(&job.id, openclaw, stop).await
-            }
-        }
-    }
-
-    /// Runs a WASI job: its compiled code from memory when an earlier job
-    /// loaded it, else its artifact, verified, from the cache or a coordinator.
-    async fn run_wasi(&self, spec: &WasiSpec, stop: StopSignal) -> Run {
-        let digest = &spec.artifact;
-        if let Some(program) = self.engine.loaded(digest) {
-            self.artifacts.touch(digest);
-            return self
-                .engine
-                .run(program, CodeSource::Memory, spec, stop)
-                .await;
-        }
-        let blob = match self.artifacts.fetch(&self.client, digest).await {
-            Ok(blob) => blob,
-            Err(e) => return Run::refused(e),
-        };
-        let (program, code) = match self.engine.load(digest, blob.path()).await {
-            Ok(loaded) => loaded,
-            Err(e) => return Run::refused(e),
-        };
-        drop(blob);
-        self.engine.run(program, code, spec, stop).await
     }
 
     /// Hands back a job the host has no slot for (a coordinator gave more
@@ -568,6 +470,82 @@ fn log_join(finished: Result<(), tokio::task::JoinError>) {
         && e.is_panic()
     {
         error!(error = %e, "job task panicked");
+    }
+}
+
+/// The runners of every kind of work: kills what an earlier run left (its
+/// processes, then their working directories), checks that native work can be
+/// confined here, asks OpenClaw its version, starts the WASI engine, makes the
+/// daemon non-dumpable and opens the artifact cache.
+async fn runners(config: &HostConfig, client: &Client) -> Result<Runners, HostError> {
+    // Leftover processes go before their directories do.
+    let confiner = native_confiner(config).await?;
+    let work_root = config.data_dir.join(WORK_DIR);
+    reset_work_root(&work_root).await?;
+    let work_dirs = Arc::new(WorkDirs::new(work_root, config.max_parallel as usize));
+    let confiner = match confiner {
+        Some(confiner) => probe_confinement(confiner, config, &work_dirs).await?,
+        None => None,
+    };
+    let mut native = Runner {
+        host_name: config.name.clone(),
+        allowed_commands: config.allowed_commands.clone(),
+        path: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
+        host_env: read_env(&config.pass_env),
+        pass_env: config.pass_env.clone(),
+        max_output_bytes: config.max_output_bytes,
+        work_dirs,
+        confiner,
+        openclaw_command: config.openclaw_command.clone(),
+        openclaw_version: None,
+    };
+    // A host that starts no native programs does not start a probe either.
+    if native.confiner.is_some() {
+        native.openclaw_version = native.probe_openclaw().await;
+    }
+    let engine = WasiEngine::new(WasiSettings {
+        caps: config.wasi_caps(),
+        max_parallel: config.max_parallel,
+        guest_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        max_output_bytes: config.max_output_bytes,
+        code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),
+        host_name: config.name.clone(),
+    })?;
+    // After the engine: it opens /proc/self/pagemap, which a
+    // non-dumpable process that is not root may no longer open.
+    crate::confine::protect_process()
+        .map_err(|e| HostError::Config(format!("cannot make the daemon non-dumpable: {e}")))?;
+    let evicted_code = engine.clone();
+    let artifacts = Arc::new(ArtifactCache::open(
+        config.data_dir.join(ARTIFACT_DIR),
+        config.artifact_cache_bytes,
+        move |digest| evicted_code.forget(digest),
+    )?);
+    Ok(Runners {
+        native,
+        engine,
+        artifacts,
+        client: client.clone(),
+        sandbox_only: config.sandbox_only,
+    })
+}
+
+/// What the host tells coordinators about itself each time it registers.
+fn registration(config: &HostConfig, host_id: &str, runners: &Runners) -> RegisterHost {
+    RegisterHost {
+        host_id: host_id.to_string(),
+        // Afresh for every start of the daemon: coordinators tell a restart
+        // (whose jobs are gone) from this daemon registering again (whose
+        // jobs still run).
+        incarnation: uuid::Uuid::now_v7().simple().to_string(),
+        name: config.name.clone(),
+        capabilities: runners.capabilities(),
+        max_parallel: config.max_parallel,
+        allowed_commands: config.allowed_commands.clone(),
+        openclaw_version: runners.native.openclaw_version.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sandbox_only: config.sandbox_only,
+        wasi: Some(config.wasi_caps()),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use skyclaw_api::hosts::HeldLease;
 use tokio::sync::watch;
 
-use crate::native::{StopReason, StopSignal};
+use crate::workload::{StopReason, StopSignal};
 
 /// Shared by the claim loop (which adds), the job tasks (which remove, through
 /// [`LeaseGuard`]) and the heartbeat loop (which reads and stops).

@@ -31,6 +31,7 @@ mod spawned;
 mod turns;
 pub mod wasi;
 mod workdir;
+mod workload;
 
 pub use config::{
     DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL,
@@ -45,6 +46,6 @@ pub use confine::{
 pub use error::HostError;
 pub use host::{CLAIM_WAIT_MS, SHUTDOWN_REPORT_WINDOW, run};
 pub use identity::HOST_ID_FILE;
-pub use native::{Run, StopReason, StopSignal};
 pub use openclaw::OPENCLAW_PROBE_TIMEOUT;
 pub use report::REPORT_DEADLINE;
+pub use workload::{Run, StopReason, StopSignal};

@@ -18,55 +18,16 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use skyclaw_api::jobs::{JobResult, ShellSpec};
-use tokio::sync::watch;
 use tracing::debug;
 
 use crate::captured::{Bounded, output_result};
 use crate::confine::{Confiner, JOB_HOME, Launch};
 use crate::spawned::Spawned;
 use crate::workdir::WorkDirs;
+use crate::workload::{Run, StopReason, StopSignal, stop_order};
 
 /// The locale jobs get: UTF-8 without depending on the host's installed locales.
 const JOB_LANG: &str = "C.UTF-8";
-
-/// Why the host stopped a job before it ended on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// A coordinator said so: the job was cancelled or is leased elsewhere now.
-    Revoked,
-    /// The host is shutting down and the job's grace period is over.
-    ShuttingDown,
-}
-
-impl StopReason {
-    pub fn message(self) -> &'static str {
-        match self {
-            StopReason::Revoked => "stopped: the job was cancelled or leased to another host",
-            StopReason::ShuttingDown => "host shutting down",
-        }
-    }
-}
-
-/// Carries the order to stop a job; `None` while it may run.
-pub type StopSignal = watch::Receiver<Option<StopReason>>;
-
-/// What running a job gave: the result to report and, when the host stopped
-/// the job itself, why.
-#[derive(Debug)]
-pub struct Run {
-    pub result: JobResult,
-    pub stopped: Option<StopReason>,
-}
-
-impl Run {
-    /// A job that failed before any process started.
-    pub(crate) fn refused(error: String) -> Run {
-        Run {
-            result: JobResult::error(error),
-            stopped: None,
-        }
-    }
-}
 
 /// Everything the runner needs from the host, given explicitly so that the
 /// process environment is read once, at the edge, and tests can inject it.
@@ -226,7 +187,7 @@ impl Runner {
         let ending = tokio::select! {
             status = child.wait() => Ending::Exited(status),
             () = tokio::time::sleep(timeout) => Ending::TimedOut,
-            reason = stop_requested(stop) => Ending::Stopped(reason),
+            reason = stop_order(stop) => Ending::Stopped(reason),
         };
         // A job that exited took every process it started with it (its PID
         // namespace is gone by the time its init is reaped); one that timed
@@ -284,16 +245,6 @@ impl Runner {
         }
         env
     }
-}
-
-/// Resolves once the job is asked to stop; never if it cannot be any more.
-async fn stop_requested(stop: &mut StopSignal) -> StopReason {
-    if let Ok(reason) = stop.wait_for(Option::is_some).await
-        && let Some(reason) = *reason
-    {
-        return reason;
-    }
-    std::future::pending().await
 }
 
 fn describe_exit(status: ExitStatus) -> (Option<i32>, Option<String>) {

@@ -9,7 +9,8 @@ use skyclaw_api::jobs::OpenclawSpec;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::native::{Invocation, Run, Runner, StopSignal};
+use crate::native::{Invocation, Runner};
+use crate::workload::{Run, StopSignal};
 
 /// How long `openclaw --version` may take before the host decides it has no
 /// working OpenClaw; a healthy CLI answers in well under a second.

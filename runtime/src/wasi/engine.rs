@@ -27,8 +27,8 @@ use super::sandbox::{self, Job, Outcome};
 use super::{MIB, WasiSettings};
 use crate::HostError;
 use crate::captured::output_result;
-use crate::native::{Run, StopReason, StopSignal};
 use crate::turns::Turns;
+use crate::workload::{Run, StopSignal, stop_order};
 
 /// How often the epoch advances, and so how long a running guest keeps its
 /// thread before it yields to other tasks (and notices its deadline or stop
@@ -340,16 +340,6 @@ fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
         .async_stack_size(FIBER_STACK)
         .wasm_backtrace_details(WasmBacktraceDetails::Disable);
     Ok(config)
-}
-
-/// Resolves once the job is told to stop; never if it cannot be any more.
-pub(super) async fn stop_order(stop: &mut StopSignal) -> StopReason {
-    if let Ok(reason) = stop.wait_for(Option::is_some).await
-        && let Some(reason) = *reason
-    {
-        return reason;
-    }
-    std::future::pending().await
 }
 
 /// The result to report for a run.

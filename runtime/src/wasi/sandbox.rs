@@ -15,11 +15,11 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::MIB;
-use super::engine::{MAX_WASM_STACK, stop_order};
+use super::engine::MAX_WASM_STACK;
 use super::output::OutputCapture;
 use super::program::Program;
 use crate::captured::Captured;
-use crate::native::{StopReason, StopSignal};
+use crate::workload::{StopReason, StopSignal, stop_order};
 
 /// Epoch ticks a guest runs between two yields to the other tasks of its
 /// thread: one, so a compute-bound guest holds a worker for at most a tick

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use tokio::sync::watch;
 
 use super::*;
-use crate::native::{Run, StopReason, StopSignal};
+use crate::workload::{Run, StopReason, StopSignal};
 
 const HOST: &str = "test-host";
 /// One thread for all guests: a guest that never yielded would stall the
