@@ -86,24 +86,15 @@ impl Api {
         Api(RawApi::new(base))
     }
 
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        auth: Auth<'_>,
-        body: Option<Vec<u8>>,
-    ) -> reqwest::Response {
-        self.0.send(method, path, auth, body).await
-    }
-
     async fn put(&self, digest: &str, auth: Auth<'_>, body: &[u8]) -> (StatusCode, Value) {
         let path = format!("/v1/artifacts/{digest}");
-        let resp = self.send("PUT", &path, auth, Some(body.to_vec())).await;
+        let resp = self.0.send("PUT", &path, auth, Some(body.to_vec())).await;
         (resp.status(), resp.json().await.unwrap_or(Value::Null))
     }
 
     async fn get(&self, digest: &Digest) -> (StatusCode, Vec<u8>) {
         let resp = self
+            .0
             .send("GET", &format!("/v1/artifacts/{digest}"), Auth::Token, None)
             .await;
         (resp.status(), resp.bytes().await.unwrap().to_vec())
@@ -112,6 +103,7 @@ impl Api {
     /// HEAD's status and content-length header.
     async fn head(&self, digest: &Digest) -> (StatusCode, Option<u64>) {
         let resp = self
+            .0
             .send(
                 "HEAD",
                 &format!("/v1/artifacts/{digest}"),
@@ -127,7 +119,7 @@ impl Api {
     }
 
     async fn list(&self) -> ArtifactList {
-        let resp = self.send("GET", "/v1/artifacts", Auth::Token, None).await;
+        let resp = self.0.send("GET", "/v1/artifacts", Auth::Token, None).await;
         assert_eq!(resp.status(), StatusCode::OK);
         resp.json().await.unwrap()
     }
@@ -187,6 +179,7 @@ async fn a_pushed_file_reads_back_the_same_and_is_pushed_once() {
         (StatusCode::OK, Some(bytes.len() as u64))
     );
     let resp = api
+        .0
         .send("GET", &format!("/v1/artifacts/{digest}"), Auth::Token, None)
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -355,9 +348,9 @@ async fn artifact_routes_need_the_token_or_the_push_scope() {
         ("GET", "/v1/artifacts", None),
     ];
     for (method, path, body) in routes.clone() {
-        let none = api.send(method, path, Auth::None, body.clone()).await;
+        let none = api.0.send(method, path, Auth::None, body.clone()).await;
         assert_eq!(none.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
-        let wrong = api.send(method, path, Auth::Key(&jobs_only), body).await;
+        let wrong = api.0.send(method, path, Auth::Key(&jobs_only), body).await;
         assert_eq!(wrong.status(), StatusCode::FORBIDDEN, "{method} {path}");
     }
     let wanted = [
@@ -367,12 +360,13 @@ async fn artifact_routes_need_the_token_or_the_push_scope() {
         StatusCode::OK,
     ];
     for ((method, path, body), want) in routes.into_iter().zip(wanted) {
-        let resp = api.send(method, path, Auth::Key(&pusher), body).await;
+        let resp = api.0.send(method, path, Auth::Key(&pusher), body).await;
         assert_eq!(resp.status(), want, "{method} {path} with artifacts:push");
     }
     // Recording metadata without a blob is for coordinators only.
     let record = serde_json::json!({"digest": digest, "size": 1, "kind": "blob"});
     let resp = api
+        .0
         .send(
             "POST",
             "/v1/artifacts",
