@@ -32,12 +32,12 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// One log entry never comes near it: batches are bounded by bytes far below.
 pub const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
-/// Encoded bytes past which an append of several entries is split. openraft
-/// 0.9 gives an append one heartbeat interval to be answered and then sends
-/// the same entries again, so an append must be small enough for a follower
-/// to receive, decode and fsync in that time; a larger one is answered
-/// [`PayloadTooLarge`] before it is sent, and openraft sends fewer entries.
-/// A single entry larger than this still goes alone.
+/// Most encoded bytes of entries one append carries (the log store's
+/// `limited_get_log_entries` reads no more). openraft 0.9 gives an append
+/// one heartbeat interval to be answered and then sends the same entries
+/// again, so an append must be small enough for a follower to receive,
+/// decode and fsync in that time. A single entry larger than this still goes
+/// alone.
 pub const APPEND_BYTES: usize = 4 * 1024 * 1024;
 const _: () = assert!(APPEND_BYTES < RAFT_BODY_LIMIT);
 
@@ -153,14 +153,6 @@ fn encode(request: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(request).expect("raft RPCs serialise")
 }
 
-/// How many of `entries` entries to send next, when all of them encode to
-/// `bytes` bytes: as many as fit [`APPEND_BYTES`] at their mean size, fewer
-/// than before and at least one.
-fn entries_that_fit(entries: u64, bytes: usize) -> u64 {
-    let fit = (entries as u128 * APPEND_BYTES as u128 / bytes.max(1) as u128) as u64;
-    fit.clamp(1, entries.saturating_sub(1).max(1))
-}
-
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
@@ -169,25 +161,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let entries = rpc.entries.len() as u64;
         let body = encode(&rpc);
-        if body.len() > RAFT_BODY_LIMIT {
-            if entries > 1 {
-                let fit = entries_that_fit(entries, body.len());
-                tracing::debug!(
-                    entries,
-                    bytes = body.len(),
-                    fit,
-                    "append too large, splitting"
-                );
-                return Err(RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint(fit),
-                ));
-            }
-            // Batches are bounded far below the limit; this is a bug.
-            tracing::error!(
-                bytes = body.len(),
-                "one log entry exceeds the raft body limit"
-            );
-        }
         self.send(APPEND_PATH, body, entries, option.hard_ttl())
             .await
     }
@@ -211,20 +184,5 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.send(VOTE_PATH, encode(&rpc), 0, option.hard_ttl())
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_too_large_append_is_split_to_what_fits() {
-        // Twice the budget: half the entries.
-        assert_eq!(entries_that_fit(100, 2 * APPEND_BYTES), 50);
-        // Always fewer than before, and never none.
-        assert_eq!(entries_that_fit(2, APPEND_BYTES + 1), 1);
-        assert_eq!(entries_that_fit(3, 1000 * APPEND_BYTES), 1);
-        assert_eq!(entries_that_fit(512, APPEND_BYTES + 1), 511);
     }
 }
