@@ -16,7 +16,7 @@ use skyclaw_api::now_ms;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::scheduler::{self, LiveHost, Loads};
-use crate::state::read::{self, JobRow};
+use crate::state::{self, JobRow, read};
 use crate::state::{Command, CommandError, IdempotencyRecord, Leases};
 
 /// Queued jobs the scheduler looks at per claim, oldest first. Jobs that no
@@ -153,7 +153,7 @@ async fn lease_some(
     while picked.len() < max && scanned < SCHEDULING_WINDOW {
         let page = node
             .store
-            .scan(move |c| read::queued_jobs(c, after_seq, page_size))
+            .scan(move |c| state::jobs::queued(c, after_seq, page_size))
             .await?;
         page_size = (page_size * 2).min(SCHEDULING_PAGE);
         let Some((last_seq, _)) = page.last() else {
@@ -222,7 +222,7 @@ async fn lease_some(
 async fn load_by_host(node: &Node) -> Result<Loads, ApiError> {
     Ok(node
         .store
-        .scan(read::running_counts)
+        .scan(state::jobs::running_counts)
         .await?
         .into_iter()
         .collect())

@@ -15,7 +15,7 @@ use crate::cluster::types::Response;
 use crate::cluster::{Cluster, ClusterError, LEADER_WAIT};
 use crate::error::ApiError;
 use crate::liveness::Liveness;
-use crate::state::read::{self, JobRow};
+use crate::state::{self, JobRow};
 use crate::state::{Answer, Command, IdempotencyRecord, Output, Proposal};
 use crate::store::{Store, StoreError};
 
@@ -66,7 +66,7 @@ impl Node {
     pub fn take_over_liveness(&self) -> Result<(), StoreError> {
         let up = self
             .store
-            .read(read::hosts)?
+            .read(state::hosts::list)?
             .into_iter()
             .filter(|h| h.status == HostStatus::Up)
             .map(|h| h.registration)
@@ -110,7 +110,7 @@ impl Node {
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
-        Ok(self.store.read(|c| read::job(c, id))?)
+        Ok(self.store.read(|c| state::jobs::get(c, id))?)
     }
 
     /// Tells long-polls to answer now: the server is stopping.

@@ -12,7 +12,7 @@ use skyclaw_api::now_ms;
 use crate::cluster::ClusterError;
 use crate::node::Node;
 use crate::state::Command;
-use crate::state::read;
+use crate::state::jobs;
 
 /// How often expired leases are looked for.
 const LEASE_SWEEP: Duration = Duration::from_millis(500);
@@ -127,7 +127,7 @@ async fn expire_leases(node: &Node) -> Result<(), ClusterError> {
     let now = now_ms();
     let expired = node
         .store
-        .scan(move |c| read::expired_leases(c, now))
+        .scan(move |c| jobs::expired_leases(c, now))
         .await?;
     if !expired.is_empty() {
         node.propose(Command::ExpireLeases { now }, None).await?;

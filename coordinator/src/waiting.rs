@@ -13,7 +13,7 @@ use crate::cluster::ClusterError;
 use crate::node::Node;
 use crate::scheduler::{self, LiveHost};
 use crate::state::Command;
-use crate::state::read;
+use crate::state::jobs;
 use crate::store::{Store, StoreError};
 
 /// Queued jobs read per step when reasons are refreshed.
@@ -64,7 +64,7 @@ fn changed_reasons(
     let mut changes = Vec::new();
     let mut after_seq = 0;
     loop {
-        let page = store.read(|c| read::queued_jobs(c, after_seq, REFRESH_PAGE))?;
+        let page = store.read(|c| jobs::queued(c, after_seq, REFRESH_PAGE))?;
         let Some((last_seq, _)) = page.last() else {
             return Ok(changes);
         };
@@ -84,7 +84,7 @@ pub async fn fail_overdue(node: &Node) -> Result<(), ClusterError> {
     let now = now_ms();
     let overdue = node
         .store
-        .scan(move |c| read::queue_overdue(c, now, OVERDUE_PER_SWEEP))
+        .scan(move |c| jobs::queue_overdue(c, now, OVERDUE_PER_SWEEP))
         .await?;
     if overdue.is_empty() {
         return Ok(());

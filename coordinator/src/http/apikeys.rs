@@ -16,8 +16,8 @@ use super::auth::{ClusterToken, Principal, key_hash};
 use super::extract::{IdempotencyKey, JsonBody, request_hash};
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::state;
 use crate::state::Command;
-use crate::state::read;
 
 /// Prefix of every secret, so leaked keys are easy to recognise and scan for.
 const SECRET_PREFIX: &str = "skyclaw_";
@@ -69,7 +69,7 @@ pub async fn list(
     State(node): State<Arc<Node>>,
     _token: ClusterToken,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    let keys = node.store.scan(read::api_keys).await?;
+    let keys = node.store.scan(state::apikeys::list).await?;
     Ok(Json(ApiKeyList { keys }))
 }
 

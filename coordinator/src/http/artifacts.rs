@@ -27,8 +27,7 @@ use super::extract::JsonBody;
 use super::forward::{self, FORWARDED};
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::Command;
-use crate::state::read;
+use crate::state::{self, Command};
 
 /// Where artifacts are listed, and where coordinators record the blobs they
 /// stored.
@@ -125,7 +124,7 @@ pub async fn download(
         // even before its record is applied here.
         let kind = node
             .store
-            .read(|c| read::artifact(c, &digest))?
+            .read(|c| state::artifacts::get(c, &digest))?
             .map_or(ArtifactKind::Blob, |info| info.kind);
         return held(&node, &digest, kind)
             .await?
@@ -149,7 +148,7 @@ pub async fn list(
     principal: Principal,
 ) -> Result<Json<ArtifactList>, ApiError> {
     principal.require(Scope::ArtifactsPush)?;
-    let artifacts = node.store.scan(read::artifacts).await?;
+    let artifacts = node.store.scan(state::artifacts::list).await?;
     Ok(Json(ArtifactList { artifacts }))
 }
 
@@ -183,7 +182,7 @@ fn blob_headers(kind: ArtifactKind, size: u64) -> [(HeaderName, HeaderValue); 2]
 /// The artifact's record, or 404.
 fn known(node: &Node, digest: &Digest) -> Result<ArtifactInfo, ApiError> {
     node.store
-        .read(|c| read::artifact(c, digest))?
+        .read(|c| state::artifacts::get(c, digest))?
         .ok_or_else(|| ApiError::NotFound(format!("no artifact {digest}")))
 }
 
@@ -245,7 +244,10 @@ async fn applied_here(node: &Node, digest: &Digest) {
     let mut applied = node.cluster.raft.metrics();
     let known_here = async {
         loop {
-            if matches!(node.store.read(|c| read::artifact(c, digest)), Ok(Some(_))) {
+            if matches!(
+                node.store.read(|c| state::artifacts::get(c, digest)),
+                Ok(Some(_))
+            ) {
                 return;
             }
             if applied.changed().await.is_err() {

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::state::Owner;
-use crate::state::read::{self, JobRow};
+use crate::state::{self, JobRow};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ impl FromRequestParts<Arc<Node>> for Principal {
                 ApiError::Unauthorized("authorization must be Bearer <api key>".into())
             })?;
         let hash = key_hash(secret);
-        match node.store.read(|c| read::api_key_by_hash(c, &hash))? {
+        match node.store.read(|c| state::apikeys::by_hash(c, &hash))? {
             Some(key) => Ok(Principal::ApiKey(key)),
             None => Err(ApiError::Unauthorized("unknown or revoked api key".into())),
         }

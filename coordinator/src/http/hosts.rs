@@ -19,8 +19,7 @@ use super::extract::{IdempotencyKey, JsonBody};
 use crate::claims::{self, not_registered};
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::Command;
-use crate::state::read;
+use crate::state::{self, Command};
 
 /// Hosts heartbeat this many times per TTL, so one lost beat is harmless.
 const BEATS_PER_TTL: u32 = 5;
@@ -202,7 +201,7 @@ pub async fn list(
 ) -> Result<Json<HostList>, ApiError> {
     let (rows, counts) = node
         .store
-        .scan(|c| Ok((read::hosts(c)?, read::running_counts(c)?)))
+        .scan(|c| Ok((state::hosts::list(c)?, state::jobs::running_counts(c)?)))
         .await?;
     let now = Instant::now();
     let hosts = rows

@@ -17,8 +17,7 @@ use super::extract::{ApiQuery, IdempotencyKey, JsonBody};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::scheduler;
-use crate::state::Command;
-use crate::state::read::{self, JobRow};
+use crate::state::{self, Command, JobRow};
 
 /// Longest a single wait long-poll holds the connection; clients loop.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -66,7 +65,7 @@ fn check_wasi(node: &Node, wasi: &WasiSpec) -> Result<(), ApiError> {
     let digest = &wasi.artifact;
     let info = node
         .store
-        .read(|c| read::artifact(c, digest))?
+        .read(|c| state::artifacts::get(c, digest))?
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "artifact {digest} was never uploaded; push it first (skyclaw artifact push FILE)"
@@ -119,7 +118,7 @@ pub async fn list(
     let (status, after) = (query.status, query.after.clone());
     let rows = node
         .store
-        .scan(move |c| read::jobs_page(c, status, owner.as_deref(), after.as_deref(), limit + 1))
+        .scan(move |c| state::jobs::page(c, status, owner.as_deref(), after.as_deref(), limit + 1))
         .await?;
     let mut jobs: Vec<Job> = rows.into_iter().map(|r| r.job).collect();
     let next_after = if jobs.len() > limit as usize {

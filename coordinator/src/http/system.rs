@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::state::read;
+use crate::state::{jobs, read};
 
 pub async fn health(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     let applied = node.store.read(read::applied_index)?;
@@ -21,7 +21,7 @@ pub async fn health(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Va
 pub async fn metrics(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
     let (applied, jobs) = node
         .store
-        .scan(|c| Ok((read::applied_index(c)?, read::job_counts(c)?)))
+        .scan(|c| Ok((read::applied_index(c)?, jobs::counts(c)?)))
         .await?;
     let mut out = String::new();
     let _ = writeln!(out, "# TYPE skyclaw_applied_index counter");

@@ -1,13 +1,13 @@
 //! API keys in the replicated state: created with their scopes and the hash
 //! of their secret, and revoked.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use skyclaw_api::Millis;
-use skyclaw_api::apikeys::Scope;
+use skyclaw_api::apikeys::{ApiKey, Scope};
 
 use super::apply::CommandResult;
 use super::command::{CommandError, Output};
-use super::read;
+use super::read::corrupt;
 
 pub(super) fn create_api_key(
     conn: &Connection,
@@ -34,7 +34,7 @@ pub(super) fn create_api_key(
             "api key {id} exists already"
         ))));
     }
-    let key = read::api_key(conn, id)?.expect("key inserted a moment ago");
+    let key = get(conn, id)?.expect("key inserted a moment ago");
     Ok(Ok(Output::ApiKey(key)))
 }
 
@@ -47,10 +47,48 @@ pub(super) fn revoke_api_key(
         "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
     )?
     .execute(params![id, now])?;
-    match read::api_key(conn, id)? {
+    match get(conn, id)? {
         Some(key) => Ok(Ok(Output::ApiKey(key))),
         None => Ok(Err(CommandError::NotFound(format!("no api key {id}")))),
     }
+}
+
+// Reads, shared by `apply` and the HTTP handlers.
+
+fn key_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let scopes: String = row.get(2)?;
+    Ok(ApiKey {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        scopes: serde_json::from_str::<Vec<Scope>>(&scopes).map_err(|e| corrupt(2, e))?,
+        created_at: row.get(3)?,
+        revoked_at: row.get(4)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, name, scopes, created_at, revoked_at";
+
+pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<ApiKey>> {
+    conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"))?
+        .query_row([id], key_row)
+        .optional()
+}
+
+/// The live (unrevoked) key whose secret hashes to `key_hash`.
+pub fn by_hash(conn: &Connection, key_hash: &str) -> rusqlite::Result<Option<ApiKey>> {
+    conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL"
+    ))?
+    .query_row([key_hash], key_row)
+    .optional()
+}
+
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<ApiKey>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map([], key_row)?;
+    rows.collect()
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ fn apply_command(
 mod tests {
     use crate::state::testkit::*;
     use crate::state::{
-        COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Owner, Proposal, apply, read,
+        COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Owner, Proposal, apply, jobs,
     };
 
     #[test]
@@ -211,7 +211,7 @@ mod tests {
         assert!(again.replayed);
         assert_eq!(first.outcome, again.outcome);
         assert!(
-            read::job(&conn, "j2").unwrap().is_none(),
+            jobs::get(&conn, "j2").unwrap().is_none(),
             "replay applies nothing"
         );
         let other = apply(&conn, &proposal("j3", "other")).unwrap();

@@ -1,13 +1,13 @@
 //! Artifacts in the replicated state: each digest recorded once, in the
 //! order recorded (the blobs themselves live in files, `crate::artifacts`).
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use skyclaw_api::Millis;
-use skyclaw_api::artifacts::{ArtifactKind, Digest};
+use skyclaw_api::artifacts::{ArtifactInfo, ArtifactKind, Digest};
 
 use super::apply::CommandResult;
 use super::command::Output;
-use super::read;
+use super::read::corrupt;
 
 /// Records an artifact once: the digest names the bytes, so a second record
 /// of the same digest can only repeat the first.
@@ -24,17 +24,48 @@ pub(super) fn add_artifact(
              ON CONFLICT (digest) DO NOTHING",
         )?
         .execute(params![digest.as_str(), size, kind.as_str(), now])?;
-    let info = read::artifact(conn, digest)?.expect("artifact recorded a moment ago");
+    let info = get(conn, digest)?.expect("artifact recorded a moment ago");
     Ok(Ok(Output::Artifact {
         info,
         created: inserted == 1,
     }))
 }
+// Reads, shared by `apply` and the HTTP handlers.
+
+const ARTIFACT_COLUMNS: &str = "digest, size, kind, created_at";
+
+fn artifact_row(row: &Row<'_>) -> rusqlite::Result<ArtifactInfo> {
+    let digest: String = row.get(0)?;
+    let kind: String = row.get(2)?;
+    Ok(ArtifactInfo {
+        digest: digest.parse().map_err(|e: String| corrupt(0, e))?,
+        size: row.get(1)?,
+        kind: kind.parse().map_err(|e: String| corrupt(2, e))?,
+        created_at: row.get(3)?,
+    })
+}
+
+pub fn get(conn: &Connection, digest: &Digest) -> rusqlite::Result<Option<ArtifactInfo>> {
+    conn.prepare_cached(&format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE digest = ?1"
+    ))?
+    .query_row([digest.as_str()], artifact_row)
+    .optional()
+}
+
+/// Every artifact, in the order they were recorded.
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<ArtifactInfo>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts ORDER BY seq"
+    ))?;
+    let rows = stmt.query_map([], artifact_row)?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use skyclaw_api::artifacts::{ArtifactKind, Digest};
 
-    use crate::state::read;
     use crate::state::testkit::*;
     use crate::state::{Command, Output};
 
@@ -76,12 +107,12 @@ mod tests {
                 now: 1,
             },
         );
-        let listed: Vec<Digest> = read::artifacts(&conn)
+        let listed: Vec<Digest> = super::list(&conn)
             .unwrap()
             .into_iter()
             .map(|a| a.digest)
             .collect();
         assert_eq!(listed, [digest.clone(), other], "in the order recorded");
-        assert_eq!(read::artifact(&conn, &digest).unwrap(), Some(info));
+        assert_eq!(super::get(&conn, &digest).unwrap(), Some(info));
     }
 }

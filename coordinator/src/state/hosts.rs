@@ -2,14 +2,14 @@
 //! the jobs the old one ran) and down verdicts, conditional on the
 //! incarnation found silent.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use skyclaw_api::Millis;
 use skyclaw_api::hosts::{HostStatus, RegisterHost};
 
 use super::apply::{CommandResult, Effects};
 use super::command::{CommandError, Output};
-use super::jobs::lose_lease;
-use super::read;
+use super::jobs;
+use super::read::corrupt;
 
 pub(super) fn register_host(
     conn: &Connection,
@@ -21,13 +21,13 @@ pub(super) fn register_host(
     // change made a coordinator forget it) keeps its jobs. Any other
     // registration is a restart: the jobs it ran are gone with the process.
     let same_daemon = !host.incarnation.is_empty()
-        && read::host(conn, &host.host_id)?.is_some_and(|known| {
+        && get(conn, &host.host_id)?.is_some_and(|known| {
             known.status == HostStatus::Up && known.registration.incarnation == host.incarnation
         });
     if !same_daemon {
         let reason = format!("host {} restarted while running the job", host.host_id);
-        for row in read::running_jobs_of_host(conn, &host.host_id)? {
-            lose_lease(conn, &row, &reason, now, effects)?;
+        for row in jobs::running_of_host(conn, &host.host_id)? {
+            jobs::lose_lease(conn, &row, &reason, now, effects)?;
         }
     }
     conn.prepare_cached(
@@ -50,7 +50,7 @@ pub(super) fn host_down(
     now: Millis,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
-    let registered = read::host(conn, host_id)?.map(|h| h.registration.incarnation);
+    let registered = get(conn, host_id)?.map(|h| h.registration.incarnation);
     if !incarnation.is_empty() && registered.is_some_and(|known| known != incarnation) {
         return Ok(Err(CommandError::NotFound(format!(
             "host {host_id} registered as another incarnation since it was found silent"
@@ -67,18 +67,60 @@ pub(super) fn host_down(
         ))));
     }
     let reason = format!("host {host_id} stopped heartbeating");
-    let rows = read::running_jobs_of_host(conn, host_id)?;
+    let rows = jobs::running_of_host(conn, host_id)?;
     for row in &rows {
-        lose_lease(conn, row, &reason, now, effects)?;
+        jobs::lose_lease(conn, row, &reason, now, effects)?;
     }
     Ok(Ok(Output::Count(rows.len() as u64)))
 }
+// Reads, shared by `apply` and the HTTP handlers.
+
+/// A host as stored; liveness and load are added by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRow {
+    pub registration: RegisterHost,
+    pub status: HostStatus,
+    pub registered_at: u64,
+    pub updated_at: u64,
+}
+
+fn host_row(row: &Row<'_>) -> rusqlite::Result<HostRow> {
+    let registration: String = row.get(0)?;
+    let status: String = row.get(1)?;
+    Ok(HostRow {
+        registration: serde_json::from_str(&registration).map_err(|e| corrupt(0, e))?,
+        status: if status == "up" {
+            HostStatus::Up
+        } else {
+            HostStatus::Down
+        },
+        registered_at: row.get(2)?,
+        updated_at: row.get(3)?,
+    })
+}
+
+pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<HostRow>> {
+    conn.prepare_cached(
+        "SELECT registration, status, registered_at, updated_at FROM hosts WHERE id = ?1",
+    )?
+    .query_row([id], host_row)
+    .optional()
+}
+
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<HostRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT registration, status, registered_at, updated_at FROM hosts ORDER BY registered_at, id",
+    )?;
+    let rows = stmt.query_map([], host_row)?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use skyclaw_api::hosts::HostStatus;
     use skyclaw_api::jobs::JobStatus;
 
-    use crate::state::read;
+    use crate::state::jobs;
     use crate::state::testkit::*;
     use crate::state::{Command, CommandError};
 
@@ -92,7 +134,7 @@ mod tests {
         assert_eq!(status(&conn, "j1"), (JobStatus::Running, 1), "same daemon");
         let restarted = run(&conn, incarnation("h1", "second"));
         assert_eq!(restarted.effects.finished, ["j1"]);
-        let row = read::job(&conn, "j1").unwrap().unwrap();
+        let row = jobs::get(&conn, "j1").unwrap().unwrap();
         assert_eq!(row.job.status, JobStatus::Failed);
         let error = row.job.result.unwrap().error.unwrap();
         assert!(error.contains("restarted"), "{error}");
@@ -115,7 +157,7 @@ mod tests {
             Err(CommandError::NotFound(_))
         ));
         assert_eq!(status(&conn, "j1"), (JobStatus::Running, 1));
-        let host = read::host(&conn, "h1").unwrap().unwrap();
+        let host = super::get(&conn, "h1").unwrap().unwrap();
         assert_eq!(host.status, HostStatus::Up);
     }
 }

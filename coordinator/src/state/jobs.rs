@@ -2,14 +2,15 @@
 //! timeouts, leasing, renewing, completing, cancelling, and leases lost with
 //! their host or expired.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use skyclaw_api::Millis;
 use skyclaw_api::hosts::{HeldLease, HostStatus, Outcome};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
 
 use super::apply::{CommandResult, Effects};
 use super::command::{CommandError, Granted, Leases, Output, Owner};
-use super::read::{self, JobRow};
+use super::hosts;
+use super::read::corrupt;
 
 /// A running job whose host is gone: queued again while attempts remain,
 /// failed with the reason once they are spent.
@@ -194,7 +195,7 @@ pub(super) fn lease_jobs(
     expires_at: Millis,
     now: Millis,
 ) -> rusqlite::Result<CommandResult> {
-    let up = read::host(conn, host_id)?.is_some_and(|h| h.status == HostStatus::Up);
+    let up = hosts::get(conn, host_id)?.is_some_and(|h| h.status == HostStatus::Up);
     if !up {
         return Ok(Err(CommandError::HostNotRegistered(format!(
             "host {host_id} is not registered or was marked down; register again"
@@ -264,7 +265,7 @@ pub(super) fn complete_job(
     now: Millis,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
-    let Some(job) = read::lease_state(conn, job_id)? else {
+    let Some(job) = lease_state(conn, job_id)? else {
         return Ok(Err(CommandError::NotFound(format!("no job {job_id}"))));
     };
     if job.lease_token.as_deref() != Some(lease_token) {
@@ -298,7 +299,7 @@ pub(super) fn cancel_job(
     now: Millis,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
-    let row = read::job(conn, job_id)?;
+    let row = get(conn, job_id)?;
     let Some(row) = row.filter(|r| *owner == Owner::Token || r.owner == owner.as_column()) else {
         return Ok(Err(CommandError::NotFound(format!("no job {job_id}"))));
     };
@@ -330,7 +331,7 @@ pub(super) fn expire_leases(
     now: Millis,
     effects: &mut Effects,
 ) -> rusqlite::Result<CommandResult> {
-    let rows = read::expired_leases(conn, now)?;
+    let rows = expired_leases(conn, now)?;
     for row in &rows {
         let host = row.job.host_id.as_deref().unwrap_or("?");
         let reason = format!("lease expired: host {host} stopped renewing it");
@@ -338,313 +339,186 @@ pub(super) fn expire_leases(
     }
     Ok(Ok(Output::Count(rows.len() as u64)))
 }
-#[cfg(test)]
-mod tests {
-    use skyclaw_api::hosts::{HeldLease, Outcome};
-    use skyclaw_api::jobs::{JobResult, JobStatus};
 
-    use crate::state::read;
-    use crate::state::testkit::*;
-    use crate::state::{Command, CommandError, Effects, Output, Owner};
+// Reads, shared by `apply` and the HTTP handlers.
 
-    #[test]
-    fn a_job_is_leased_once_and_completed_once() {
-        let conn = db();
-        run(&conn, host("h1"));
-        run(&conn, host("h2"));
-        enqueue(&conn, "j1", 3);
-        assert_eq!(lease(&conn, "h1", "j1", "t1", 100), 1);
-        assert_eq!(lease(&conn, "h2", "j1", "t2", 100), 0, "already leased");
-        assert_eq!(status(&conn, "j1"), (JobStatus::Running, 1));
-        assert!(matches!(
-            complete(&conn, "j1", "t2"),
-            Err(CommandError::StaleLease(_))
-        ));
-        let done = run(
-            &conn,
-            Command::CompleteJob {
-                job_id: "j1".into(),
-                lease_token: "t1".into(),
-                outcome: Outcome::Succeeded,
-                result: JobResult::default(),
-                now: 9,
-            },
-        );
-        assert_eq!(done.effects.finished, ["j1"]);
-        // The same lease reported again, even with another outcome, is
-        // answered as recorded and changes nothing.
-        let again = run(
-            &conn,
-            Command::CompleteJob {
-                job_id: "j1".into(),
-                lease_token: "t1".into(),
-                outcome: Outcome::Failed,
-                result: JobResult::error("late"),
-                now: 10,
-            },
-        );
-        assert_eq!(again.outcome, Ok(Output::Done));
-        assert_eq!(again.effects, Effects::default());
-        let row = read::job(&conn, "j1").unwrap().unwrap();
-        assert_eq!(
-            (row.job.status, row.job.updated_at),
-            (JobStatus::Succeeded, 9)
-        );
-        assert_eq!(row.job.result.unwrap().error, None);
-    }
-
-    #[test]
-    fn a_completion_is_stale_once_its_lease_was_lost_or_replaced() {
-        let conn = db();
-        run(&conn, host("h1"));
-        enqueue(&conn, "j1", 3);
-        // Lost to expiry: requeued, and the old lease's report is stale.
-        lease(&conn, "h1", "j1", "t1", 100);
-        run(&conn, Command::ExpireLeases { now: 101 });
-        assert!(matches!(
-            complete(&conn, "j1", "t1"),
-            Err(CommandError::StaleLease(_))
-        ));
-        // Given back: requeued; the same report again is answered as
-        // recorded until another lease replaces it.
-        lease(&conn, "h1", "j1", "t2", 200);
-        let abandon = Command::CompleteJob {
-            job_id: "j1".into(),
-            lease_token: "t2".into(),
-            outcome: Outcome::Abandoned,
-            result: JobResult::error("shutting down"),
-            now: 150,
-        };
-        assert!(run(&conn, abandon.clone()).effects.jobs_queued);
-        assert_eq!(status(&conn, "j1"), (JobStatus::Queued, 2));
-        let again = run(&conn, abandon.clone());
-        assert_eq!(
-            (again.outcome, again.effects),
-            (Ok(Output::Done), Effects::default())
-        );
-        lease(&conn, "h1", "j1", "t3", 300);
-        assert!(matches!(
-            run(&conn, abandon).outcome,
-            Err(CommandError::StaleLease(_))
-        ));
-        assert_eq!(status(&conn, "j1"), (JobStatus::Running, 3));
-    }
-
-    #[test]
-    fn lost_leases_requeue_until_attempts_run_out() {
-        let conn = db();
-        run(&conn, host("h1"));
-        enqueue(&conn, "j1", 2);
-        lease(&conn, "h1", "j1", "t1", 100);
-        run(&conn, Command::ExpireLeases { now: 50 });
-        assert_eq!(
-            status(&conn, "j1"),
-            (JobStatus::Running, 1),
-            "not yet expired"
-        );
-        run(&conn, Command::ExpireLeases { now: 101 });
-        assert_eq!(status(&conn, "j1"), (JobStatus::Queued, 1));
-        lease(&conn, "h1", "j1", "t2", 200);
-        let down = run(
-            &conn,
-            Command::HostDown {
-                host_id: "h1".into(),
-                incarnation: "first".into(),
-                now: 150,
-            },
-        );
-        assert_eq!(down.effects.finished, ["j1"]);
-        let row = read::job(&conn, "j1").unwrap().unwrap();
-        assert_eq!(row.job.status, JobStatus::Failed);
-        let error = row.job.result.unwrap().error.unwrap();
-        assert!(
-            error.contains("stopped heartbeating") && error.contains("2 of 2"),
-            "{error}"
-        );
-        // A down host can no longer take leases.
-        enqueue(&conn, "j2", 1);
-        assert!(matches!(
-            run(
-                &conn,
-                Command::LeaseJobs {
-                    host_id: "h1".into(),
-                    leases: vec![("j2".into(), "t".into())],
-                    expires_at: 1,
-                    now: 1
-                }
-            )
-            .outcome,
-            Err(CommandError::HostNotRegistered(_))
-        ));
-    }
-
-    #[test]
-    fn renewals_name_the_leases_a_host_must_stop() {
-        let conn = db();
-        run(&conn, host("h1"));
-        enqueue(&conn, "j1", 1);
-        enqueue(&conn, "j2", 1);
-        lease(&conn, "h1", "j1", "t1", 100);
-        lease(&conn, "h1", "j2", "t2", 100);
-        run(
-            &conn,
-            Command::CancelJob {
-                job_id: "j2".into(),
-                owner: Owner::Token,
-                now: 5,
-            },
-        );
-        let held = vec![
-            HeldLease {
-                job_id: "j1".into(),
-                lease_token: "t1".into(),
-            },
-            HeldLease {
-                job_id: "j2".into(),
-                lease_token: "t2".into(),
-            },
-        ];
-        let renewed = run(
-            &conn,
-            Command::RenewLeases {
-                host_id: "h1".into(),
-                leases: held,
-                expires_at: 500,
-            },
-        );
-        assert_eq!(renewed.outcome, Ok(Output::Stop(vec!["j2".into()])));
-        run(&conn, Command::ExpireLeases { now: 400 });
-        assert_eq!(
-            status(&conn, "j1").0,
-            JobStatus::Running,
-            "renewed past 400"
-        );
-    }
-
-    #[test]
-    fn waiting_reasons_are_kept_only_while_queued() {
-        let conn = db();
-        run(&conn, host("h1"));
-        let spec = serde_json::json!({"kind": "shell", "command": "echo"});
-        enqueue_with(
-            &conn,
-            "j1",
-            spec.clone(),
-            Some("no live host offers capability gpu"),
-        );
-        enqueue_with(&conn, "j2", spec, None);
-        assert_eq!(
-            waiting_reason(&conn, "j1").as_deref(),
-            Some("no live host offers capability gpu")
-        );
-        let set = run(
-            &conn,
-            Command::SetWaitingReasons {
-                reasons: vec![
-                    ("j1".into(), None),
-                    ("j2".into(), Some("no host is live".into())),
-                ],
-            },
-        );
-        assert_eq!(set.outcome, Ok(Output::Count(2)));
-        assert_eq!(waiting_reason(&conn, "j1"), None);
-        assert_eq!(
-            waiting_reason(&conn, "j2").as_deref(),
-            Some("no host is live")
-        );
-        lease(&conn, "h1", "j2", "t1", 100);
-        assert_eq!(
-            waiting_reason(&conn, "j2"),
-            None,
-            "a leased job waits for nothing"
-        );
-        let late = run(
-            &conn,
-            Command::SetWaitingReasons {
-                reasons: vec![("j2".into(), Some("stale".into()))],
-            },
-        );
-        assert_eq!(
-            late.outcome,
-            Ok(Output::Count(0)),
-            "only queued jobs take one"
-        );
-    }
-
-    #[test]
-    fn queue_timeouts_fail_jobs_still_queued_and_start_over_on_requeue() {
-        let conn = db();
-        run(&conn, host("h1"));
-        let spec = serde_json::json!({"kind": "shell", "command": "echo", "queue_timeout_ms": 10});
-        enqueue_with(&conn, "j1", spec.clone(), None);
-        enqueue_with(&conn, "j2", spec, None);
-        // Queued at 2 with 10 ms to wait: overdue from 12 on.
-        let overdue = |now| {
-            read::queue_overdue(&conn, now, 10)
-                .unwrap()
-                .into_iter()
-                .map(|j| j.id)
-                .collect::<Vec<_>>()
-        };
-        assert!(overdue(11).is_empty());
-        assert_eq!(overdue(12), ["j1", "j2"]);
-        lease(&conn, "h1", "j2", "t1", 100);
-        assert_eq!(overdue(12), ["j1"], "a leased job is not waiting");
-        let fail = |now| Command::FailQueued {
-            jobs: vec![
-                ("j1".into(), "no live host offers capability gpu".into()),
-                ("j2".into(), "no live host offers capability gpu".into()),
-            ],
-            now,
-        };
-        let early = run(&conn, fail(11));
-        assert_eq!(early.outcome, Ok(Output::Count(0)), "not yet overdue");
-        let failed = run(&conn, fail(12));
-        assert_eq!(failed.outcome, Ok(Output::Count(1)));
-        assert_eq!(failed.effects.finished, ["j1"]);
-        let row = read::job(&conn, "j1").unwrap().unwrap();
-        assert_eq!(row.job.status, JobStatus::Failed);
-        assert_eq!(
-            row.job.result.unwrap().error.as_deref(),
-            Some("no live host offers capability gpu")
-        );
-        assert_eq!(status(&conn, "j2"), (JobStatus::Running, 1));
-        // Its lease lost at 101, j2 waits in the queue again for 10 ms.
-        run(&conn, Command::ExpireLeases { now: 101 });
-        assert!(overdue(110).is_empty());
-        assert_eq!(overdue(111), ["j2"]);
-    }
-
-    #[test]
-    fn keys_cancel_only_their_own_jobs() {
-        let conn = db();
-        enqueue(&conn, "j1", 1);
-        let by_key = run(
-            &conn,
-            Command::CancelJob {
-                job_id: "j1".into(),
-                owner: Owner::ApiKey("k".into()),
-                now: 3,
-            },
-        );
-        assert!(matches!(by_key.outcome, Err(CommandError::NotFound(_))));
-        let by_token = run(
-            &conn,
-            Command::CancelJob {
-                job_id: "j1".into(),
-                owner: Owner::Token,
-                now: 3,
-            },
-        );
-        assert_eq!(by_token.effects.finished, ["j1"]);
-        let twice = run(
-            &conn,
-            Command::CancelJob {
-                job_id: "j1".into(),
-                owner: Owner::Token,
-                now: 4,
-            },
-        );
-        assert!(matches!(twice.outcome, Err(CommandError::Conflict(_))));
-    }
+/// A job with the columns only the coordinator sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub job: Job,
+    pub owner: String,
+    pub lease_token: Option<String>,
 }
+
+const JOB_COLUMNS: &str = "id, status, spec, attempts, host_id, created_at, updated_at, result, \
+     owner, lease_token, waiting_reason";
+
+fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
+    let status: String = row.get(1)?;
+    let spec: String = row.get(2)?;
+    let result: Option<String> = row.get(7)?;
+    Ok(JobRow {
+        job: Job {
+            id: row.get(0)?,
+            status: status.parse().map_err(|e: String| corrupt(1, e))?,
+            spec: serde_json::from_str::<JobSpec>(&spec).map_err(|e| corrupt(2, e))?,
+            attempts: row.get(3)?,
+            host_id: row.get(4)?,
+            created_at: row.get(5)?,
+            updated_at: row.get(6)?,
+            result: result
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .map_err(|e| corrupt(7, e))?,
+            waiting_reason: row.get(10)?,
+        },
+        owner: row.get(8)?,
+        lease_token: row.get(9)?,
+    })
+}
+
+pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRow>> {
+    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([id], job_row)
+        .optional()
+}
+
+/// What ending a job's lease needs to know of it; cheaper than [`get`],
+/// which decodes the spec and result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseState {
+    pub status: JobStatus,
+    pub lease_token: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+}
+
+pub fn lease_state(conn: &Connection, id: &str) -> rusqlite::Result<Option<LeaseState>> {
+    conn.prepare_cached(
+        "SELECT status, lease_token, attempts, max_attempts FROM jobs WHERE id = ?1",
+    )?
+    .query_row([id], |row| {
+        let status: String = row.get(0)?;
+        Ok(LeaseState {
+            status: status.parse().map_err(|e: String| corrupt(0, e))?,
+            lease_token: row.get(1)?,
+            attempts: row.get(2)?,
+            max_attempts: row.get(3)?,
+        })
+    })
+    .optional()
+}
+
+/// Jobs oldest first, optionally of one status and owner, after a given job id.
+pub fn page(
+    conn: &Connection,
+    status: Option<JobStatus>,
+    owner: Option<&str>,
+    after: Option<&str>,
+    limit: u32,
+) -> rusqlite::Result<Vec<JobRow>> {
+    let after_seq: i64 = match after {
+        Some(id) => conn
+            .prepare_cached("SELECT seq FROM jobs WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(i64::MAX),
+        None => 0,
+    };
+    let status = status.map(|s| s.as_str());
+    let mut params: Vec<(&str, &dyn rusqlite::ToSql)> =
+        vec![(":after", &after_seq), (":limit", &limit)];
+    if let Some(status) = &status {
+        params.push((":status", status));
+    }
+    if let Some(owner) = &owner {
+        params.push((":owner", owner));
+    }
+    let mut stmt = conn.prepare_cached(&page_sql(status.is_some(), owner.is_some()))?;
+    let rows = stmt.query_map(params.as_slice(), job_row)?;
+    rows.collect()
+}
+
+/// The job list's query with only the filters given, so that SQLite can use
+/// the index on each (`(:status IS NULL OR status = :status)` rules indexes
+/// out).
+pub(super) fn page_sql(by_status: bool, by_owner: bool) -> String {
+    let mut filters = vec!["seq > :after"];
+    if by_status {
+        filters.push("status = :status");
+    }
+    if by_owner {
+        // The second term lets SQLite use `jobs_by_owner`, which leaves out
+        // the token's jobs; a key's owner is never the token.
+        filters.push("owner = :owner AND owner != 'token'");
+    }
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE {} ORDER BY seq LIMIT :limit",
+        filters.join(" AND ")
+    )
+}
+
+/// Queued jobs oldest first, after queue position `after_seq`, with their positions.
+pub fn queued(
+    conn: &Connection,
+    after_seq: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, Job)>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, seq FROM jobs WHERE status = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![after_seq, limit as i64], |row| {
+        Ok((row.get(11)?, job_row(row)?.job))
+    })?;
+    rows.collect()
+}
+
+/// Up to `limit` queued jobs whose queue deadline is not after `now`, oldest
+/// deadline first.
+pub fn queue_overdue(conn: &Connection, now: u64, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE queue_deadline <= ?1 ORDER BY queue_deadline LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![now, limit as i64], |row| Ok(job_row(row)?.job))?;
+    rows.collect()
+}
+
+/// Running jobs whose lease ended before `now`.
+pub fn expired_leases(conn: &Connection, now: u64) -> rusqlite::Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY seq"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([now], job_row)?;
+    rows.collect()
+}
+
+pub fn running_of_host(conn: &Connection, host_id: &str) -> rusqlite::Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND host_id = ?1 ORDER BY seq"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([host_id], job_row)?;
+    rows.collect()
+}
+
+/// How many jobs each host holds now.
+pub fn running_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u32)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT host_id, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY host_id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Job counts by status, for /metrics.
+pub fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests;

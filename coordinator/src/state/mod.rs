@@ -1,19 +1,20 @@
 //! The coordinator's replicated state: typed commands, the one deterministic
 //! `apply` (dispatch, idempotency replays, savepoints) over one module per
 //! entity (`jobs`, `hosts`, `apikeys`, `artifacts`) holding its commands'
-//! effects and their tests, the schema, and the reads.
+//! effects, its reads and their tests, the schema, and the reads that
+//! belong to no one entity.
 //!
 //! Architecture invariant: nothing in here looks at a clock, draws a random
 //! number or does network IO. Everything a command needs (times, ids, tokens)
 //! is chosen by the node that proposes it and travels inside it, so applying
 //! the same sequence of proposals on any replica gives the same database.
 
-mod apikeys;
+pub mod apikeys;
 pub mod apply;
-mod artifacts;
+pub mod artifacts;
 pub mod command;
-mod hosts;
-mod jobs;
+pub mod hosts;
+pub mod jobs;
 pub mod read;
 pub mod schema;
 #[cfg(test)]
@@ -24,4 +25,5 @@ pub use command::{
     Answer, COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Leases, Output, Owner,
     Proposal, check_encoding,
 };
+pub use jobs::JobRow;
 pub use read::corrupt;

@@ -182,7 +182,7 @@ mod tests {
     fn job_list_plan(by_status: bool, by_owner: bool) -> String {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
-        let sql = super::super::read::jobs_page_sql(by_status, by_owner);
+        let sql = super::super::jobs::page_sql(by_status, by_owner);
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         // Unbound: the plan depends on which columns are compared, not on values.
         let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];

@@ -7,7 +7,7 @@ use skyclaw_api::jobs::{JobResult, JobStatus};
 
 use super::apply::{Applied, CommandResult, apply};
 use super::command::{Command, Output, Owner, Proposal};
-use super::read;
+use super::jobs;
 use super::schema::migrate;
 
 pub fn db() -> Connection {
@@ -79,7 +79,7 @@ pub fn lease(conn: &Connection, host: &str, job: &str, token: &str, expires_at: 
 }
 
 pub fn status(conn: &Connection, job: &str) -> (JobStatus, u32) {
-    let row = read::job(conn, job).unwrap().unwrap();
+    let row = jobs::get(conn, job).unwrap().unwrap();
     (row.job.status, row.job.attempts)
 }
 
@@ -111,5 +111,5 @@ pub fn enqueue_with(conn: &Connection, id: &str, spec: serde_json::Value, reason
 }
 
 pub fn waiting_reason(conn: &Connection, job: &str) -> Option<String> {
-    read::job(conn, job).unwrap().unwrap().job.waiting_reason
+    jobs::get(conn, job).unwrap().unwrap().job.waiting_reason
 }
