@@ -7,7 +7,6 @@
 
 mod artifacts;
 mod checkpoint;
-mod claims;
 mod cluster;
 mod error;
 mod http;

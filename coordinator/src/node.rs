@@ -10,11 +10,11 @@ use tokio::sync::watch;
 
 use crate::Config;
 use crate::artifacts::BlobStore;
-use crate::claims::Reservations;
 use crate::cluster::types::Response;
 use crate::cluster::{Cluster, ClusterError, LEADER_WAIT};
 use crate::error::ApiError;
 use crate::liveness::Liveness;
+use crate::scheduler::claims::Reservations;
 use crate::state::{self, JobRow};
 use crate::state::{Answer, Command, IdempotencyRecord, Output, Proposal};
 use crate::store::{Store, StoreError};
@@ -63,10 +63,11 @@ impl Node {
 
     /// Starts tracking every host that is up as if just heard: a new leader
     /// gives each host one full TTL of grace.
-    pub fn take_over_liveness(&self) -> Result<(), StoreError> {
+    pub async fn take_over_liveness(&self) -> Result<(), StoreError> {
         let up = self
             .store
-            .read(state::hosts::list)?
+            .scan(state::hosts::list)
+            .await?
             .into_iter()
             .filter(|h| h.status == HostStatus::Up)
             .map(|h| h.registration)

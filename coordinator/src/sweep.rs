@@ -83,7 +83,7 @@ async fn follow_leadership(node: &Node) -> Result<(), ClusterError> {
     } else if leading && !tracking {
         node.cluster.wait_applied_own_log().await?;
         if node.cluster.is_leader() {
-            node.take_over_liveness()?;
+            node.take_over_liveness().await?;
             tracing::info!(
                 node = node.cluster.id,
                 "elected leader; tracking host liveness"

@@ -16,9 +16,9 @@ use skyclaw_api::now_ms;
 
 use super::auth::{ClusterToken, Principal};
 use super::extract::{IdempotencyKey, JsonBody};
-use crate::claims::{self, not_registered};
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::scheduler::claims::{self, not_registered};
 use crate::state::{self, Command};
 
 /// Hosts heartbeat this many times per TTL, so one lost beat is harmless.

@@ -13,9 +13,9 @@ use skyclaw_api::hosts::Claimed;
 use skyclaw_api::jobs::{Job, JobStatus};
 use skyclaw_api::now_ms;
 
+use super::{LiveHost, Loads};
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::scheduler::{self, LiveHost, Loads};
 use crate::state::{self, JobRow, read};
 use crate::state::{Command, CommandError, IdempotencyRecord, Leases};
 
@@ -167,11 +167,11 @@ async fn lease_some(
             .filter(|job| !node.reservations.contains(&job.id))
             .collect();
         let want = max - picked.len();
-        if loads.is_none() && scheduler::needs_loads(&free, host, &live) {
+        if loads.is_none() && super::needs_loads(&free, host, &live) {
             loads = Some(load_by_host(node).await?);
         }
         picked.extend(
-            scheduler::pick(
+            super::pick(
                 &free,
                 host,
                 &live,

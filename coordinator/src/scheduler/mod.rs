@@ -1,11 +1,14 @@
-//! Which queued jobs a claiming host gets, and why a job no live host can run
-//! waits. Pure: the caller reads the queue, the live hosts and their loads;
-//! this decides.
+//! Scheduling: which queued jobs a claiming host gets, and why a job no live
+//! host can run waits. This module is pure: the caller reads the queue, the
+//! live hosts and their loads, and it decides; [`claims`] does the reading,
+//! reserving and proposing around it.
 //!
 //! Hosts pull work, so placement is a matter of which jobs a host is *not*
 //! given: a job is left in the queue for another host when that host is a
 //! better place for it and can take it now. Otherwise whoever asks first (a
 //! host only asks with free slots) gets it, which keeps every slot busy.
+
+pub mod claims;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
