@@ -130,7 +130,7 @@ impl Cluster {
             .map_err(|e| CoordinatorError::Raft(e.to_string()))?
             .last_purged_log_id;
         state_machine
-            .catch_up_with_log(purged)
+            .recover(purged)
             .await
             .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
         let contacts = Arc::new(Contacts::default());

@@ -40,6 +40,12 @@ const SNAPSHOT_FILE_HEADER: &[u8] = b"SKYCLAW-SNAPSHOT-FILE 1\n";
 /// metadata; read when there is no [`SNAPSHOT_FILE`], removed once there is.
 const LEGACY_DATA_FILE: &str = "snapshot.bin";
 const LEGACY_META_FILE: &str = "snapshot.meta.json";
+/// Prefixes of the temp files snapshots are written through (saved, built,
+/// installed); each is made unique by a random suffix. One a crash left
+/// behind is removed at start.
+const SAVE_TEMP_PREFIX: &str = "raft.snapshot.tmp";
+const BUILD_TEMP_PREFIX: &str = "snapshot-build";
+const INSTALL_TEMP_PREFIX: &str = "snapshot-install";
 
 /// The state machine; clones share the store.
 #[derive(Clone)]
@@ -86,7 +92,7 @@ impl StateMachine {
             snapshot_id: meta.snapshot_id.clone(),
         };
         let mut file = tempfile::Builder::new()
-            .prefix(SNAPSHOT_FILE)
+            .prefix(SAVE_TEMP_PREFIX)
             .tempfile_in(&self.dir)?;
         file.write_all(SNAPSHOT_FILE_HEADER)?;
         serde_json::to_writer(&mut file, &saved).map_err(std::io::Error::other)?;
@@ -145,7 +151,7 @@ impl StateMachine {
             .strip_prefix(SNAPSHOT_HEADER)
             .ok_or("not a skyclaw snapshot of a version this build reads")?;
         let mut tmp = tempfile::Builder::new()
-            .prefix("snapshot-install")
+            .prefix(INSTALL_TEMP_PREFIX)
             .tempfile_in(&self.dir)
             .map_err(|e| e.to_string())?;
         tmp.write_all(db).map_err(|e| e.to_string())?;
@@ -154,50 +160,74 @@ impl StateMachine {
             .map_err(|e| e.to_string())
     }
 
-    /// Restores the state database from the kept snapshot when it has not
-    /// applied the entries the log purged: `synchronous=NORMAL` lets a
-    /// power cut take the database's last commits, which the log no longer
-    /// holds once purged. Runs before Raft starts.
-    pub async fn catch_up_with_log(&self, purged: Option<LogId>) -> Result<(), StorageError> {
+    /// Readies the state machine before Raft starts: removes the temp files
+    /// of snapshot writes a crash interrupted, and restores the state
+    /// database from the kept snapshot when it has not applied the entries
+    /// the log purged (`synchronous=NORMAL` lets a power cut take the
+    /// database's last commits, which the log no longer holds once purged).
+    pub async fn recover(&self, purged: Option<LogId>) -> Result<(), StorageError> {
         self.blocking(move |sm| {
-            let fail = |e: String| {
-                storage_error(
-                    StorageIOError::read_state_machine,
-                    &std::io::Error::other(e),
-                )
-            };
-            let (applied, _) = sm
-                .store
-                .read(applied_state)
-                .map_err(|e| fail(e.to_string()))?;
-            let index = |id: Option<LogId>| id.map(|id| id.index);
-            let Some(purged_index) = index(purged) else {
-                return Ok(());
-            };
-            if index(applied).is_some_and(|applied| applied >= purged_index) {
-                return Ok(());
-            }
-            let snapshot = sm.load_snapshot().map_err(|e| fail(e.to_string()))?;
-            let covers = |s: &Snapshot<TypeConfig>| {
-                index(s.meta.last_log_id).is_some_and(|i| i >= purged_index)
-            };
-            let Some(snapshot) = snapshot.filter(covers) else {
-                return Err(fail(format!(
-                    "the state database applied the log up to {:?} but the log was purged \
-                     through {purged_index}, and no snapshot covers the gap: restore the data \
-                     directory from a backup, or remove it and join the cluster anew",
-                    index(applied)
-                )));
-            };
-            tracing::warn!(
-                applied = ?index(applied),
-                purged = purged_index,
-                snapshot = %snapshot.meta.snapshot_id,
-                "the state database is behind the purged log; restoring it from the snapshot"
-            );
-            sm.install_data(snapshot.snapshot.get_ref()).map_err(fail)
+            sm.remove_leftovers()
+                .map_err(|e| storage_error(StorageIOError::write_state_machine, &e))?;
+            sm.catch_up_with_log(purged)
         })
         .await
+    }
+
+    /// Removes temp files of snapshot writes that never finished. Blocking.
+    fn remove_leftovers(&self) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let leftover = [SAVE_TEMP_PREFIX, BUILD_TEMP_PREFIX, INSTALL_TEMP_PREFIX]
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+            if leftover && entry.file_type()?.is_file() {
+                tracing::info!(file = %name, "removing a snapshot write a crash interrupted");
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The restore half of [`StateMachine::recover`]. Blocking.
+    fn catch_up_with_log(&self, purged: Option<LogId>) -> Result<(), StorageError> {
+        let fail = |e: String| {
+            storage_error(
+                StorageIOError::read_state_machine,
+                &std::io::Error::other(e),
+            )
+        };
+        let (applied, _) = self
+            .store
+            .read(applied_state)
+            .map_err(|e| fail(e.to_string()))?;
+        let index = |id: Option<LogId>| id.map(|id| id.index);
+        let Some(purged_index) = index(purged) else {
+            return Ok(());
+        };
+        if index(applied).is_some_and(|applied| applied >= purged_index) {
+            return Ok(());
+        }
+        let snapshot = self.load_snapshot().map_err(|e| fail(e.to_string()))?;
+        let covers =
+            |s: &Snapshot<TypeConfig>| index(s.meta.last_log_id).is_some_and(|i| i >= purged_index);
+        let Some(snapshot) = snapshot.filter(covers) else {
+            return Err(fail(format!(
+                "the state database applied the log up to {:?} but the log was purged \
+                 through {purged_index}, and no snapshot covers the gap: restore the data \
+                 directory from a backup, or remove it and join the cluster anew",
+                index(applied)
+            )));
+        };
+        tracing::warn!(
+            applied = ?index(applied),
+            purged = purged_index,
+            snapshot = %snapshot.meta.snapshot_id,
+            "the state database is behind the purged log; restoring it from the snapshot"
+        );
+        self.install_data(snapshot.snapshot.get_ref()).map_err(fail)
     }
 }
 
@@ -326,7 +356,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.blocking(|sm| {
             let tmp = tempfile::Builder::new()
-                .prefix("snapshot-build")
+                .prefix(BUILD_TEMP_PREFIX)
                 .tempfile_in(&sm.dir)
                 .map_err(|e| storage_error(StorageIOError::read_state_machine, &e))?
                 .into_temp_path();
@@ -361,5 +391,89 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> (tempfile::TempDir, StateMachine) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(&dir.path().join("state.db")).expect("state db"));
+        let sm = StateMachine::new(store, dir.path());
+        (dir, sm)
+    }
+
+    fn meta(id: &str) -> SnapshotMeta<NodeId, openraft::BasicNode> {
+        SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: id.to_string(),
+        }
+    }
+
+    /// Names in `dir` other than the state database's own files.
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("state.db"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_snapshot_is_one_file_holding_its_metadata_and_data() {
+        let (dir, sm) = machine();
+        sm.save_snapshot(&meta("one"), b"first").unwrap();
+        sm.save_snapshot(&meta("two"), b"second data").unwrap();
+        assert_eq!(snapshot_files(dir.path()), [SNAPSHOT_FILE]);
+        let loaded = sm.load_snapshot().unwrap().expect("a snapshot");
+        assert_eq!(loaded.meta.snapshot_id, "two");
+        assert_eq!(loaded.snapshot.get_ref(), b"second data");
+    }
+
+    #[test]
+    fn a_snapshot_of_the_two_file_layout_is_read_and_then_replaced() {
+        let (dir, sm) = machine();
+        let saved = SavedMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "legacy".into(),
+        };
+        std::fs::write(
+            dir.path().join(LEGACY_META_FILE),
+            serde_json::to_vec(&saved).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(LEGACY_DATA_FILE), b"old data").unwrap();
+        let loaded = sm.load_snapshot().unwrap().expect("the legacy snapshot");
+        assert_eq!(loaded.meta.snapshot_id, "legacy");
+        assert_eq!(loaded.snapshot.get_ref(), b"old data");
+        sm.save_snapshot(&meta("new"), b"new data").unwrap();
+        assert_eq!(snapshot_files(dir.path()), [SNAPSHOT_FILE]);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_file_is_refused_with_its_name() {
+        let (dir, sm) = machine();
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"not a snapshot").unwrap();
+        let err = sm.load_snapshot().unwrap_err().to_string();
+        assert!(err.contains(SNAPSHOT_FILE), "{err}");
+    }
+
+    #[tokio::test]
+    async fn writes_a_crash_interrupted_are_removed_at_start_and_the_snapshot_kept() {
+        let (dir, sm) = machine();
+        sm.save_snapshot(&meta("kept"), b"data").unwrap();
+        for leftover in [SAVE_TEMP_PREFIX, BUILD_TEMP_PREFIX, INSTALL_TEMP_PREFIX] {
+            std::fs::write(dir.path().join(format!("{leftover}Xy12ab")), b"torn").unwrap();
+        }
+        sm.recover(None).await.unwrap();
+        assert_eq!(snapshot_files(dir.path()), [SNAPSHOT_FILE]);
+        let loaded = sm.load_snapshot().unwrap().expect("the snapshot");
+        assert_eq!(loaded.meta.snapshot_id, "kept");
     }
 }
