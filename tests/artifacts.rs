@@ -198,6 +198,18 @@ async fn a_pushed_file_reads_back_the_same_and_is_pushed_once() {
         client.head_artifact(&digest).await.unwrap(),
         Some(bytes.len() as u64)
     );
+    // A HEAD answer has no body: its error code travels in a header.
+    let stranger = skyclaw_api::Client::new(
+        std::slice::from_ref(&coordinator.url),
+        skyclaw_api::Credentials::Token("not-the-token".into()),
+    )
+    .unwrap();
+    let refused = stranger.head_artifact(&digest).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(skyclaw_api::ErrorCode::Unauthorized),
+        "{refused}"
+    );
     let dest = tmp.path().join("downloaded");
     let (got, size) = client.download_artifact(&digest, &dest).await.unwrap();
     assert_eq!((got, size), (digest.clone(), bytes.len() as u64));

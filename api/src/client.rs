@@ -566,7 +566,8 @@ fn artifact_path(digest: &Digest) -> String {
 }
 
 /// A HEAD answer: the size on success, `None` when the artifact is unknown.
-/// HEAD answers carry no body, so errors are told from the status alone.
+/// HEAD answers carry no body, so an error's code comes from its
+/// [`headers::ERROR_CODE`] header.
 fn head_answer(url: &str, response: &reqwest::Response) -> Result<Option<u64>, ClientError> {
     let status = response.status();
     if status == StatusCode::NOT_FOUND {
@@ -575,7 +576,7 @@ fn head_answer(url: &str, response: &reqwest::Response) -> Result<Option<u64>, C
     if !status.is_success() {
         return Err(ClientError::Api {
             status: status.as_u16(),
-            code: code_of_status(status),
+            code: code_header(response),
             message: format!("HEAD {url} answered HTTP {status}"),
         });
     }
@@ -591,20 +592,14 @@ fn head_answer(url: &str, response: &reqwest::Response) -> Result<Option<u64>, C
         })
 }
 
-/// The error code that goes with a status, for answers without an envelope.
-fn code_of_status(status: StatusCode) -> ErrorCode {
-    match status {
-        StatusCode::BAD_REQUEST => ErrorCode::BadRequest,
-        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
-        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
-        StatusCode::NOT_FOUND => ErrorCode::NotFound,
-        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
-        StatusCode::CONFLICT => ErrorCode::Conflict,
-        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
-        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ErrorCode::Timeout,
-        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
-        _ => ErrorCode::Internal,
-    }
+/// The code an answer without an envelope names in its header; one that
+/// names none (not a coordinator's answer) is `Internal`.
+fn code_header(response: &reqwest::Response) -> ErrorCode {
+    response
+        .headers()
+        .get(headers::ERROR_CODE)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(ErrorCode::Internal)
 }
 
 /// Streams a successful answer's body into `dest`, hashing it on the way. A

@@ -84,6 +84,16 @@ impl ErrorCode {
     }
 }
 
+impl std::str::FromStr for ErrorCode {
+    type Err = String;
+
+    /// Reads a code's wire spelling ([`ErrorCode::as_str`]).
+    fn from_str(s: &str) -> Result<ErrorCode, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| format!("unknown error code {s:?}"))
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

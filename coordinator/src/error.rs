@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use skyclaw_api::{ErrorBody, ErrorCode, ErrorEnvelope};
+use skyclaw_api::{ErrorBody, ErrorCode, ErrorEnvelope, headers};
 
 use crate::artifacts::BlobError;
 use crate::cluster::ClusterError;
@@ -119,7 +119,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ErrorEnvelope::new(self.code(), self.to_string());
-        (status, Json(body)).into_response()
+        let code = self.code();
+        let body = ErrorEnvelope::new(code, self.to_string());
+        (status, [(headers::ERROR_CODE, code.as_str())], Json(body)).into_response()
     }
 }

@@ -338,6 +338,10 @@ fn head_too_large(len: usize) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        crate::headers::ERROR_CODE,
+        HeaderValue::from_static(code.as_str()),
+    );
     answer
 }
 
