@@ -53,6 +53,15 @@ async fn a_claim_abandoned_mid_proposal_leaves_its_jobs_claimable() {
         .await;
         assert!(abandoned.is_err(), "the claim answered: {abandoned:?}");
     }
+    // The claim's handler went with its client, and its reservation with it.
+    eventually("the abandoned claim's reservation to be released", || {
+        let url = coordinator.url.clone();
+        async move {
+            let reserved = metric(&url, "skyclaw_claims_reserved_jobs").await;
+            (reserved == Some(0.0)).then_some(())
+        }
+    })
+    .await;
 
     // The abandoned lease applies, nobody renews it, it expires, and the
     // job is queued again: a new claim gets it.
