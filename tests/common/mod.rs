@@ -1,8 +1,12 @@
-//! The end-to-end test harness: starts coordinators and hosts as real `skyclaw`
-//! processes on 127.0.0.1 with port 0 and temp data directories, talks to them
-//! through the real client and CLI, and waits on conditions with deadlines.
+//! The test kit every integration test is built on: starts coordinators and
+//! hosts as real `skyclaw` processes on 127.0.0.1 with port 0 and temp data
+//! directories, talks to them through the real client and CLI, serves a fake
+//! coordinator to a host daemon run in process (`fake_coordinator`), hands
+//! out job uid ranges, and waits on conditions with deadlines.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod fake_coordinator;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -650,15 +654,25 @@ const JOB_UIDS_PER_HOST: u32 = 256;
 /// Ranges a test process may hand out: each process gets its own stretch.
 const JOB_UID_RANGES_PER_PROCESS: u32 = 64;
 
-/// A `--job-uids` range no other host of the test run holds: hosts in
-/// concurrent tests must never share a uid (each would take the other's
-/// jobs for leftovers), and a machine lets only one host claim a range.
-pub fn job_uids() -> String {
+/// A job uid range no other host of the test run holds: hosts in concurrent
+/// tests must never share a uid (each would take the other's jobs for
+/// leftovers), and a machine lets only one host claim a range. For a host
+/// daemon run in process; [`job_uids`] is the same as a `--job-uids` value.
+pub fn job_uid_range() -> skyclaw_runtime::UidRange {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let turn = NEXT.fetch_add(1, Ordering::Relaxed) % JOB_UID_RANGES_PER_PROCESS;
     let slot = (std::process::id() % 20_000) * JOB_UID_RANGES_PER_PROCESS + turn;
     let first = 1_000_000_000 + slot * JOB_UIDS_PER_HOST;
-    format!("{first}-{}", first + JOB_UIDS_PER_HOST - 1)
+    skyclaw_runtime::UidRange {
+        first,
+        last: first + JOB_UIDS_PER_HOST - 1,
+    }
+}
+
+/// A `--job-uids` value (`FIRST-LAST`) for a host process: a
+/// [`job_uid_range`].
+pub fn job_uids() -> String {
+    job_uid_range().to_string()
 }
 
 /// Host pids of live processes (zombies aside) whose command line contains
