@@ -16,16 +16,30 @@ pub enum Scope {
     /// Upload artifacts, check for them and list them.
     #[serde(rename = "artifacts:push")]
     ArtifactsPush,
+    /// Deploy, scale and remove services (and read them).
+    #[serde(rename = "services:deploy")]
+    ServicesDeploy,
+    /// Read services, their instances and logs.
+    #[serde(rename = "services:read")]
+    ServicesRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::JobsSubmit, Scope::JobsRead, Scope::ArtifactsPush];
+    pub const ALL: [Scope; 5] = [
+        Scope::JobsSubmit,
+        Scope::JobsRead,
+        Scope::ArtifactsPush,
+        Scope::ServicesDeploy,
+        Scope::ServicesRead,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::JobsSubmit => "jobs:submit",
             Scope::JobsRead => "jobs:read",
             Scope::ArtifactsPush => "artifacts:push",
+            Scope::ServicesDeploy => "services:deploy",
+            Scope::ServicesRead => "services:read",
         }
     }
 }

@@ -474,7 +474,7 @@ fn validate_stdin(stdin: &str) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-fn validate_wasi_limits(limits: &WasiLimits) -> Result<(), InvalidSpec> {
+pub(crate) fn validate_wasi_limits(limits: &WasiLimits) -> Result<(), InvalidSpec> {
     if limits.fuel == Some(0) {
         return invalid("limits.fuel must be at least 1");
     }
@@ -509,7 +509,7 @@ fn validate_attempts(max_attempts: u32) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-fn validate_command(command: &str) -> Result<(), InvalidSpec> {
+pub(crate) fn validate_command(command: &str) -> Result<(), InvalidSpec> {
     if command.trim().is_empty() {
         return invalid("command must not be empty");
     }
@@ -519,7 +519,7 @@ fn validate_command(command: &str) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-fn validate_args(args: &[String]) -> Result<(), InvalidSpec> {
+pub(crate) fn validate_args(args: &[String]) -> Result<(), InvalidSpec> {
     if args.len() > MAX_ARGS {
         return invalid(format!(
             "too many args: {}; the limit is {MAX_ARGS}",
@@ -536,7 +536,7 @@ fn validate_args(args: &[String]) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-fn validate_env(env: &BTreeMap<String, String>) -> Result<(), InvalidSpec> {
+pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), InvalidSpec> {
     if env.len() > MAX_ENV_VARS {
         return invalid(format!(
             "too many env variables: {}; the limit is {MAX_ENV_VARS}",
@@ -577,7 +577,9 @@ pub fn is_loader_variable(name: &str) -> bool {
 }
 
 /// Refuses loader variables in a native job's env, naming every one.
-fn validate_no_loader_variables(env: &BTreeMap<String, String>) -> Result<(), InvalidSpec> {
+pub(crate) fn validate_no_loader_variables(
+    env: &BTreeMap<String, String>,
+) -> Result<(), InvalidSpec> {
     let named: Vec<&str> = env
         .keys()
         .map(String::as_str)

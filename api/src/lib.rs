@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod jobs;
 pub mod network;
 pub mod serve;
+pub mod services;
 pub mod url;
 
 pub use client::{Client, ClientError, Credentials};
