@@ -7,6 +7,7 @@ use crate::Millis;
 use crate::artifacts::Digest;
 use crate::error::ErrorBody;
 use crate::jobs::{Job, JobResult, WasiCaps};
+use crate::services::ServiceCaps;
 
 /// Most jobs one claim may hand out; a host asks for its free slots.
 pub const MAX_CLAIM_JOBS: u32 = 256;
@@ -46,6 +47,9 @@ pub struct RegisterHost {
     /// What the host grants WASI jobs; `None` when it runs none.
     #[serde(default)]
     pub wasi: Option<WasiCaps>,
+    /// What the host grants services; `None` when it runs none.
+    #[serde(default)]
+    pub services: Option<ServiceCaps>,
 }
 
 /// What a coordinator tells a host on registration.
@@ -94,6 +98,9 @@ pub struct Host {
     pub running_jobs: u32,
     pub sandbox_only: bool,
     pub wasi: Option<WasiCaps>,
+    /// What the host grants services; `None` when it runs none.
+    #[serde(default)]
+    pub services: Option<ServiceCaps>,
     /// Artifacts the host last reported holding in its cache.
     pub artifacts: Vec<Digest>,
 }

@@ -521,6 +521,26 @@ pub struct Service {
     pub updated_at: Millis,
 }
 
+impl Service {
+    /// The version the service is kept at: the one rolling out or done, or
+    /// after a failed rollout the previous one (`None`: the first version
+    /// failed, so nothing runs).
+    pub fn target_version(&self) -> Option<u64> {
+        match self.deploy.status {
+            DeployStatus::Failed => self.previous.as_ref().map(|p| p.version),
+            DeployStatus::Rolling | DeployStatus::Done => Some(self.current.version),
+        }
+    }
+
+    /// The spec of `version`, if it is the current or previous one.
+    pub fn spec_of(&self, version: u64) -> Option<&ServiceSpec> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|v| v.version == version)
+            .map(|v| &v.spec)
+    }
+}
+
 /// `GET /v1/services`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceList {
@@ -640,6 +660,10 @@ pub struct InstanceReport {
     #[serde(default)]
     pub last_error: Option<String>,
 }
+
+/// Most instances one host may offer to run: each holds a port and a
+/// process or a pool of wasm instances; more is a misconfigured range.
+pub const MAX_HOST_INSTANCES: u32 = 4096;
 
 /// What a host grants services: how many instances it runs at once (its
 /// port range bounds it).

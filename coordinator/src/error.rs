@@ -49,6 +49,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::Command(CommandError::NotFound(_)) => ErrorCode::NotFound,
             ApiError::Command(CommandError::Conflict(_)) => ErrorCode::Conflict,
+            ApiError::Command(CommandError::Forbidden(_)) => ErrorCode::Forbidden,
             ApiError::Command(CommandError::StaleLease(_)) => ErrorCode::StaleLease,
             ApiError::Command(CommandError::HostNotRegistered(_)) => ErrorCode::HostNotRegistered,
             ApiError::Command(CommandError::IdempotencyConflict(_)) => {

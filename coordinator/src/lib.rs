@@ -12,6 +12,7 @@ mod error;
 mod http;
 mod liveness;
 mod node;
+mod reconcile;
 mod scheduler;
 mod state;
 mod store;

@@ -5,11 +5,12 @@
 //! committed.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, DatabaseName, OpenFlags, Transaction, TransactionBehavior};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::checkpoint::{Checkpointer, WRITER_CHECKPOINT_PAGES};
 use crate::state::Effects;
@@ -109,6 +110,30 @@ impl Store {
             .expect("store read panicked")
     }
 
+    /// A long-poll over a version index: runs `read` (a scan) until the
+    /// index it returns passes `seen` (at once when `seen` is `None`),
+    /// waiting for committed changes to services in between, until `until`
+    /// resolves; then answers what it read last.
+    pub async fn scan_past<T: Send + 'static>(
+        self: &Arc<Self>,
+        seen: Option<u64>,
+        until: impl Future<Output = ()>,
+        read: impl Fn(&Connection) -> rusqlite::Result<(u64, T)> + Clone + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let mut changes = self.events.watch_services();
+        let mut until = std::pin::pin!(until);
+        loop {
+            let (index, value) = self.scan(read.clone()).await?;
+            if seen.is_none_or(|seen| index > seen) {
+                return Ok(value);
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return Ok(value) },
+                _ = &mut until => return Ok(value),
+            }
+        }
+    }
+
     /// Runs a read on a pooled connection, in place: for point lookups by
     /// key, which take microseconds; see [`Store::scan`] for the rest.
     pub fn read<T>(
@@ -162,6 +187,10 @@ pub struct Events {
     /// Notified when jobs become claimable.
     pub jobs_queued: Notify,
     finished: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    /// Bumped when services or instances change (or every watcher must
+    /// look again): assignment and endpoint long-polls, and the leader's
+    /// placement, watch it.
+    services: watch::Sender<u64>,
 }
 
 impl Events {
@@ -181,6 +210,12 @@ impl Events {
             job_id: job_id.to_string(),
             finished: Some(rx),
         }
+    }
+
+    /// A watch that sees every change to services and instances committed
+    /// after it was taken. Take it before reading, so none is missed.
+    pub fn watch_services(&self) -> watch::Receiver<u64> {
+        self.services.subscribe()
     }
 
     /// Watches registered and not yet fired or dropped.
@@ -208,6 +243,9 @@ impl Events {
         if effects.jobs_queued {
             self.jobs_queued.notify_waiters();
         }
+        if effects.services_changed {
+            self.services.send_modify(|n| *n += 1);
+        }
         if effects.finished.is_empty() {
             return;
         }
@@ -222,6 +260,7 @@ impl Events {
     /// Wakes every waiter so each looks again (after a snapshot was installed).
     fn wake_all(&self) {
         self.jobs_queued.notify_waiters();
+        self.services.send_modify(|n| *n += 1);
         for (_, list) in self.finished.lock().expect("waiters lock").drain() {
             for tx in list {
                 let _ = tx.send(());

@@ -1,8 +1,8 @@
 //! Background duties of the leader: taking over host liveness when it is
 //! elected, marking silent hosts down, requeueing jobs whose leases expired,
 //! keeping queued jobs' waiting reasons current and failing those past their
-//! queue timeout, and forgetting old idempotency records. Followers only
-//! watch for election.
+//! queue timeout, placing service instances (`reconcile`), and forgetting
+//! old idempotency records. Followers only watch for election.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use skyclaw_api::now_ms;
 
 use crate::cluster::ClusterError;
 use crate::node::Node;
+use crate::reconcile::reconcile;
 use crate::state::Command;
 use crate::state::jobs;
 
@@ -26,6 +27,10 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How often old idempotency records are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
+/// How often placement looks even when no service changed: hosts coming
+/// and going, rollout deadlines passing. A change to a service or instance
+/// wakes it at once.
+const PLACEMENT_SWEEP: Duration = Duration::from_millis(500);
 
 /// Runs until the task is aborted.
 pub async fn run(node: Arc<Node>) {
@@ -36,12 +41,15 @@ pub async fn run(node: Arc<Node>) {
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut queue = tokio::time::interval(QUEUE_SWEEP);
     let mut takeover = tokio::time::interval(TAKEOVER_RETRY);
+    let mut placement = tokio::time::interval(PLACEMENT_SWEEP);
+    let mut services = node.store.events().watch_services();
     for tick in [
         &mut hosts,
         &mut leases,
         &mut prune,
         &mut queue,
         &mut takeover,
+        &mut placement,
     ] {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -60,6 +68,11 @@ pub async fn run(node: Arc<Node>) {
             _ = leases.tick(), if tracking => expire_leases(&node).await,
             _ = prune.tick(), if tracking => prune_idempotency(&node).await,
             _ = queue.tick(), if tracking => queue_duties(&node).await,
+            _ = placement.tick(), if tracking => reconcile(&node).await,
+            changed = services.changed(), if tracking => match changed {
+                Ok(()) => reconcile(&node).await,
+                Err(_) => return, // the store is gone
+            },
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "background duty failed; retrying on the next tick");

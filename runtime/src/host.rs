@@ -546,6 +546,7 @@ fn registration(config: &HostConfig, host_id: &str, runners: &Runners) -> Regist
         version: env!("CARGO_PKG_VERSION").to_string(),
         sandbox_only: config.sandbox_only,
         wasi: Some(config.wasi_caps()),
+        services: None,
     }
 }
 

@@ -574,6 +574,7 @@ pub fn fake_host(host_id: &str, capabilities: &[&str]) -> RegisterHost {
         version: "test".into(),
         sandbox_only: false,
         wasi: None,
+        services: None,
     }
 }
 
@@ -584,12 +585,22 @@ pub async fn live_fake_host(
     host_id: &str,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    keep_live(client, &fake_host(host_id, &["shell"]), every).await
+}
+
+/// Registers `registration` and heartbeats for it every `every` until the
+/// returned task is aborted.
+pub async fn keep_live(
+    client: &Client,
+    registration: &RegisterHost,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     client
-        .register_host(&fake_host(host_id, &["shell"]))
+        .register_host(registration)
         .await
         .expect("register a fake host");
     // It holds no leases, as a daemon with nothing running.
-    let (client, host_id) = (client.clone(), host_id.to_string());
+    let (client, host_id) = (client.clone(), registration.host_id.clone());
     tokio::spawn(async move {
         let mut beat = tokio::time::interval(every);
         loop {
@@ -1337,6 +1348,7 @@ pub fn coordinator_routes() -> Vec<(String, String, skyclaw_coordinator::Access)
             let path = route
                 .path
                 .replace("{id}", "x-1")
+                .replace("{name}", "x-1")
                 .replace("{digest}", &digest);
             assert!(
                 !path.contains('{'),

@@ -13,6 +13,7 @@ use skyclaw_api::hosts::{
 };
 use skyclaw_api::jobs::{CAP_OPENCLAW, CAP_SHELL};
 use skyclaw_api::now_ms;
+use skyclaw_api::services::MAX_HOST_INSTANCES;
 
 use super::auth::{ClusterToken, Principal};
 use super::extract::{IdempotencyKey, JsonBody};
@@ -94,6 +95,13 @@ fn validate_registration(host: &RegisterHost) -> Result<(), ApiError> {
         return Err(ApiError::BadRequest(
             "a sandbox-only host may not offer native capabilities or allowed_commands".into(),
         ));
+    }
+    if let Some(caps) = &host.services
+        && (caps.max_instances == 0 || caps.max_instances > MAX_HOST_INSTANCES)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "services.max_instances must be between 1 and {MAX_HOST_INSTANCES}"
+        )));
     }
     if let Some(caps) = &host.wasi {
         caps.validate()
@@ -238,6 +246,7 @@ pub async fn list(
                 version: r.version,
                 sandbox_only: r.sandbox_only,
                 wasi: r.wasi,
+                services: r.services,
                 artifacts,
             }
         })

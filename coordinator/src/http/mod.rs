@@ -12,6 +12,7 @@ mod hosts;
 mod jobs;
 mod network;
 mod raft;
+mod services;
 mod system;
 
 use std::sync::Arc;
@@ -155,6 +156,56 @@ fn table() -> Vec<Entry> {
             hosts::complete_many,
         )
         .body_limit(COMPLETION_BODY_LIMIT),
+        entry(
+            Api,
+            Method::GET,
+            "/v1/hosts/{id}/assignments",
+            Token,
+            services::assignments,
+        ),
+        entry(
+            Api,
+            Method::POST,
+            "/v1/hosts/{id}/instances",
+            Token,
+            services::report,
+        ),
+        entry(Api, Method::GET, "/v1/services", TokenOrKey, services::list),
+        entry(
+            Api,
+            Method::PUT,
+            "/v1/services/{name}",
+            TokenOrKey,
+            services::put,
+        ),
+        entry(
+            Api,
+            Method::GET,
+            "/v1/services/{name}",
+            TokenOrKey,
+            services::get,
+        ),
+        entry(
+            Api,
+            Method::DELETE,
+            "/v1/services/{name}",
+            TokenOrKey,
+            services::delete,
+        ),
+        entry(
+            Api,
+            Method::POST,
+            "/v1/services/{name}/scale",
+            TokenOrKey,
+            services::scale,
+        ),
+        entry(
+            Api,
+            Method::GET,
+            "/v1/endpoints",
+            TokenOrKey,
+            services::endpoints,
+        ),
         entry(Api, Method::POST, "/v1/jobs", TokenOrKey, jobs::submit),
         entry(Api, Method::GET, "/v1/jobs", TokenOrKey, jobs::list),
         entry(Api, Method::GET, "/v1/jobs/{id}", TokenOrKey, jobs::get),

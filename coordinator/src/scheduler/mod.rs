@@ -9,6 +9,7 @@
 //! host only asks with free slots) gets it, which keeps every slot busy.
 
 pub mod claims;
+pub mod placement;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -193,6 +194,7 @@ mod tests {
                 version: "test".into(),
                 sandbox_only: false,
                 wasi: caps_.contains(&"wasi").then(|| caps(1000)),
+                services: None,
             },
             artifacts: Arc::default(),
         }

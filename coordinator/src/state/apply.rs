@@ -8,7 +8,7 @@ use super::command::{
     COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Output, Proposal,
 };
 use super::jobs::Enqueue;
-use super::{apikeys, artifacts, hosts, jobs, read};
+use super::{apikeys, artifacts, hosts, jobs, read, services};
 
 /// What applying one proposal produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,12 +27,15 @@ pub struct Effects {
     pub jobs_queued: bool,
     /// Jobs that reached a terminal status.
     pub finished: Vec<String>,
+    /// Services or instances changed: assignment and endpoint long-polls look again.
+    pub services_changed: bool,
 }
 
 impl Effects {
     pub fn merge(&mut self, other: Effects) {
         self.jobs_queued |= other.jobs_queued;
         self.finished.extend(other.finished);
+        self.services_changed |= other.services_changed;
     }
 }
 
@@ -177,6 +180,49 @@ fn apply_command(
             kind,
             now,
         } => artifacts::add_artifact(conn, digest, *size, *kind, *now),
+        Command::PutService {
+            name,
+            spec,
+            owner,
+            now,
+        } => services::put_service(conn, name, spec, owner, *now, effects),
+        Command::ScaleService {
+            name,
+            replicas,
+            owner,
+            now,
+        } => services::scale_service(conn, name, *replicas, owner, *now, effects),
+        Command::DeleteService { name, owner, now } => {
+            services::delete_service(conn, name, owner, *now, effects)
+        }
+        Command::PlaceInstances {
+            service,
+            version,
+            placements,
+            now,
+        } => services::place_instances(conn, service, *version, placements, *now, effects),
+        Command::StopInstances { ids, now } => services::stop_instances(conn, ids, *now, effects),
+        Command::ReportInstances {
+            host_id,
+            reports,
+            now,
+        } => services::report_instances(conn, host_id, reports, *now, effects),
+        Command::FinishDeploy {
+            service,
+            version,
+            status,
+            reason,
+            now,
+        } => services::finish_deploy(
+            conn,
+            service,
+            *version,
+            *status,
+            reason.as_deref(),
+            *now,
+            effects,
+        ),
+        Command::SetServiceWaiting { reasons } => services::set_waiting(conn, reasons, effects),
     }
 }
 

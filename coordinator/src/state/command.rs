@@ -6,6 +6,7 @@ use skyclaw_api::apikeys::{ApiKey, Scope};
 use skyclaw_api::artifacts::{ArtifactInfo, ArtifactKind, Digest};
 use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
+use skyclaw_api::services::{DeployOutcome, DeployStatus, InstanceReport, ServiceSpec};
 
 /// The version of how commands and their outcomes are encoded where they are
 /// kept: in Raft log entries and in idempotency records. Raise it when a
@@ -136,6 +137,57 @@ pub enum Command {
         kind: ArtifactKind,
         now: Millis,
     },
+    /// Creates a service or deploys a new version of it (the same spec
+    /// again changes nothing; another replica count alone scales it).
+    PutService {
+        name: String,
+        spec: ServiceSpec,
+        owner: Owner,
+        now: Millis,
+    },
+    ScaleService {
+        name: String,
+        replicas: u32,
+        owner: Owner,
+        now: Millis,
+    },
+    /// Removes a service: its instances are asked to stop.
+    DeleteService {
+        name: String,
+        owner: Owner,
+        now: Millis,
+    },
+    /// Places new instances of a service's version, `(instance id, host id)`
+    /// each; skipped when the service no longer runs that version.
+    PlaceInstances {
+        service: String,
+        version: u64,
+        placements: Vec<(String, String)>,
+        now: Millis,
+    },
+    /// Asks the instances' hosts to drain and stop them.
+    StopInstances {
+        ids: Vec<String>,
+        now: Millis,
+    },
+    /// A host's reports on its instances' states.
+    ReportInstances {
+        host_id: String,
+        reports: Vec<InstanceReport>,
+        now: Millis,
+    },
+    /// Ends a rollout as done, or as failed with why.
+    FinishDeploy {
+        service: String,
+        version: u64,
+        status: DeployStatus,
+        reason: Option<String>,
+        now: Millis,
+    },
+    /// Records why services wait for hosts (`None`: they do not).
+    SetServiceWaiting {
+        reasons: Vec<(String, Option<String>)>,
+    },
 }
 
 /// Binds a command to the idempotency key it was sent with.
@@ -186,6 +238,8 @@ pub enum Output {
         info: ArtifactInfo,
         created: bool,
     },
+    /// What a `PutService` did.
+    Deployed(DeployOutcome),
 }
 
 impl Output {
@@ -199,6 +253,7 @@ impl Output {
             Output::ApiKey(_) => "api_key",
             Output::Count(_) => "count",
             Output::Artifact { .. } => "artifact",
+            Output::Deployed(_) => "deployed",
         }
     }
 }
@@ -278,6 +333,15 @@ impl Answer for (ArtifactInfo, bool) {
     }
 }
 
+impl Answer for DeployOutcome {
+    fn from_output(output: Output) -> Result<DeployOutcome, Output> {
+        match output {
+            Output::Deployed(outcome) => Ok(outcome),
+            other => Err(other),
+        }
+    }
+}
+
 /// The leases a `LeaseJobs` granted: jobs taken meanwhile are left out. A
 /// job's spec never changes, so the proposer, which read the jobs to pick
 /// them, completes the host's answer; the state machine returns only what
@@ -338,6 +402,9 @@ pub enum CommandError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not change this (a service another key owns).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     StaleLease(String),
     #[error("{0}")]

@@ -8,8 +8,8 @@ use skyclaw_api::hosts::{HostStatus, RegisterHost};
 
 use super::apply::{CommandResult, Effects};
 use super::command::{CommandError, Output};
-use super::jobs;
 use super::read::corrupt;
+use super::{jobs, services};
 
 pub(super) fn register_host(
     conn: &Connection,
@@ -29,6 +29,8 @@ pub(super) fn register_host(
         for row in jobs::running_of_host(conn, &host.host_id)? {
             jobs::lose_lease(conn, &row, &reason, now, effects)?;
         }
+        let reason = format!("host {} restarted", host.host_id);
+        services::lose_host_instances(conn, &host.host_id, &reason, now, effects)?;
     }
     conn.prepare_cached(
         "INSERT INTO hosts (id, registration, status, registered_at, updated_at)
@@ -71,6 +73,7 @@ pub(super) fn host_down(
     for row in &rows {
         jobs::lose_lease(conn, row, &reason, now, effects)?;
     }
+    services::lose_host_instances(conn, host_id, &reason, now, effects)?;
     Ok(Ok(Output::Count(rows.len() as u64)))
 }
 // Reads, shared by `apply` and the HTTP handlers.

@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod jobs;
 pub mod read;
 pub mod schema;
+pub mod services;
 #[cfg(test)]
 mod testkit;
 

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 /// The schema version this build writes. A database with a newer version was
 /// written by a newer skyclaw and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const V1: &str = "
 CREATE TABLE meta (
@@ -105,6 +105,47 @@ const V6: &str = "
 ALTER TABLE idempotency ADD COLUMN encoding INTEGER NOT NULL DEFAULT 1;
 ";
 
+/// Version 7: services (a row per name, kept when removed so versions never
+/// repeat), their versions' specs, their instances, and the indexes that
+/// long-polls of assignments and endpoints watch.
+const V7: &str = "
+CREATE TABLE services (
+    name             TEXT PRIMARY KEY,
+    version          INTEGER NOT NULL,
+    previous_version INTEGER,
+    replicas         INTEGER NOT NULL,
+    deploy           TEXT NOT NULL,
+    waiting_reason   TEXT,
+    owner            TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    deleted_at       INTEGER
+) STRICT;
+CREATE TABLE service_versions (
+    service    TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    spec       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (service, version)
+) STRICT;
+CREATE TABLE instances (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    service    TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    host_id    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    endpoint   TEXT,
+    restarts   INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX instances_by_service ON instances (service, seq);
+CREATE INDEX instances_by_host ON instances (host_id, seq);
+INSERT INTO meta (key, value) VALUES ('services_index', 0), ('endpoints_index', 0);
+";
+
 /// Errors opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -143,6 +184,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     }
     if found < 6 {
         tx.execute_batch(V6)?;
+    }
+    if found < 7 {
+        tx.execute_batch(V7)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

@@ -38,6 +38,7 @@ pub fn incarnation(id: &str, incarnation: &str) -> Command {
             version: "test".into(),
             sandbox_only: false,
             wasi: None,
+            services: None,
         },
         now: 1,
     }
