@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use skyclaw_api::services::ServiceCaps;
+use skyclaw_api::services::{
+    DeployOutcome, InstanceReport, InstanceReports, InstanceState, ServiceCaps, ServiceSpec,
+};
 
 /// Hosts go down one second after their last beat, so replacing a lost
 /// instance takes about that long.
@@ -102,40 +104,38 @@ async fn a_deploy_is_placed_reported_healthy_and_published_to_watchers() {
     assert_eq!(before["services"][0]["endpoints"], json!([]));
     // A gateway watching the endpoints hears of the instance once it is healthy.
     let watcher = {
-        let base = coordinator.url.clone();
-        tokio::spawn(async move {
-            let path = format!("/v1/endpoints?index={index}&wait_ms=30000");
-            RawApi::new(&base)
-                .json("GET", &path, Auth::Token, None)
-                .await
-        })
+        let client = client.clone();
+        tokio::spawn(async move { client.endpoints(Some(index), DEADLINE).await })
     };
+    let starting = report(&api, "h1", &instance, "starting", 4001).await;
+    assert_eq!(starting, StatusCode::NO_CONTENT);
+    let healthy = InstanceReports {
+        reports: vec![InstanceReport {
+            instance_id: instance.clone(),
+            state: InstanceState::Healthy,
+            endpoint: Some("http://127.0.0.1:4001".into()),
+            restarts: 0,
+            last_error: None,
+        }],
+    };
+    client.report_instances("h1", &healthy).await.unwrap();
+    let watched = watcher.await.unwrap().unwrap();
+    assert!(watched.index > index, "{watched:?}");
     assert_eq!(
-        report(&api, "h1", &instance, "starting", 4001).await,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        report(&api, "h1", &instance, "healthy", 4001).await,
-        StatusCode::NO_CONTENT
-    );
-    let (status, watched) = watcher.await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{watched}");
-    assert!(watched["index"].as_u64().unwrap() > index, "{watched}");
-    assert_eq!(
-        watched["services"][0]["endpoints"][0]["url"],
+        watched.services[0].endpoints[0].url,
         "http://127.0.0.1:4001"
     );
+    let assigned = client.assignments("h1", None, DEADLINE).await.unwrap();
+    assert_eq!(assigned.instances[0].instance_id, instance);
 
     eventually("the rollout to be done", || async {
         (service(&api, "api").await["deploy"]["status"] == "done").then_some(())
     })
     .await;
-    let (status, again) = api
-        .json("PUT", "/v1/services/api", Auth::Token, Some(&spec))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!(again["outcome"], "unchanged");
-    assert_eq!(again["service"]["current"]["version"], 1);
+    let spec: ServiceSpec = serde_json::from_str(&spec).unwrap();
+    let again = client.put_service("api", &spec).await.unwrap();
+    assert_eq!(again.outcome, DeployOutcome::Unchanged);
+    assert_eq!(again.service.current.version, 1);
 
     // A report from a host that does not hold the instance changes nothing.
     let _other = service_host(&client, "h2").await;
@@ -236,10 +236,21 @@ async fn keys_deploy_only_with_their_scope_and_manage_only_their_services() {
         .json("DELETE", "/v1/services/web", Auth::Key(&other), None)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = api
-        .json("DELETE", "/v1/services/web", Auth::Key(&ci), None)
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    let ci_client = skyclaw_api::Client::new(
+        std::slice::from_ref(&coordinator.url),
+        skyclaw_api::Credentials::ApiKey(ci.clone()),
+    )
+    .unwrap();
+    assert_eq!(ci_client.list_services().await.unwrap().services.len(), 1);
+    let scaled = ci_client.scale_service("web", 3).await.unwrap();
+    assert_eq!(scaled.replicas, 3);
+    ci_client.delete_service("web").await.unwrap();
+    let gone = ci_client.get_service("web").await.unwrap_err();
+    assert_eq!(
+        gone.code(),
+        Some(skyclaw_api::ErrorCode::NotFound),
+        "{gone}"
+    );
 }
 
 #[tokio::test]

@@ -29,6 +29,9 @@ use crate::hosts::{
 };
 use crate::jobs::{Job, JobList, JobQuery, JobSpec};
 use crate::network::{Join, PeerList};
+use crate::services::{
+    Assignments, Deployed, Endpoints, InstanceReports, Scale, Service, ServiceList, ServiceSpec,
+};
 use crate::url::{BASE_URL_FORM, is_http_url};
 
 /// How long an ordinary request may take before the next coordinator is tried.
@@ -379,6 +382,72 @@ impl Client {
         self.call(call).await
     }
 
+    /// `PUT /v1/services/{name}`: creates the service or deploys a new
+    /// version (the same spec again is a no-op the answer says so).
+    pub async fn put_service(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+    ) -> Result<Deployed, ClientError> {
+        let mut call = Call::post(&format!("/v1/services/{}", segment(name)), spec, None);
+        call.method = Method::PUT;
+        self.call(call).await
+    }
+
+    pub async fn get_service(&self, name: &str) -> Result<Service, ClientError> {
+        self.call(Call::get(&format!("/v1/services/{}", segment(name))))
+            .await
+    }
+
+    pub async fn list_services(&self) -> Result<ServiceList, ClientError> {
+        self.call(Call::get("/v1/services")).await
+    }
+
+    pub async fn scale_service(&self, name: &str, replicas: u32) -> Result<Service, ClientError> {
+        let path = format!("/v1/services/{}/scale", segment(name));
+        self.call(Call::post(&path, &Scale { replicas }, None))
+            .await
+    }
+
+    /// `DELETE /v1/services/{name}`: every instance stops.
+    pub async fn delete_service(&self, name: &str) -> Result<(), ClientError> {
+        let mut call = Call::get(&format!("/v1/services/{}", segment(name)));
+        call.method = Method::DELETE;
+        self.call(call).await
+    }
+
+    /// `GET /v1/endpoints`: at once when `index` is `None`, else once the
+    /// endpoint set's index passes it (or `wait` runs out).
+    pub async fn endpoints(
+        &self,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<Endpoints, ClientError> {
+        self.call(watch_call("/v1/endpoints", index, wait)).await
+    }
+
+    /// `GET /v1/hosts/{id}/assignments`, a long-poll like [`Client::endpoints`].
+    pub async fn assignments(
+        &self,
+        host_id: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<Assignments, ClientError> {
+        let path = format!("/v1/hosts/{}/assignments", segment(host_id));
+        self.call(watch_call(&path, index, wait)).await
+    }
+
+    /// Reports instance states; reports on instances the host does not hold
+    /// are left out by the coordinators.
+    pub async fn report_instances(
+        &self,
+        host_id: &str,
+        reports: &InstanceReports,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/hosts/{}/instances", segment(host_id));
+        self.call(Call::post(&path, reports, None)).await
+    }
+
     /// Hashes the file, then uploads it (`PUT /v1/artifacts/{digest}`). Returns
     /// what the coordinator stored and whether this upload stored it first.
     pub async fn put_artifact(&self, path: &Path) -> Result<(ArtifactInfo, bool), ClientError> {
@@ -666,6 +735,17 @@ impl<'a> Call<'a> {
     }
 }
 
+/// A long-poll over a version index, with the time to wait in its timeout.
+fn watch_call<'a>(path: &str, index: Option<u64>, wait: Duration) -> Call<'a> {
+    let mut call = Call::get(path);
+    if let Some(index) = index {
+        call.query.push(("index", index.to_string()));
+    }
+    call.query.push(("wait_ms", wait.as_millis().to_string()));
+    call.timeout = wait + LONG_POLL_SLACK;
+    call
+}
+
 /// Statuses that say "this coordinator cannot serve you now; another might".
 fn is_unavailable(status: StatusCode) -> bool {
     matches!(
@@ -715,7 +795,9 @@ async fn decode<T: DeserializeOwned>(
         url: url.to_string(),
         detail: e.to_string(),
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+    // An empty answer (204) reads as JSON null, which `()` accepts.
+    let json: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+    serde_json::from_slice(json).map_err(|e| ClientError::Decode {
         url: url.to_string(),
         detail: e.to_string(),
     })
