@@ -1,5 +1,5 @@
 //! Bundles, the tar archives native services ship as: built from a directory
-//! by `skyclaw deploy` ([`build`]) and unpacked on hosts (`unpack`). Both
+//! by `skyclaw deploy` ([`build`]) and unpacked on hosts ([`unpack`]). Both
 //! ends live here, in the runtime crate, because the runtime owns artifacts on
 //! hosts and the CLI already depends on it; sharing one module means the
 //! builder applies the unpacker's rules and bounds, so it never makes a bundle
@@ -16,10 +16,12 @@
 //! unpack is renamed into place.
 
 mod build;
+mod unpack;
 
 use std::path::{Component, Path, PathBuf};
 
 pub use build::build;
+pub use unpack::{UNPACK_STAGING_PREFIX, unpack};
 
 /// Entries in one bundle: far more than any built API with its runtime
 /// dependencies, and few enough that a host never tracks an unbounded set of
@@ -81,7 +83,7 @@ impl Summary {
 
 /// What [`build`] returns.
 pub type BuildSummary = Summary;
-/// What `unpack` returns.
+/// What [`unpack`] returns.
 pub type UnpackSummary = Summary;
 
 /// Why a bundle could not be built or unpacked.
