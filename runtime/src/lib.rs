@@ -16,6 +16,7 @@
 
 mod artifacts;
 mod backoff;
+pub mod bundle;
 mod captured;
 mod config;
 mod confine;
