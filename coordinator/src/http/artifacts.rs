@@ -179,6 +179,18 @@ fn blob_headers(kind: ArtifactKind, size: u64) -> [(HeaderName, HeaderValue); 2]
     ]
 }
 
+/// The record of an artifact a job or service names, or a 400 that says how
+/// to push it (`push`: the command that does).
+pub(super) fn uploaded(node: &Node, digest: &Digest, push: &str) -> Result<ArtifactInfo, ApiError> {
+    node.store
+        .read(|c| state::artifacts::get(c, digest))?
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "artifact {digest} was never uploaded; push it first ({push})"
+            ))
+        })
+}
+
 /// The artifact's record, or 404.
 fn known(node: &Node, digest: &Digest) -> Result<ArtifactInfo, ApiError> {
     node.store

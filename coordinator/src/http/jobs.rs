@@ -12,6 +12,7 @@ use skyclaw_api::apikeys::Scope;
 use skyclaw_api::jobs::{DEFAULT_PAGE, Job, JobList, JobQuery, JobSpec, MAX_PAGE, WasiSpec};
 use skyclaw_api::now_ms;
 
+use super::artifacts;
 use super::auth::Principal;
 use super::extract::{ApiQuery, IdempotencyKey, JsonBody};
 use crate::error::ApiError;
@@ -63,14 +64,7 @@ pub async fn submit(
 /// With no WASI host up, limits are not judged: one may still register.
 fn check_wasi(node: &Node, wasi: &WasiSpec) -> Result<(), ApiError> {
     let digest = &wasi.artifact;
-    let info = node
-        .store
-        .read(|c| state::artifacts::get(c, digest))?
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "artifact {digest} was never uploaded; push it first (skyclaw artifact push FILE)"
-            ))
-        })?;
+    let info = artifacts::uploaded(node, digest, "skyclaw artifact push FILE")?;
     if !info.kind.is_wasm() {
         return Err(ApiError::BadRequest(format!(
             "artifact {digest} is a {}, not a WASI component or preview1 module",

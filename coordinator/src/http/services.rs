@@ -19,6 +19,7 @@ use skyclaw_api::services::{
     WatchQuery, validate_replicas, validate_service_name,
 };
 
+use super::artifacts;
 use super::auth::{ClusterToken, Principal};
 use super::extract::{ApiQuery, IdempotencyKey, JsonBody, request_hash};
 use crate::error::ApiError;
@@ -60,14 +61,7 @@ pub async fn put(
 /// Refuses a spec whose artifact was never uploaded or is of the wrong kind.
 fn check_artifact(node: &Node, spec: &ServiceSpec) -> Result<(), ApiError> {
     let digest = &spec.artifact;
-    let info = node
-        .store
-        .read(|c| state::artifacts::get(c, digest))?
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "artifact {digest} was never uploaded; push it first (skyclaw deploy does)"
-            ))
-        })?;
+    let info = artifacts::uploaded(node, digest, "skyclaw deploy does")?;
     let fits = match spec.kind {
         ServiceKind::Native => info.kind == ArtifactKind::Bundle,
         ServiceKind::WasiHttp => info.kind == ArtifactKind::WasmComponent,
