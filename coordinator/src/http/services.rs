@@ -166,15 +166,7 @@ async fn visible(node: &Node, principal: &Principal, name: &str) -> Result<Servi
     let name_owned = name.to_string();
     let found = node
         .store
-        .scan(move |c| {
-            let owned_by = state::services::owner(c, &name_owned)?;
-            let allowed = owned_by.is_some_and(|o| owner.is_none_or(|k| k == o));
-            if allowed {
-                state::services::get(c, &name_owned)
-            } else {
-                Ok(None)
-            }
-        })
+        .scan(move |c| state::services::get_owned(c, &name_owned, owner.as_deref()))
         .await?;
     found.ok_or_else(|| ApiError::NotFound(format!("no service {name}")))
 }

@@ -96,20 +96,13 @@ fn plan_service(
     load: &mut Load,
     plan: &mut Plan,
 ) {
-    let alive = |pred: &dyn Fn(&Instance) -> bool| -> Vec<&Instance> {
-        service
-            .instances
-            .iter()
-            .filter(|i| i.state.is_alive() && pred(i))
-            .collect()
-    };
+    let alive = service.instances.iter().filter(|i| i.state.is_alive());
     let Some(target) = service.target_version() else {
-        stop(plan, alive(&|_| true));
+        stop(plan, alive.collect());
         return;
     };
     let replicas = service.replicas as usize;
-    let new = alive(&|i| i.version == target);
-    let old = alive(&|i| i.version != target);
+    let (new, old): (Vec<&Instance>, Vec<&Instance>) = alive.partition(|i| i.version == target);
     let rolling =
         service.deploy.status == DeployStatus::Rolling && service.deploy.version == target;
     let wanted = if rolling {
@@ -145,11 +138,10 @@ fn plan_service(
         replicas.saturating_sub(new.len()).min(room)
     } else {
         stop(plan, old);
-        if new.len() > replicas {
-            let extra = new.len() - replicas;
-            stop(plan, least_useful(new.clone(), extra));
-        }
-        replicas.saturating_sub(new.len())
+        let missing = replicas.saturating_sub(new.len());
+        let extra = new.len().saturating_sub(replicas);
+        stop(plan, least_useful(new, extra));
+        missing
     };
     let (hosts, reason) = pick_hosts(service, target, live, load, wanted);
     if !hosts.is_empty() {

@@ -638,17 +638,21 @@ fn view(conn: &Connection, name: String, row: ServiceRow) -> rusqlite::Result<Se
 
 /// A service that was not removed, with its versions and instances.
 pub fn get(conn: &Connection, name: &str) -> rusqlite::Result<Option<Service>> {
-    match row(conn, name)?.filter(|r| r.deleted_at.is_none()) {
+    get_owned(conn, name, None)
+}
+
+/// [`get`], limited to services `owner` (as stored) created when given.
+pub fn get_owned(
+    conn: &Connection,
+    name: &str,
+    owner: Option<&str>,
+) -> rusqlite::Result<Option<Service>> {
+    let visible =
+        row(conn, name)?.filter(|r| r.deleted_at.is_none() && owner.is_none_or(|o| o == r.owner));
+    match visible {
         Some(row) => view(conn, name.to_string(), row).map(Some),
         None => Ok(None),
     }
-}
-
-/// The owner (as stored) of a service that was not removed.
-pub fn owner(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
-    Ok(row(conn, name)?
-        .filter(|r| r.deleted_at.is_none())
-        .map(|r| r.owner))
 }
 
 /// Every service not removed, by name; only `owner`'s when given.
