@@ -24,7 +24,10 @@ const HEARTBEAT: Duration = Duration::from_millis(200);
 async fn service_host(client: &skyclaw_api::Client, id: &str) -> tokio::task::JoinHandle<()> {
     let mut registration = fake_host(id, &["shell"]);
     registration.allowed_commands = vec!["node".into()];
-    registration.services = Some(ServiceCaps { max_instances: 4 });
+    registration.services = Some(ServiceCaps {
+        max_instances: 4,
+        control_url: None,
+    });
     keep_live(client, &registration, HEARTBEAT).await
 }
 

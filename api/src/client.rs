@@ -30,7 +30,8 @@ use crate::hosts::{
 use crate::jobs::{Job, JobList, JobQuery, JobSpec};
 use crate::network::{Join, PeerList};
 use crate::services::{
-    Assignments, Deployed, Endpoints, InstanceReports, Scale, Service, ServiceList, ServiceSpec,
+    Assignments, Deployed, Endpoints, InstanceReports, LogsQuery, Scale, Service, ServiceList,
+    ServiceLogs, ServiceSpec,
 };
 use crate::url::{BASE_URL_FORM, is_http_url};
 
@@ -413,6 +414,23 @@ impl Client {
     pub async fn delete_service(&self, name: &str) -> Result<(), ClientError> {
         let mut call = Call::get(&format!("/v1/services/{}", segment(name)));
         call.method = Method::DELETE;
+        self.call(call).await
+    }
+
+    /// `GET /v1/services/{name}/logs`: recent output of the service's
+    /// native instances, fetched by the coordinator from their hosts.
+    pub async fn service_logs(
+        &self,
+        name: &str,
+        query: &LogsQuery,
+    ) -> Result<ServiceLogs, ClientError> {
+        let mut call = Call::get(&format!("/v1/services/{}/logs", segment(name)));
+        if let Some(instance) = &query.instance {
+            call.query.push(("instance", instance.clone()));
+        }
+        if let Some(tail) = query.tail {
+            call.query.push(("tail", tail.to_string()));
+        }
         self.call(call).await
     }
 

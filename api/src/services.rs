@@ -671,6 +671,10 @@ pub const MAX_HOST_INSTANCES: u32 = 4096;
 #[serde(deny_unknown_fields)]
 pub struct ServiceCaps {
     pub max_instances: u32,
+    /// Base URL of the host's own listener (`--listen`, as others reach it
+    /// through `--advertise-host`): coordinators fetch instance logs there.
+    #[serde(default)]
+    pub control_url: Option<String>,
 }
 
 /// Which stream a log line came from.
@@ -704,6 +708,18 @@ pub struct InstanceLogs {
     pub lines: Vec<LogLine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `GET /v1/services/{name}/logs`: which instance (every native one when
+/// `None`) and how many of the newest lines of each (at most
+/// [`MAX_LOG_TAIL`], [`DEFAULT_LOG_TAIL`] when `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub tail: Option<usize>,
 }
 
 /// Env names the host sets for a native instance; a spec may not set them.

@@ -32,7 +32,10 @@ fn host(id: &str, allowed: &[&str], max_instances: u32) -> LiveHost {
             version: "test".into(),
             sandbox_only: false,
             wasi: None,
-            services: Some(ServiceCaps { max_instances }),
+            services: Some(ServiceCaps {
+                max_instances,
+                control_url: None,
+            }),
         },
         artifacts: Arc::default(),
     }
