@@ -666,8 +666,8 @@ pub struct InstanceReport {
 pub const MAX_HOST_INSTANCES: u32 = 4096;
 
 /// What a host grants services: how many instances it runs at once (its
-/// port range bounds it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// port range bounds it), and where its own listener is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCaps {
     pub max_instances: u32,
