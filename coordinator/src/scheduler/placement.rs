@@ -285,6 +285,7 @@ fn pick_hosts(
 fn has_room(host: &LiveHost, load: &Load) -> bool {
     host.registration
         .services
+        .as_ref()
         .is_some_and(|caps| load.of(&host.registration.host_id) < caps.max_instances)
 }
 
