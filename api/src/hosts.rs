@@ -173,6 +173,16 @@ pub enum Outcome {
     Abandoned,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// How one job ended, under the lease it ends. Idempotent by its lease: the
 /// first completion under a lease is recorded, and the same lease reported
 /// again is answered as recorded.

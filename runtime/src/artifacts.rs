@@ -42,6 +42,17 @@ struct State {
     total_bytes: u64,
     /// Increases on every use; orders entries for eviction.
     clock: u64,
+    /// Fetches served from a cached copy, and fetches that downloaded.
+    hits: u64,
+    downloads: u64,
+}
+
+/// What the cache holds and how well it serves, for the host's metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CacheStats {
+    pub(crate) bytes: u64,
+    pub(crate) hits: u64,
+    pub(crate) downloads: u64,
 }
 
 struct Entry {
@@ -133,8 +144,23 @@ impl ArtifactCache {
     ) -> Result<Pinned, String> {
         let _turn = self.fetching.take(digest).await;
         match self.pin_existing(digest) {
-            Some(pinned) => self.verify_cached(pinned).await,
-            None => self.download(client, digest).await,
+            Some(pinned) => {
+                self.lock().hits += 1;
+                self.verify_cached(pinned).await
+            }
+            None => {
+                self.lock().downloads += 1;
+                self.download(client, digest).await
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let state = self.lock();
+        CacheStats {
+            bytes: state.total_bytes,
+            hits: state.hits,
+            downloads: state.downloads,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The host daemon's configuration: what the CLI parses into [`HostConfig`], its
 //! defaults, and the checks made before the daemon starts.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use skyclaw_api::jobs::{MAX_OUTPUT_BYTES_LIMIT, WasiCaps, is_loader_variable};
 
 use crate::HostError;
 use crate::confine::{DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB, JobUsers};
+use crate::services::PortRange;
 
 /// Jobs run at once by default: a few keeps a shared machine responsive.
 pub const DEFAULT_MAX_PARALLEL: u32 = 4;
@@ -34,6 +36,14 @@ pub const FALLBACK_HOST_NAME: &str = "skyclaw-host";
 /// Disk the host's artifact cache may use by default; the least recently used
 /// artifacts are removed past it.
 pub const DEFAULT_ARTIFACT_CACHE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// The address the host's own listener (`/health`, `/metrics`, instance
+/// logs) binds by default: loopback, on a port the kernel picks (logged).
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+/// The address endpoints name by default: this machine only, which is what a
+/// laptop or a single-machine network wants; hosts others reach set it.
+pub const DEFAULT_ADVERTISE_HOST: &str = "127.0.0.1";
 
 /// Everything the host daemon needs; built by the CLI from flags, `SKYCLAW_*`
 /// variables and the defaults above.
@@ -77,6 +87,13 @@ pub struct HostConfig {
     /// Directories native jobs must not see, besides the data directory
     /// (always hidden): covered by an empty file system in their view.
     pub hidden_paths: Vec<PathBuf>,
+    /// Ports service instances listen on, one each; `None` runs no services.
+    pub service_ports: Option<PortRange>,
+    /// The host name or address other machines reach this host's instances
+    /// (and its listener) by.
+    pub advertise_host: String,
+    /// Where the host's own listener binds.
+    pub listen: SocketAddr,
 }
 
 impl HostConfig {
@@ -103,6 +120,9 @@ impl HostConfig {
             job_memory_mb: DEFAULT_JOB_MEMORY_MB,
             job_max_processes: DEFAULT_JOB_MAX_PROCESSES,
             hidden_paths: Vec::new(),
+            service_ports: None,
+            advertise_host: DEFAULT_ADVERTISE_HOST.to_string(),
+            listen: DEFAULT_LISTEN,
         }
     }
 
@@ -171,6 +191,12 @@ impl HostConfig {
         if self.openclaw_command.trim().is_empty() {
             return invalid("openclaw_command must not be empty".into());
         }
+        if !is_host_name(&self.advertise_host) {
+            return invalid(format!(
+                "advertise_host {:?} is not a host name or IP address (no scheme, port or path)",
+                self.advertise_host
+            ));
+        }
         if let Some(bad) = self
             .pass_env
             .iter()
@@ -192,6 +218,24 @@ impl HostConfig {
         }
         Ok(())
     }
+}
+
+/// A DNS name or an IP address, as an endpoint URL names a host.
+fn is_host_name(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The machine's hostname, or [`FALLBACK_HOST_NAME`] when it cannot be read.
@@ -262,6 +306,17 @@ mod tests {
         c.job_users = None;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("--allow-same-user-jobs"), "{err}");
+        for bad in ["http://x", "a b", "x:80", ""] {
+            let mut c = config();
+            c.advertise_host = bad.into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("advertise_host"), "{bad}: {err}");
+        }
+        for good in ["10.0.0.7", "::1", "host-1.example.org"] {
+            let mut c = config();
+            c.advertise_host = good.into();
+            c.validate().unwrap();
+        }
         let mut c = config();
         c.allowed_commands = vec![" ".into()];
         assert!(

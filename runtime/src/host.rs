@@ -12,6 +12,7 @@ use skyclaw_api::hosts::{
     Claim, Complete, Heartbeat, LeasedJob, MAX_CLAIM_JOBS, Outcome, RegisterHost, Registered,
 };
 use skyclaw_api::jobs::JobResult;
+use skyclaw_api::services::{MAX_HOST_INSTANCES, ServiceCaps};
 use skyclaw_api::{Client, Credentials, ErrorCode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -22,10 +23,13 @@ use crate::artifacts::ArtifactCache;
 use crate::backoff::Backoff;
 use crate::config::{DEFAULT_PATH, HostConfig};
 use crate::confine::{Confiner, Settings};
+use crate::control::{self, Control};
 use crate::discovery;
 use crate::leases::Leases;
+use crate::metrics::Counters;
 use crate::native::Runner;
 use crate::report::{Reporter, answer_was_lost, is_retryable};
+use crate::services::{self, Ports, Prober, StateReports, Supervisor};
 use crate::wasi::{WasiEngine, WasiSettings};
 use crate::workdir::WorkDirs;
 use crate::workload::{Runners, StopReason};
@@ -54,6 +58,8 @@ const WORK_DIR: &str = "work";
 const ARTIFACT_DIR: &str = "artifacts";
 /// Directory under the data directory that holds compiled wasm code.
 const CODE_CACHE_DIR: &str = "wasm-code";
+/// Directory under the data directory that holds service instances' files.
+const SERVICES_DIR: &str = "services";
 
 /// Runs the host daemon until `shutdown` resolves, then stops claiming, lets
 /// running jobs go on for `shutdown_grace`, kills and abandons the rest, and
@@ -71,9 +77,27 @@ pub async fn run(
             shutdown.await;
             shutdown_tx.send_replace(true);
         });
+        let listening = {
+            let (host, shutdown) = (Arc::clone(&host), shutdown_rx.clone());
+            tokio::spawn(async move { host.control.serve(shutdown).await }.in_current_span())
+        };
+        let supervising = host
+            .supervisor
+            .clone()
+            .map(|supervisor| tokio::spawn(supervisor.run(shutdown_rx.clone()).in_current_span()));
         let outcome = host.serve(shutdown_rx, config.shutdown_grace).await;
+        // Instances drain beside the jobs; both are settled before the exit.
+        if let Some(supervising) = supervising
+            && let Err(e) = supervising.await
+        {
+            error!(error = %e, "the service supervisor panicked");
+        }
         // Every job was settled (reported or given up on) by the drain.
         host.reporting.abort();
+        if let Some(reporting) = &host.instance_reporting {
+            reporting.abort();
+        }
+        listening.abort();
         shutdown_task.abort();
         outcome
     }
@@ -98,6 +122,12 @@ struct Host {
     /// Wakes the heartbeat loop to register again when a claim learns that
     /// the coordinators forgot this host.
     reregister: Notify,
+    counters: Arc<Counters>,
+    /// Runs the service instances; `None` on a host without service ports.
+    supervisor: Option<Arc<Supervisor>>,
+    /// The task that sends instance states; aborted after the drain.
+    instance_reporting: Option<JoinHandle<()>>,
+    control: ControlListener,
 }
 
 impl Host {
@@ -122,7 +152,27 @@ impl Host {
         let host_id = identity::load_or_create(&config.data_dir)?;
         let span = info_span!("host", host_id = %host_id);
         let runners = runners(config, &client).instrument(span.clone()).await?;
-        let registration = registration(config, &host_id, &runners);
+        let (supervisor, instance_reporting) = match config.service_ports {
+            Some(range) => {
+                let (supervisor, reporting) =
+                    supervisor(config, &client, &host_id, &runners, range).await?;
+                (Some(supervisor), Some(reporting))
+            }
+            None => (None, None),
+        };
+        let counters = Arc::new(Counters::default());
+        let control = ControlListener::bind(
+            config,
+            Arc::new(Control {
+                host_id: host_id.clone(),
+                token_hash: control::token_hash(&config.token),
+                counters: Arc::clone(&counters),
+                artifacts: Arc::clone(&runners.artifacts),
+                supervisor: supervisor.clone(),
+            }),
+        )
+        .await?;
+        let registration = registration(config, &host_id, &runners, control.url.clone());
         let (reporter, reporting) = Reporter::start(client.clone(), host_id.clone());
         Ok(Host {
             span,
@@ -135,6 +185,10 @@ impl Host {
             max_parallel: config.max_parallel,
             leases: Arc::new(Leases::default()),
             reregister: Notify::new(),
+            counters,
+            supervisor,
+            instance_reporting,
+            control,
         })
     }
 
@@ -353,6 +407,7 @@ impl Host {
                 } else {
                     Outcome::Failed
                 };
+                host.counters.job_ended(job.spec.kind(), outcome.as_str());
                 info!(
                     ?outcome,
                     exit_code = run.result.exit_code,
@@ -531,7 +586,12 @@ async fn runners(config: &HostConfig, client: &Client) -> Result<Runners, HostEr
 }
 
 /// What the host tells coordinators about itself each time it registers.
-fn registration(config: &HostConfig, host_id: &str, runners: &Runners) -> RegisterHost {
+fn registration(
+    config: &HostConfig,
+    host_id: &str,
+    runners: &Runners,
+    control_url: String,
+) -> RegisterHost {
     RegisterHost {
         host_id: host_id.to_string(),
         // Afresh for every start of the daemon: coordinators tell a restart
@@ -546,7 +606,98 @@ fn registration(config: &HostConfig, host_id: &str, runners: &Runners) -> Regist
         version: env!("CARGO_PKG_VERSION").to_string(),
         sandbox_only: config.sandbox_only,
         wasi: Some(config.wasi_caps()),
-        services: None,
+        services: config.service_ports.map(|range| ServiceCaps {
+            max_instances: range.count().min(MAX_HOST_INSTANCES),
+            control_url: Some(control_url),
+        }),
+    }
+}
+
+/// The service supervisor of a host with service ports, and the task that
+/// reports its instances' states. Empties what instances of an earlier run
+/// left on disk.
+async fn supervisor(
+    config: &HostConfig,
+    client: &Client,
+    host_id: &str,
+    runners: &Runners,
+    range: services::PortRange,
+) -> Result<(Arc<Supervisor>, JoinHandle<()>), HostError> {
+    let root = config.data_dir.join(SERVICES_DIR);
+    services::reset_root(&root)
+        .await
+        .map_err(|source| HostError::DataDir {
+            action: "cannot create",
+            path: root.clone(),
+            source,
+        })?;
+    let (reports, reporting) = StateReports::start(client.clone(), host_id.to_string());
+    let supervisor = Supervisor::new(services::Shared::new(
+        client.clone(),
+        host_id.to_string(),
+        config.name.clone(),
+        runners.native.clone(),
+        Arc::clone(&runners.artifacts),
+        Ports::new(range),
+        config.advertise_host.clone(),
+        root,
+        reports,
+        Prober::new().map_err(HostError::Config)?,
+        config.shutdown_grace,
+    ));
+    Ok((supervisor, reporting))
+}
+
+/// The host's own listener, bound at start so that a taken address fails
+/// the start, and the URL the coordinators reach it at.
+struct ControlListener {
+    listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
+    control: Arc<Control>,
+    url: String,
+}
+
+impl ControlListener {
+    async fn bind(
+        config: &HostConfig,
+        control: Arc<Control>,
+    ) -> Result<ControlListener, HostError> {
+        let listener = skyclaw_api::serve::bind(config.listen)
+            .await
+            .map_err(|e| HostError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| HostError::Config(format!("cannot read the listener's address: {e}")))?;
+        let ip = local.ip();
+        let host = if ip.is_unspecified() {
+            config.advertise_host.clone()
+        } else {
+            ip.to_string()
+        };
+        let url = if host.contains(':') {
+            format!("http://[{host}]:{}", local.port())
+        } else {
+            format!("http://{host}:{}", local.port())
+        };
+        info!(listen = %local, %url, "host listening");
+        Ok(ControlListener {
+            listener: std::sync::Mutex::new(Some(listener)),
+            control,
+            url,
+        })
+    }
+
+    /// Serves `/health`, `/metrics` and instance logs until shutdown.
+    async fn serve(&self, mut shutdown: watch::Receiver<bool>) {
+        let Some(listener) = self.listener.lock().expect("listener lock").take() else {
+            return;
+        };
+        let app = control::router(Arc::clone(&self.control));
+        let stats = Arc::new(skyclaw_api::serve::Stats::default());
+        let limits = skyclaw_api::serve::Limits::default();
+        skyclaw_api::serve::serve(listener, app, limits, stats, async move {
+            fired(&mut shutdown).await;
+        })
+        .await;
     }
 }
 

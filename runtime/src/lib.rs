@@ -1,6 +1,7 @@
 //! The Skyclaw host daemon: registers with the coordinators, heartbeats, claims
-//! jobs into free slots and runs them (allowlisted native commands and
-//! OpenClaw agent turns), and reports every result.
+//! jobs into free slots and runs them (allowlisted native commands, OpenClaw
+//! agent turns and WASI programs), reports every result, runs the service
+//! instances it is assigned, and serves `/health` and `/metrics`.
 //!
 //! The CLI builds a [`HostConfig`] and calls [`run`] with a shutdown future.
 //!
@@ -20,14 +21,17 @@ pub mod bundle;
 mod captured;
 mod config;
 mod confine;
+mod control;
 mod discovery;
 mod error;
 mod host;
 mod identity;
 mod leases;
+mod metrics;
 mod native;
 mod openclaw;
 mod report;
+mod services;
 mod spawned;
 mod turns;
 pub mod wasi;
@@ -35,10 +39,10 @@ mod workdir;
 mod workload;
 
 pub use config::{
-    DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL,
-    DEFAULT_OPENCLAW_COMMAND, DEFAULT_PATH, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL,
-    DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS, FALLBACK_HOST_NAME, HostConfig,
-    default_host_name,
+    DEFAULT_ADVERTISE_HOST, DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_LISTEN, DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND, DEFAULT_PATH, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_WASI_MAX_FUEL, DEFAULT_WASI_MAX_MEMORY_MB, DEFAULT_WASI_MAX_TIMEOUT_MS,
+    FALLBACK_HOST_NAME, HostConfig, default_host_name,
 };
 pub use confine::{
     DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB, DEFAULT_JOB_UIDS, JOB_HOME, JobUsers,
@@ -49,4 +53,5 @@ pub use host::{CLAIM_WAIT_MS, SHUTDOWN_REPORT_WINDOW, run};
 pub use identity::HOST_ID_FILE;
 pub use openclaw::OPENCLAW_PROBE_TIMEOUT;
 pub use report::REPORT_DEADLINE;
+pub use services::PortRange;
 pub use workload::{Run, StopReason, StopSignal};

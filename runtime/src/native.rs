@@ -229,7 +229,7 @@ impl Runner {
     /// `pass_env` names. Later entries win, so `pass_env` may set HOME and the
     /// job may set anything; the program was resolved already, so a PATH the
     /// job sets changes only what that program looks up itself.
-    fn job_env(&self, own: &BTreeMap<String, String>) -> BTreeMap<String, OsString> {
+    pub(crate) fn job_env(&self, own: &BTreeMap<String, String>) -> BTreeMap<String, OsString> {
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), OsString::from(&self.path));
         env.insert("HOME".to_string(), OsString::from(JOB_HOME));
@@ -247,7 +247,7 @@ impl Runner {
     }
 }
 
-fn describe_exit(status: ExitStatus) -> (Option<i32>, Option<String>) {
+pub(crate) fn describe_exit(status: ExitStatus) -> (Option<i32>, Option<String>) {
     if let Some(code) = status.code() {
         let error = (code != 0).then(|| format!("exited with code {code}"));
         return (Some(code), error);

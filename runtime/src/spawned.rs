@@ -104,6 +104,11 @@ impl<S: OutputSink> Spawned<S> {
         status
     }
 
+    /// Asks the process to exit (SIGTERM); [`Spawned::wait`] tells when it did.
+    pub(crate) fn terminate(&self) {
+        self.process.terminate();
+    }
+
     /// Kills the process, and with it its whole PID namespace, at once, and
     /// reaps it.
     pub(crate) async fn stop(&mut self) {

@@ -82,7 +82,7 @@ fn empty(dir: &Path) -> io::Result<()> {
 }
 
 /// `remove_dir_all`, after making directories the job locked writable again.
-fn remove_all(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_all(path: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

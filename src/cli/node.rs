@@ -21,7 +21,7 @@ use skyclaw_runtime::{
     DEFAULT_ARTIFACT_CACHE_BYTES, DEFAULT_JOB_MAX_PROCESSES, DEFAULT_JOB_MEMORY_MB,
     DEFAULT_JOB_UIDS, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_PARALLEL, DEFAULT_OPENCLAW_COMMAND,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_WASI_MAX_FUEL, DEFAULT_WASI_MAX_MEMORY_MB,
-    DEFAULT_WASI_MAX_TIMEOUT_MS, HostConfig, JobUsers, UidRange,
+    DEFAULT_WASI_MAX_TIMEOUT_MS, HostConfig, JobUsers, PortRange, UidRange,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -37,7 +37,14 @@ const DEFAULT_DEV_PORT: u16 = 8787;
 /// Commands the dev host allows: harmless tools plus `sh` for trying things on
 /// one's own machine (`sh` runs anything, confined like every job; `env` is
 /// left out: it would be a second way to run anything).
-const DEV_ALLOWED_COMMANDS: &str = "echo,true,false,sh,cat,ls,uname,date,sleep";
+const DEV_ALLOWED_COMMANDS: &str = "echo,true,false,sh,cat,ls,uname,date,sleep,node";
+/// The ports the dev host gives service instances unless told otherwise:
+/// below Linux's ephemeral range (32768 and up), so that outgoing
+/// connections do not take them.
+const DEV_SERVICE_PORTS: PortRange = PortRange {
+    first: 20_000,
+    last: 20_099,
+};
 /// Mode bits node processes clear on every file they create: their files
 /// (databases, logs, artifacts, job output) are for their own user only.
 const NODE_UMASK: u32 = 0o077;
@@ -173,9 +180,40 @@ pub struct HostArgs {
     )]
     pass_env: Vec<String>,
     /// On shutdown, how many milliseconds running jobs get to finish before
-    /// they are killed and handed back.
+    /// they are killed and handed back; also how long a stopping service
+    /// instance gets to finish its requests.
     #[arg(long, env = "SKYCLAW_SHUTDOWN_GRACE_MS", default_value_t = millis(DEFAULT_SHUTDOWN_GRACE), value_name = "N")]
     shutdown_grace_ms: u64,
+    #[command(flatten)]
+    services: ServiceArgs,
+}
+
+/// Where a host's service instances listen, how other machines reach them,
+/// and where the host serves its own `/health` and `/metrics`.
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// Ports service instances listen on, START-END, one port each; the host
+    /// runs services only when given a range (it bounds how many), and the
+    /// ports must be open to whoever routes to them (gateways).
+    #[arg(long, env = "SKYCLAW_SERVICE_PORTS", value_name = "START-END")]
+    service_ports: Option<PortRange>,
+    /// The host name or IP address other machines reach this host by: service
+    /// endpoints and the host's listener are published under it. Instances
+    /// listen on every address unless it is a loopback address.
+    #[arg(long, env = "SKYCLAW_ADVERTISE_HOST", default_value = skyclaw_runtime::DEFAULT_ADVERTISE_HOST, value_name = "HOST")]
+    advertise_host: String,
+    /// Where the host serves GET /health, GET /metrics (Prometheus text) and,
+    /// for coordinators, instance logs; port 0 picks a free one (logged).
+    #[arg(long = "listen", env = "SKYCLAW_HOST_LISTEN", default_value_t = skyclaw_runtime::DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: SocketAddr,
+}
+
+impl ServiceArgs {
+    fn apply(&self, config: &mut HostConfig, default_ports: Option<PortRange>) {
+        config.service_ports = self.service_ports.or(default_ports);
+        config.advertise_host = self.advertise_host.trim().to_string();
+        config.listen = self.listen;
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,6 +248,9 @@ pub struct DevArgs {
     wasi: WasiArgs,
     #[command(flatten)]
     jobs: JobArgs,
+    /// Service ports default to 20000-20099 under dev.
+    #[command(flatten)]
+    services: ServiceArgs,
 }
 
 /// How a host confines native jobs (shell, openclaw-run). Each runs in PID,
@@ -421,6 +462,7 @@ pub async fn host(args: HostArgs) -> Result<ExitCode> {
     config.sandbox_only = args.sandbox_only;
     args.wasi.apply(&mut config);
     args.jobs.apply(&mut config, false);
+    args.services.apply(&mut config, None);
     skyclaw_runtime::run(config, shutdown_signal()?)
         .await
         .context("host failed")?;
@@ -467,6 +509,8 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     // The whole dev directory: the token and the coordinator's database too.
     host_config.hidden_paths.push(args.data_dir.clone());
     args.jobs.apply(&mut host_config, true);
+    args.services
+        .apply(&mut host_config, Some(DEV_SERVICE_PORTS));
     super::output::out(&dev_banner(&url, &args.data_dir, &host_config))?;
 
     let (stop_coordinator, coordinator_stop) = watch::channel(false);

@@ -10,6 +10,7 @@ mod extract;
 mod forward;
 mod hosts;
 mod jobs;
+mod logs;
 mod network;
 mod raft;
 mod services;
@@ -198,6 +199,13 @@ fn table() -> Vec<Entry> {
             "/v1/services/{name}/scale",
             TokenOrKey,
             services::scale,
+        ),
+        entry(
+            Api,
+            Method::GET,
+            "/v1/services/{name}/logs",
+            TokenOrKey,
+            logs::logs,
         ),
         entry(
             Api,

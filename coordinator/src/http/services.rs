@@ -146,7 +146,7 @@ pub async fn delete(
 
 /// Reading services takes `services:read`, or `services:deploy`, which
 /// reads what it deploys.
-fn require_read(principal: &Principal) -> Result<(), ApiError> {
+pub(super) fn require_read(principal: &Principal) -> Result<(), ApiError> {
     principal
         .require(Scope::ServicesRead)
         .or_else(|_| principal.require(Scope::ServicesDeploy))
@@ -161,7 +161,11 @@ fn key_owner(principal: &Principal) -> Option<String> {
 }
 
 /// A service the caller may see; others' services are reported as missing.
-async fn visible(node: &Node, principal: &Principal, name: &str) -> Result<Service, ApiError> {
+pub(super) async fn visible(
+    node: &Node,
+    principal: &Principal,
+    name: &str,
+) -> Result<Service, ApiError> {
     let owner = key_owner(principal);
     let name_owned = name.to_string();
     let found = node

@@ -79,6 +79,16 @@ impl Process {
     /// SIGKILLs the process; its PID namespace goes with it. A process that
     /// has ended already is left alone.
     pub(crate) fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// SIGTERMs the process, asking it to finish what it is doing and exit.
+    /// As its PID namespace's init it gets the signal only if it handles it.
+    pub(crate) fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
         if self.reaped {
             return;
         }
@@ -87,13 +97,13 @@ impl Process {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 self.pidfd.get_ref().as_raw_fd(),
-                libc::SIGKILL,
+                signal,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             )
         };
         if sent < 0 && Errno::last() != Errno::ESRCH {
-            warn!(pid = self.pid.as_raw(), error = %Errno::last(), "cannot kill a job process");
+            warn!(pid = self.pid.as_raw(), signal, error = %Errno::last(), "cannot signal a job process");
         }
     }
 

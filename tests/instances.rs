@@ -1,0 +1,207 @@
+//! Services run by real hosts: native instances started from uploaded
+//! bundles, probed, restarted when killed, rolled out with no failed request,
+//! kept at the old version when the new one crashes, and placed elsewhere
+//! when their host dies; their logs and the host's metrics.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::services::*;
+use common::*;
+use skyclaw_api::services::{DeployStatus, InstanceState, LogsQuery};
+
+/// A host that runs `node` services, with a grace period short enough for tests.
+fn service_host_args(ports: &str) -> Vec<String> {
+    vec![
+        "--service-ports".into(),
+        ports.into(),
+        "--shutdown-grace-ms".into(),
+        "5000".into(),
+    ]
+}
+
+#[tokio::test]
+async fn native_instances_restart_roll_out_and_survive_a_crashing_version() {
+    let ports = service_ports();
+    let args = service_host_args(&ports);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let net = Network::start("node", &args).await;
+    let client = net.client();
+    let marker = format!("marker-{}", std::process::id());
+    let bundle = push_files(&client, net.tmp.path(), &[("server.js", NODE_SERVER)]).await;
+
+    let mut spec = node_service(&bundle, &["server.js", &marker], 2);
+    spec.env.insert("VERSION".into(), "1".into());
+    client.put_service("web", &spec).await.unwrap();
+    let service = wait_deploy(&client, "web", 1, DeployStatus::Done).await;
+    let endpoints = healthy_endpoints(&service, 1);
+    assert_eq!(endpoints.len(), 2, "{service:#?}");
+    for endpoint in &endpoints {
+        assert_eq!(get_text(endpoint, "/").await.unwrap(), (200, "v1".into()));
+    }
+
+    // kill -9 one instance's process: it is restarted, counted, and serves.
+    let pids = wait_processes(&marker, 2).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let restarted = eventually("the killed instance to serve again", || async {
+        let service = client.get_service("web").await.ok()?;
+        let healthy = healthy_endpoints(&service, 1);
+        let restarts: u32 = service.instances.iter().map(|i| i.restarts).sum();
+        (restarts == 1 && healthy.len() == 2).then_some(service)
+    })
+    .await;
+    let again = restarted
+        .instances
+        .iter()
+        .find(|i| i.restarts == 1)
+        .unwrap();
+    assert!(
+        again
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("SIGKILL"),
+        "{again:?}"
+    );
+    assert_eq!(
+        get_text(again.endpoint.as_deref().unwrap(), "/")
+            .await
+            .unwrap()
+            .1,
+        "v1"
+    );
+
+    // Logs come from the host through the coordinator.
+    let logs = client
+        .service_logs("web", &LogsQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(logs.instances.len(), 2, "{logs:?}");
+    for instance in &logs.instances {
+        assert!(
+            instance
+                .lines
+                .iter()
+                .any(|l| l.text.starts_with("listening on 127.0.0.1:")),
+            "{instance:?}"
+        );
+    }
+
+    // v1 -> v2 while a client requests every listed endpoint: no request fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(request_endpoints(
+        client.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&failures),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    spec.env.insert("VERSION".into(), "2".into());
+    client.put_service("web", &spec).await.unwrap();
+    let service = wait_deploy(&client, "web", 2, DeployStatus::Done).await;
+    eventually("the endpoint set to hold only v2", || async {
+        let set = client.endpoints(None, Duration::ZERO).await.ok()?;
+        let web = set.services.iter().find(|s| s.name == "web")?;
+        (web.endpoints.len() == 2 && web.endpoints.iter().all(|e| e.version == 2)).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "failed requests during the rollout"
+    );
+    assert!(answers.len() > 20, "only {} requests made", answers.len());
+    assert!(answers.iter().any(|a| a == "v1") && answers.iter().any(|a| a == "v2"));
+    assert_eq!(answers.last().map(String::as_str), Some("v2"));
+    for endpoint in healthy_endpoints(&service, 2) {
+        assert_eq!(get_text(&endpoint, "/").await.unwrap().1, "v2");
+    }
+
+    // v3 crashes at start: its rollout fails with the crash output, and v2
+    // keeps serving at full replicas.
+    spec.args = vec!["crash.js".into(), marker.clone()];
+    let crash = "console.error('boom: v3 cannot start'); process.exit(3);";
+    spec.artifact = push_files(&client, net.tmp.path(), &[("crash.js", crash)])
+        .await
+        .parse()
+        .unwrap();
+    client.put_service("web", &spec).await.unwrap();
+    let failed = wait_deploy(&client, "web", 3, DeployStatus::Failed).await;
+    let reason = failed.deploy.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("exited with code 3") && reason.contains("boom: v3 cannot start"),
+        "{reason}"
+    );
+    let settled = eventually("v3's instances to be gone", || async {
+        let service = client.get_service("web").await.ok()?;
+        service
+            .instances
+            .iter()
+            .filter(|i| i.version == 3)
+            .all(|i| i.state.is_terminal())
+            .then_some(service)
+    })
+    .await;
+    assert_eq!(healthy_endpoints(&settled, 2).len(), 2, "{settled:#?}");
+
+    // The host's own listener: its health and its metrics.
+    let hosts = client.list_hosts().await.unwrap();
+    let url = hosts.hosts[0]
+        .services
+        .as_ref()
+        .and_then(|s| s.control_url.clone())
+        .expect("the host says where it listens");
+    assert_eq!(get_text(&url, "/health").await.unwrap().0, 200);
+    let healthy = metric(&url, "skyclaw_host_instances{state=\"healthy\"}").await;
+    assert_eq!(healthy, Some(2.0));
+    let restarts = metric(&url, "skyclaw_host_instance_restarts_total").await;
+    assert!(restarts.unwrap_or(0.0) >= 1.0, "{restarts:?}");
+    assert_eq!(InstanceState::Healthy.as_str(), "healthy");
+}
+
+/// Requests every endpoint the endpoint set lists, again and again, until
+/// told to stop; counts failures and returns the answers in order.
+async fn request_endpoints(
+    client: skyclaw_api::Client,
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+) -> Vec<String> {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut answers = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(set) = client.endpoints(None, Duration::ZERO).await else {
+            continue;
+        };
+        let urls: Vec<String> = set
+            .services
+            .iter()
+            .filter(|s| s.name == "web")
+            .flat_map(|s| s.endpoints.iter().map(|e| e.url.clone()))
+            .collect();
+        for url in urls {
+            match http.get(&url).timeout(Duration::from_secs(5)).send().await {
+                Ok(answer) if answer.status().is_success() => {
+                    answers.push(answer.text().await.unwrap_or_default());
+                }
+                Ok(answer) => {
+                    eprintln!("{url} answered {}", answer.status());
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e}");
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    answers
+}
