@@ -23,6 +23,10 @@ fn service_host_args(ports: &str) -> Vec<String> {
     ]
 }
 
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 #[tokio::test]
 async fn native_instances_restart_roll_out_and_survive_a_crashing_version() {
     let ports = service_ports();
@@ -204,4 +208,152 @@ async fn request_endpoints(
         }
     }
     answers
+}
+
+#[tokio::test]
+async fn hostile_bundles_are_refused_naming_the_entry_and_write_nothing_outside() {
+    let ports = service_ports();
+    let args = service_host_args(&ports);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let net = Network::start("node", &args).await;
+    let client = net.client();
+    let pid = std::process::id();
+    let absolute = format!("/tmp/skyclaw-absolute-{pid}");
+    let file = |name| RawEntry {
+        name,
+        kind: b'0',
+        link: "",
+        data: b"x",
+    };
+    let link = |name, kind, link| RawEntry {
+        name,
+        kind,
+        link,
+        data: b"",
+    };
+    let many: Vec<String> = (0..=skyclaw_runtime::bundle::MAX_BUNDLE_ENTRIES)
+        .map(|i| format!("f{i}"))
+        .collect();
+    let cases: Vec<(&str, Vec<RawEntry<'_>>, &str)> = vec![
+        ("dotdot", vec![file("../../escaped")], "../../escaped"),
+        ("absolute", vec![file(&absolute)], &absolute),
+        (
+            "symlink",
+            vec![link("out", b'2', "../../.."), file("out/escaped")],
+            "out",
+        ),
+        (
+            "hardlink",
+            vec![link("passwd", b'1', "/etc/passwd")],
+            "passwd",
+        ),
+        ("device", vec![link("tty", b'3', "")], "tty"),
+        ("fifo", vec![link("pipe", b'6', "")], "pipe"),
+        (
+            "many",
+            many.iter().map(|name| file(name)).collect(),
+            "entries",
+        ),
+    ];
+    for (name, entries, named) in cases {
+        let path = net.tmp.path().join(format!("{name}.tar"));
+        std::fs::write(&path, raw_tar(&entries)).unwrap();
+        let digest = push_file(&client, &path).await;
+        client
+            .put_service(name, &node_service(&digest, &["server.js"], 1))
+            .await
+            .unwrap();
+        let failed = wait_deploy(&client, name, 1, DeployStatus::Failed).await;
+        let reason = failed.deploy.reason.unwrap_or_default();
+        assert!(
+            reason.contains("refused") && reason.contains(named),
+            "{name}: {reason}"
+        );
+    }
+    let host_dir = &net.host.dir;
+    for dir in [
+        host_dir.join("services"),
+        host_dir.clone(),
+        net.tmp.path().to_path_buf(),
+    ] {
+        assert!(
+            !dir.join("escaped").exists(),
+            "{} holds an escaped file",
+            dir.display()
+        );
+    }
+    assert!(!std::path::Path::new(&absolute).exists());
+    let left: Vec<_> = std::fs::read_dir(host_dir.join("services"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "instance directories left: {left:?}");
+}
+
+#[tokio::test]
+async fn instances_of_a_lost_host_are_placed_on_another_and_sandboxed_hosts_run_no_native_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator =
+        Coordinator::start(&tmp.path().join("coord"), &["--host-ttl-ms", "1000"]).await;
+    let client = coordinator.client();
+    let sandboxed_ports = service_ports();
+    let sandboxed = Host::start_sandboxed(
+        &coordinator.url,
+        &tmp.path().join("sandboxed"),
+        &["--service-ports", &sandboxed_ports],
+    );
+    host_up(&client, &sandboxed.id().await).await;
+    let bundle = push_files(&client, tmp.path(), &[("server.js", NODE_SERVER)]).await;
+    client
+        .put_service("web", &node_service(&bundle, &["server.js"], 1))
+        .await
+        .unwrap();
+    let waiting = eventually("the service to say why it waits", || async {
+        let service = client.get_service("web").await.ok()?;
+        service.waiting_reason
+    })
+    .await;
+    assert!(waiting.contains("node"), "{waiting}");
+
+    let args = |ports: &str| service_host_args(ports);
+    let (ports_a, ports_b) = (service_ports(), service_ports());
+    let (args_a, args_b) = (args(&ports_a), args(&ports_b));
+    let mut a = Host::start(
+        &coordinator.url,
+        &tmp.path().join("a"),
+        "node",
+        &strs(&args_a),
+    );
+    let a_id = a.id().await;
+    host_up(&client, &a_id).await;
+    let first = wait_deploy(&client, "web", 1, DeployStatus::Done).await;
+    assert_eq!(first.instances[0].host_id, a_id);
+
+    let b = Host::start(
+        &coordinator.url,
+        &tmp.path().join("b"),
+        "node",
+        &strs(&args_b),
+    );
+    let b_id = b.id().await;
+    host_up(&client, &b_id).await;
+    a.kill9();
+    let moved = eventually("the instance to serve from host b", || async {
+        let service = client.get_service("web").await.ok()?;
+        service
+            .instances
+            .iter()
+            .find(|i| i.host_id == b_id && i.state == InstanceState::Healthy)
+            .and_then(|i| i.endpoint.clone())
+    })
+    .await;
+    assert_eq!(get_text(&moved, "/").await.unwrap(), (200, "v1".into()));
+    let service = client.get_service("web").await.unwrap();
+    let sandboxed_id = sandboxed.id().await;
+    assert!(
+        service.instances.iter().all(|i| i.host_id != sandboxed_id),
+        "{service:#?}"
+    );
+    drop(b);
 }

@@ -130,7 +130,10 @@ fn token_refusal(control: &Control, sent: &HeaderMap) -> Option<Response> {
     if bool::from(token_hash_bytes(token).ct_eq(&control.token_hash)) {
         None
     } else {
-        Some(refusal(ErrorCode::Unauthorized, "wrong cluster token".into()))
+        Some(refusal(
+            ErrorCode::Unauthorized,
+            "wrong cluster token".into(),
+        ))
     }
 }
 
