@@ -357,3 +357,45 @@ async fn instances_of_a_lost_host_are_placed_on_another_and_sandboxed_hosts_run_
     );
     drop(b);
 }
+
+#[tokio::test]
+async fn a_host_shutting_down_unpublishes_its_instances_before_stopping_them() {
+    let ports = service_ports();
+    let args = service_host_args(&ports);
+    let mut net = Network::start("node", &strs(&args)).await;
+    let client = net.client();
+    let bundle = push_files(&client, net.tmp.path(), &[("server.js", NODE_SERVER)]).await;
+    client
+        .put_service("web", &node_service(&bundle, &["server.js"], 1))
+        .await
+        .unwrap();
+    wait_deploy(&client, "web", 1, DeployStatus::Done).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(request_endpoints(
+        client.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&failures),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = net.host.terminate();
+        (net, status)
+    });
+    let stopped = eventually("the instance to be reported stopped", || async {
+        let service = client.get_service("web").await.ok()?;
+        let instance = service.instances.first()?;
+        (instance.state == InstanceState::Stopped).then_some(())
+    });
+    stopped.await;
+    let (_net, status) = status.await.unwrap();
+    assert!(status.success(), "host exited with {status}");
+    stop.store(true, Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    assert!(!answers.is_empty());
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the drain"
+    );
+}
