@@ -567,6 +567,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
          \x20 coordinator  {url} (data in {coordinator})\n\
          \x20 host         {name}: runs {allowed} and WASI programs; {parallel} jobs at once\n\
          \x20 native jobs  {users}\n\
+         \x20 services     instances at {advertise}, ports {ports}\n\
          \x20 url, token   {url_file}, {token}: used by commands run in this directory or below\n\
          \n\
          Try, in another terminal in this directory:\n\
@@ -576,6 +577,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
          \x20 {program} job shell -- sleep 30 && {program} job ls\n\
          \x20 {program} job wasi --wait PROGRAM.wasm -- ARGS   (see README: write a job)\n\
          \x20 {program} hosts ls\n\
+         \x20 {program} deploy examples/ts-api && {program} services ls\n\
          \x20 {program} apikey create --name ci --scope jobs:submit --scope jobs:read\n\
          \n\
          Ctrl-C stops; running dev again keeps the jobs and the token.\n",
@@ -584,6 +586,10 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
         allowed = host.allowed_commands.join(", "),
         parallel = host.max_parallel,
         users = job_users_line(host.job_users),
+        advertise = host.advertise_host,
+        ports = host
+            .service_ports
+            .map_or_else(|| "none".to_string(), |range| range.to_string()),
         url_file = devtoken::url_path(data_dir).display(),
         token = devtoken::token_path(data_dir).display(),
     )
