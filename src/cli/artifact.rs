@@ -125,7 +125,7 @@ fn artifacts_table(artifacts: &[ArtifactInfo], now: Millis) -> String {
 
 /// A byte count in its largest unit, with one decimal above bytes: `512 B`,
 /// `1.5 KiB`, `256.0 MiB`.
-fn size(bytes: u64) -> String {
+pub fn size(bytes: u64) -> String {
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit < SIZE_UNITS.len() - 1 {

@@ -3,12 +3,15 @@
 
 mod apikey;
 mod artifact;
+mod deploy;
 mod devtoken;
 mod hosts;
 mod job;
+mod manifest;
 mod network;
 mod node;
 mod output;
+mod services;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,6 +42,8 @@ const CLIENT_LOG_FILTER: &str = "warn";
 const RUST_LOG: &str = "RUST_LOG";
 /// Exit code of `job wait` and `job … --wait` when the job failed or was cancelled.
 const EXIT_JOB_FAILED: u8 = 1;
+/// Exit code of `deploy` when the build or the rollout failed.
+const EXIT_DEPLOY_FAILED: u8 = 1;
 /// Exit code of usage, connection and API errors (clap uses it for usage errors too).
 const EXIT_ERROR: u8 = 2;
 
@@ -91,6 +96,22 @@ enum Command {
     /// List the coordinators of the cluster, or remove one (needs the cluster
     /// token).
     Network(network::NetworkArgs),
+    /// Deploy the service described by DIR/skyclaw.toml: build, upload (only
+    /// what the cluster lacks), roll out, and wait until the new version is
+    /// healthy. Exit 0 live or unchanged, 1 build or rollout failed, 2 other
+    /// errors.
+    ///
+    /// Runs the manifest's [build] command in DIR, bundles DIR (native) or
+    /// takes its wasm component (wasi-http), uploads it unless the cluster
+    /// holds it already, deploys the spec, and follows the rollout: old
+    /// instances keep serving until new ones are healthy, and a version that
+    /// does not become healthy is rolled back.
+    #[command(after_long_help = deploy::HELP)]
+    Deploy(deploy::DeployArgs),
+    /// List, inspect, read the logs of, scale and remove services (needs the
+    /// cluster token or a key with services:read; scale and rm need
+    /// services:deploy).
+    Services(services::ServicesArgs),
 }
 
 impl Command {
@@ -474,6 +495,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         client_command => client_command,
     };
     let target = cli.client.target();
+    if let Command::Deploy(args) = command {
+        // Deploy reads its manifest before it connects.
+        return deploy::run(args, &target, json)
+            .await
+            .map_err(|e| target.explain(e));
+    }
     let result = async {
         let client = target.client().await?;
         match command {
@@ -482,8 +509,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Apikey(args) => apikey::run(args, &client, json).await,
             Command::Artifact(args) => artifact::run(args, &client, json).await,
             Command::Network(args) => network::run(args, &client, json).await,
-            Command::Coordinator(_) | Command::Host(_) | Command::Dev(_) => {
-                unreachable!("node commands returned above")
+            Command::Services(args) => services::run(args, &client, json).await,
+            Command::Coordinator(_) | Command::Host(_) | Command::Dev(_) | Command::Deploy(_) => {
+                unreachable!("node commands and deploy returned above")
             }
         }
     }

@@ -1406,3 +1406,130 @@ pub fn snapshot_meta(dir: &Path) -> Option<serde_json::Value> {
     assert_eq!(lines.next(), Some(&b"SKYCLAW-SNAPSHOT-FILE 1"[..]));
     Some(serde_json::from_slice(lines.next()?).expect("snapshot metadata is JSON"))
 }
+
+/// What a [`FakeServiceHost`] makes of an instance it is assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serve {
+    /// Reports it `starting`, then `healthy` at an endpoint of its own.
+    Healthy,
+    /// Reports it `failed` with this `last_error`, as a host whose process
+    /// crashed at once (or could not start) would.
+    Crash(String),
+}
+
+/// A host played by the test, no daemon behind it: registered with service
+/// capacity and allowed `node`, kept live, long-polling its assignments and
+/// reporting each instance as `serve` decides (from the assignment: its
+/// version, its spec), and every instance it is told to stop as `stopped`.
+/// Stops when dropped.
+pub struct FakeServiceHost {
+    pub id: String,
+    beat: tokio::task::JoinHandle<()>,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+/// Instances one [`FakeServiceHost`] offers to run.
+pub const FAKE_SERVICE_INSTANCES: u32 = 8;
+/// Heartbeats of a [`FakeServiceHost`]: well within any host TTL tests use.
+const FAKE_SERVICE_HEARTBEAT: Duration = Duration::from_millis(200);
+/// Longest assignments long-poll of a [`FakeServiceHost`].
+const FAKE_SERVICE_WAIT: Duration = Duration::from_secs(5);
+
+impl FakeServiceHost {
+    pub async fn start<F>(client: &Client, id: &str, serve: F) -> FakeServiceHost
+    where
+        F: Fn(&skyclaw_api::services::Assignment) -> Serve + Send + Sync + 'static,
+    {
+        use skyclaw_api::services::{InstanceReport, InstanceReports, InstanceState};
+        let mut registration = fake_host(id, &["shell"]);
+        registration.allowed_commands = vec!["node".into()];
+        registration.services = Some(skyclaw_api::services::ServiceCaps {
+            max_instances: FAKE_SERVICE_INSTANCES,
+            control_url: None,
+        });
+        let beat = keep_live(client, &registration, FAKE_SERVICE_HEARTBEAT).await;
+        let (client, host_id) = (client.clone(), id.to_string());
+        let serve = tokio::spawn(async move {
+            // What was last reported of each instance, so each is reported once.
+            let mut reported = std::collections::HashMap::new();
+            let mut index = None;
+            let mut port = 40_000u16;
+            loop {
+                let Ok(assigned) = client
+                    .assignments(&host_id, index, FAKE_SERVICE_WAIT)
+                    .await
+                else {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                };
+                index = Some(assigned.index);
+                let mut reports = Vec::new();
+                for a in &assigned.instances {
+                    let report = |state, endpoint: Option<String>, last_error| InstanceReport {
+                        instance_id: a.instance_id.clone(),
+                        state,
+                        endpoint,
+                        restarts: 0,
+                        last_error,
+                    };
+                    if a.stop {
+                        if reported.insert(a.instance_id.clone(), InstanceState::Stopped)
+                            != Some(InstanceState::Stopped)
+                        {
+                            reports.push(report(InstanceState::Stopped, None, None));
+                        }
+                        continue;
+                    }
+                    if reported.contains_key(&a.instance_id) {
+                        continue;
+                    }
+                    match serve(a) {
+                        Serve::Healthy => {
+                            port += 1;
+                            let endpoint = format!("http://127.0.0.1:{port}");
+                            reports.push(report(InstanceState::Starting, None, None));
+                            reports.push(report(InstanceState::Healthy, Some(endpoint), None));
+                            reported.insert(a.instance_id.clone(), InstanceState::Healthy);
+                        }
+                        Serve::Crash(error) => {
+                            reports.push(report(InstanceState::Failed, None, Some(error)));
+                            reported.insert(a.instance_id.clone(), InstanceState::Failed);
+                        }
+                    }
+                }
+                // One report per instance per request: the coordinator applies
+                // a batch's reports in order, but a host sends only the latest.
+                for report in reports {
+                    let batch = InstanceReports {
+                        reports: vec![report],
+                    };
+                    let _ = client.report_instances(&host_id, &batch).await;
+                }
+            }
+        });
+        FakeServiceHost {
+            id: id.to_string(),
+            beat,
+            serve,
+        }
+    }
+}
+
+impl Drop for FakeServiceHost {
+    fn drop(&mut self) {
+        self.beat.abort();
+        self.serve.abort();
+    }
+}
+
+/// Creates an API key with `scopes` through the token and returns its secret.
+pub async fn api_key(client: &Client, scopes: &[skyclaw_api::apikeys::Scope]) -> String {
+    let created = client
+        .create_api_key(&skyclaw_api::apikeys::CreateApiKey {
+            name: "test".into(),
+            scopes: scopes.to_vec(),
+        })
+        .await
+        .expect("create an API key");
+    created.secret.expect("a new key's secret")
+}
