@@ -18,9 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use skyclaw_api::apikeys::{Scope, Whoami};
-use skyclaw_api::services::{
-    DeployOutcome, DeployStatus, InstanceState, Service, ServiceKind,
-};
+use skyclaw_api::services::{DeployOutcome, DeployStatus, InstanceState, Service, ServiceKind};
 use skyclaw_api::{Client, ErrorCode};
 use tokio::time::Instant;
 
@@ -106,10 +104,7 @@ pub async fn run(args: DeployArgs, target: &Target, json: bool) -> Result<ExitCo
     if let Some(build) = &manifest.build
         && let Err(e) = run_build(&args.dir, &build.command).await
     {
-        eprintln!(
-            "error: {}",
-            output::escape(format!("{e:#}"), Layout::Block)
-        );
+        eprintln!("error: {}", output::escape(format!("{e:#}"), Layout::Block));
         return Ok(ExitCode::from(EXIT_DEPLOY_FAILED));
     }
     let pushed = ship(&client, &manifest, &args.dir).await?;
@@ -121,7 +116,8 @@ pub async fn run(args: DeployArgs, target: &Target, json: bool) -> Result<ExitCo
         .with_context(|| format!("cannot deploy {name}"))?;
     let service = deployed.service;
     let version = service.current.version;
-    let rolling = service.deploy.status == DeployStatus::Rolling && service.deploy.version == version;
+    let rolling =
+        service.deploy.status == DeployStatus::Rolling && service.deploy.version == version;
     match deployed.outcome {
         DeployOutcome::Created => eprintln!(
             "created {name}: version {version}, {} replicas",
@@ -164,7 +160,11 @@ pub async fn run(args: DeployArgs, target: &Target, json: bool) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         DeployStatus::Failed | DeployStatus::Rolling => {
-            let reason = service.deploy.reason.as_deref().unwrap_or("no reason given");
+            let reason = service
+                .deploy
+                .reason
+                .as_deref()
+                .unwrap_or("no reason given");
             let serving = match &service.previous {
                 Some(previous) => format!("version {} keeps serving", previous.version),
                 None => "nothing serves: it was the service's first version".to_string(),
@@ -204,19 +204,18 @@ fn finish(service: &Service, json: bool) -> Result<()> {
     output::out(&output::escape(line, Layout::Block))
 }
 
-/// Fails before the build when an API key cannot deploy: a key lacking a
-/// scope would otherwise build and bundle for nothing. The token may do
-/// everything; a coordinator that does not answer `whoami` judges each
-/// request by itself.
+/// Fails before the build when the credentials cannot deploy: wrong ones, or
+/// a key lacking a scope, would otherwise build and bundle for nothing. The
+/// token may do everything; a coordinator that does not answer `whoami`
+/// judges each request by itself.
 async fn check_scopes(client: &Client) -> Result<()> {
-    if !client.uses_api_key() {
-        return Ok(());
-    }
     let key = match client.whoami().await {
         Ok(Whoami::ApiKey { key }) => key,
         Ok(Whoami::Token) => return Ok(()),
         Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
-        Err(e) => return Err(anyhow::Error::new(e).context("cannot read the API key's scopes")),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context("the coordinators refused the credentials"));
+        }
     };
     let wanted = [
         (Scope::ServicesDeploy, "to deploy the service"),
@@ -283,7 +282,7 @@ async fn ship(client: &Client, manifest: &Manifest, dir: &Path) -> Result<Pushed
             let out = bundle_dir.path().join(BUNDLE_FILE);
             let summary = build_bundle(manifest, dir, &out).await?;
             let what = format!(
-                "bundle of {} ({} entries, {})",
+                "bundle of {} ({} entries, {} of files)",
                 dir.display(),
                 summary.entries,
                 artifact::size(summary.bytes)
@@ -383,8 +382,9 @@ async fn wait_for_rollout(client: &Client, service: Service, version: u64) -> Re
             }
             Err(e) => {
                 progress.clear();
-                return Err(anyhow::Error::new(e)
-                    .context(format!("cannot follow the rollout of {name}")));
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot follow the rollout of {name}"))
+                );
             }
         };
         for change in watch.changes(&service, version) {

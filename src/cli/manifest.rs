@@ -124,7 +124,9 @@ impl Manifest {
         match service.kind {
             ServiceKind::Native => {
                 if service.wasm.is_some() {
-                    bail!("wasm applies to wasi-http services only; a native service ships a bundle");
+                    bail!(
+                        "wasm applies to wasi-http services only; a native service ships a bundle"
+                    );
                 }
             }
             ServiceKind::WasiHttp => {
@@ -135,7 +137,9 @@ impl Manifest {
                     );
                 }
                 if self.bundle.is_some() {
-                    bail!("[bundle] applies to native services only; a wasi-http service ships its wasm");
+                    bail!(
+                        "[bundle] applies to native services only; a wasi-http service ships its wasm"
+                    );
                 }
             }
         }
@@ -174,7 +178,11 @@ impl Manifest {
 /// The 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -244,8 +252,8 @@ exclude = ["dist/**/*.map"]
 
     #[test]
     fn left_out_keys_take_the_apis_defaults() {
-        let manifest = parse("[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n")
-            .unwrap();
+        let manifest =
+            parse("[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n").unwrap();
         assert_eq!(manifest.build, None);
         assert_eq!(manifest.bundle(), BundleSection::default());
         let spec = manifest.spec(Digest::from_sha256(&[0; 32]));
@@ -286,10 +294,26 @@ timeout_ms = 5000
     #[test]
     fn unknown_keys_are_named_with_their_line() {
         let cases = [
-            ("[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\nreplicaz = 2\n", 5, "replicaz"),
-            ("[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n\n[service.health]\npaht = \"/\"\n", 7, "paht"),
-            ("[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n[bundel]\ninclude = []\n", 5, "bundel"),
-            ("[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n[build]\ncmd = \"make\"\n", 6, "cmd"),
+            (
+                "[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\nreplicaz = 2\n",
+                5,
+                "replicaz",
+            ),
+            (
+                "[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n\n[service.health]\npaht = \"/\"\n",
+                7,
+                "paht",
+            ),
+            (
+                "[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n[bundel]\ninclude = []\n",
+                5,
+                "bundel",
+            ),
+            (
+                "[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n[build]\ncmd = \"make\"\n",
+                6,
+                "cmd",
+            ),
         ];
         for (text, line, key) in cases {
             let err = parse(text).unwrap_err();
@@ -318,12 +342,18 @@ timeout_ms = 5000
                 "[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\nwasm = \"a.wasm\"\n",
                 "wasm applies to wasi-http",
             ),
-            ("[service]\nname = \"a\"\nkind = \"native\"\n", "needs a command"),
+            (
+                "[service]\nname = \"a\"\nkind = \"native\"\n",
+                "needs a command",
+            ),
             (
                 "[service]\nname = \"a\"\nkind = \"native\"\ncommand = \"node\"\n[service.limits]\nfuel = 5\n",
                 "limits apply to wasi-http",
             ),
-            ("[service]\nname = \"a\"\nkind = \"wasi-http\"\n", "needs wasm"),
+            (
+                "[service]\nname = \"a\"\nkind = \"wasi-http\"\n",
+                "needs wasm",
+            ),
             (
                 "[service]\nname = \"a\"\nkind = \"wasi-http\"\nwasm = \"a.wasm\"\ncommand = \"node\"\n",
                 "native services only",

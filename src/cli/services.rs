@@ -176,12 +176,9 @@ fn services_table(services: &[Service], now: Millis) -> String {
 fn service_view(service: &Service, now: Millis) -> String {
     let spec = &service.current.spec;
     let runs = match spec.kind {
-        ServiceKind::Native => output::shell_words(
-            spec.command
-                .iter()
-                .chain(&spec.args)
-                .map(String::as_str),
-        ),
+        ServiceKind::Native => {
+            output::shell_words(spec.command.iter().chain(&spec.args).map(String::as_str))
+        }
         ServiceKind::WasiHttp => "its wasi:http component".to_string(),
     };
     let mut fields = vec![
@@ -218,7 +215,10 @@ fn service_view(service: &Service, now: Millis) -> String {
         ),
         (
             "updated",
-            format!("{} ago", output::age(now.saturating_sub(service.updated_at))),
+            format!(
+                "{} ago",
+                output::age(now.saturating_sub(service.updated_at))
+            ),
         ),
     ];
     if let Some(waiting) = &service.waiting_reason {
@@ -277,7 +277,11 @@ async fn logs(client: &Client, args: LogsArgs, json: bool) -> Result<()> {
             return output::print_json(&logs);
         }
         let mut cursors = Cursors::default();
-        return print_lines(&cursors.fresh(&logs.instances), prefixed, &mut HashSet::new());
+        return print_lines(
+            &cursors.fresh(&logs.instances),
+            prefixed,
+            &mut HashSet::new(),
+        );
     }
     let mut cursors = Cursors::default();
     let mut said = HashSet::new();
@@ -474,10 +478,7 @@ mod tests {
             instance("a", vec![line(10, "a1"), line(30, "a2")]),
             instance("b", vec![line(20, "b1")]),
         ];
-        assert_eq!(
-            texts(&cursors.fresh(&first)),
-            ["a: a1", "b: b1", "a: a2"]
-        );
+        assert_eq!(texts(&cursors.fresh(&first)), ["a: a1", "b: b1", "a: a2"]);
         assert!(cursors.fresh(&first).is_empty(), "nothing new");
         // A line in the same millisecond as the last one printed is new;
         // the oldest line fell out of the tail.

@@ -1447,6 +1447,15 @@ impl FakeServiceHost {
             max_instances: FAKE_SERVICE_INSTANCES,
             control_url: None,
         });
+        // So that wasi-http services are placed on it too.
+        registration.wasi = Some(skyclaw_api::jobs::WasiCaps {
+            default_fuel: skyclaw_api::jobs::DEFAULT_WASI_MAX_FUEL,
+            default_memory_mb: skyclaw_api::jobs::DEFAULT_WASI_MAX_MEMORY_MB,
+            default_timeout_ms: skyclaw_api::jobs::DEFAULT_WASI_MAX_TIMEOUT_MS,
+            max_fuel: skyclaw_api::jobs::DEFAULT_WASI_MAX_FUEL,
+            max_memory_mb: skyclaw_api::jobs::DEFAULT_WASI_MAX_MEMORY_MB,
+            max_timeout_ms: skyclaw_api::jobs::DEFAULT_WASI_MAX_TIMEOUT_MS,
+        });
         let beat = keep_live(client, &registration, FAKE_SERVICE_HEARTBEAT).await;
         let (client, host_id) = (client.clone(), id.to_string());
         let serve = tokio::spawn(async move {
@@ -1455,9 +1464,7 @@ impl FakeServiceHost {
             let mut index = None;
             let mut port = 40_000u16;
             loop {
-                let Ok(assigned) = client
-                    .assignments(&host_id, index, FAKE_SERVICE_WAIT)
-                    .await
+                let Ok(assigned) = client.assignments(&host_id, index, FAKE_SERVICE_WAIT).await
                 else {
                     tokio::time::sleep(POLL).await;
                     continue;
@@ -1532,4 +1539,37 @@ pub async fn api_key(client: &Client, scopes: &[skyclaw_api::apikeys::Scope]) ->
         .await
         .expect("create an API key");
     created.secret.expect("a new key's secret")
+}
+
+/// A directory to deploy: `root/name` holding `skyclaw.toml` with
+/// `manifest` and each of `files` (path relative to it, contents),
+/// directories made as needed. Written again over an existing one, so a test
+/// can change a file and deploy anew.
+pub fn service_dir(root: &Path, name: &str, manifest: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("skyclaw.toml"), manifest).unwrap();
+    for (path, contents) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    dir
+}
+
+/// A finished CLI run's exit code, stdout and stderr, for asserting on.
+pub fn outcome(output: &Output) -> (Option<i32>, String, String) {
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs a CLI command to its end on a blocking thread, so the test's own
+/// tasks (fake hosts) keep running meanwhile.
+pub async fn run_cli(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("run skyclaw"))
+        .await
+        .expect("the CLI thread")
 }
