@@ -157,6 +157,12 @@ async fn no_wait_returns_at_once_and_a_build_runs_first() {
         std::fs::read_to_string(dir.join("dist/out.txt")).unwrap(),
         "built\n"
     );
+    // The same again is a no-op that says the version is still rolling out.
+    let again = run_cli(deploy(&coordinator, &dir, &["--no-wait"])).await;
+    let (code, _, stderr) = outcome(&again);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("already on the cluster"), "{stderr}");
+    assert!(stderr.contains("still rolling out"), "{stderr}");
 
     // A failing build deploys nothing and exits 1 naming its command.
     let broken = format!("{MANIFEST}\n[build]\ncommand = \"echo compiling; exit 3\"\n");
@@ -209,6 +215,16 @@ async fn credentials_and_scopes_decide_who_deploys() {
     let (code, stdout, stderr) = outcome(&run_cli(from_ci).await);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("api version 1 is live"), "{stdout}");
+
+    // Coordinators that do not answer are a connection error, said as one.
+    let mut nowhere = deploy(&coordinator, &dir, &[]);
+    nowhere.env("SKYCLAW_COORDINATOR_URLS", "http://127.0.0.1:1");
+    let (code, _, stderr) = outcome(&run_cli(nowhere).await);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the coordinators at http://127.0.0.1:1"),
+        "{stderr}"
+    );
 
     // A manifest error is found before any coordinator is asked.
     let bad = service_dir(
@@ -303,4 +319,27 @@ async fn services_are_listed_shown_scaled_and_removed() {
     assert_eq!(gone.code(), Some(skyclaw_api::ErrorCode::NotFound));
     let (code, _, stderr) = outcome(&cli(&["services", "get", "api"]).await);
     assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn the_help_explains_the_manifest_and_the_exit_codes() {
+    let out = skyclaw().args(["deploy", "--help"]).output().unwrap();
+    let (code, help, _) = outcome(&out);
+    assert_eq!(code, Some(0));
+    for needle in [
+        "skyclaw.toml",
+        "[service.health]",
+        "[bundle]",
+        "--no-wait",
+        "Exit status: 0 the new version is healthy",
+        "1 the build\nfailed or the rollout failed",
+        "services:deploy and artifacts:push",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    let out = skyclaw().args(["services", "--help"]).output().unwrap();
+    let (_, help, _) = outcome(&out);
+    for command in ["ls", "get", "logs", "scale", "rm"] {
+        assert!(help.contains(&format!("  {command} ")), "{command}: {help}");
+    }
 }

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use skyclaw_api::apikeys::{Scope, Whoami};
 use skyclaw_api::services::{DeployOutcome, DeployStatus, InstanceState, Service, ServiceKind};
-use skyclaw_api::{Client, ErrorCode};
+use skyclaw_api::{Client, ClientError, ErrorCode};
 use tokio::time::Instant;
 
 use super::artifact::{self, Pushed};
@@ -213,9 +213,10 @@ async fn check_scopes(client: &Client) -> Result<()> {
         Ok(Whoami::ApiKey { key }) => key,
         Ok(Whoami::Token) => return Ok(()),
         Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
-        Err(e) => {
+        Err(e @ ClientError::Api { .. }) => {
             return Err(anyhow::Error::new(e).context("the coordinators refused the credentials"));
         }
+        Err(e) => return Err(e.into()),
     };
     let wanted = [
         (Scope::ServicesDeploy, "to deploy the service"),
