@@ -2,7 +2,8 @@
 //! coordinator, with hosts played by the test (`FakeServiceHost`): bundles
 //! uploaded once, no-op deploys, rollouts that fail with the crash's output
 //! and exit 1, `--json` and `--no-wait`, credentials and scopes, and the
-//! service commands.
+//! service commands; `services logs` against the kit's fake coordinator,
+//! which serves the logs route.
 
 mod common;
 
@@ -342,4 +343,118 @@ fn the_help_explains_the_manifest_and_the_exit_codes() {
     for command in ["ls", "get", "logs", "scale", "rm"] {
         assert!(help.contains(&format!("  {command} ")), "{command}: {help}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_show_each_instance_and_follow_prints_only_new_lines() {
+    use common::fake_coordinator::{self, FakeCoordinator};
+    use skyclaw_api::services::{InstanceLogs, LogLine, LogStream, LogsQuery, ServiceLogs};
+    let line = |stream, at, text: &str| LogLine {
+        stream,
+        at,
+        text: text.into(),
+    };
+    let fake = std::sync::Arc::new(FakeCoordinator::default());
+    let url = fake_coordinator::start(fake.clone()).await;
+    fake.lock().service_logs.insert(
+        "api".into(),
+        ServiceLogs {
+            instances: vec![
+                InstanceLogs {
+                    instance_id: "i-1".into(),
+                    host_id: "h1".into(),
+                    lines: vec![
+                        line(LogStream::Stdout, 10, "listening"),
+                        line(LogStream::Stderr, 20, "warn: slow"),
+                    ],
+                    error: None,
+                },
+                InstanceLogs {
+                    instance_id: "i-2".into(),
+                    host_id: "h2".into(),
+                    lines: vec![],
+                    error: Some("host h2 did not answer".into()),
+                },
+            ],
+        },
+    );
+    let cli = |args: &[&str]| {
+        let mut cmd = skyclaw();
+        cmd.args(args)
+            .env("SKYCLAW_COORDINATOR_URLS", &url)
+            .env("SKYCLAW_TOKEN", TOKEN)
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+
+    let (code, stdout, stderr) = outcome(&run_cli(cli(&["services", "logs", "api"])).await);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "i-1  listening\n");
+    assert!(stderr.contains("i-1  warn: slow"), "{stderr}");
+    assert!(
+        stderr.contains("instance i-2 on host h2: no logs: host h2 did not answer"),
+        "{stderr}"
+    );
+
+    let one = cli(&[
+        "services",
+        "logs",
+        "api",
+        "--instance",
+        "i-1",
+        "--tail",
+        "1",
+    ]);
+    let (code, stdout, stderr) = outcome(&run_cli(one).await);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!((stdout.as_str(), stderr.as_str()), ("", "warn: slow\n"));
+    let asked = fake.lock().logs_queries.last().cloned().unwrap();
+    let query = LogsQuery {
+        instance: Some("i-1".into()),
+        tail: Some(1),
+    };
+    assert_eq!(asked, ("api".to_string(), query));
+
+    let (_, stdout, _) = outcome(&run_cli(cli(&["services", "logs", "api", "--json"])).await);
+    let logs: ServiceLogs = serde_json::from_str(&stdout).expect("ServiceLogs");
+    assert_eq!(logs.instances.len(), 2);
+
+    let (code, _, stderr) = outcome(&run_cli(cli(&["services", "logs", "web"])).await);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not_found"), "{stderr}");
+
+    // --follow: the lines there, then only those added, each once.
+    let tmp = tempfile::tempdir().unwrap();
+    let printed = tmp.path().join("stdout");
+    let mut follow = cli(&["services", "logs", "api", "--follow"]);
+    follow.stdout(std::fs::File::create(&printed).unwrap());
+    let mut child = follow.spawn().unwrap();
+    let read = || std::fs::read_to_string(&printed).unwrap();
+    eventually("the first lines", || async {
+        read().contains("i-1  listening").then_some(())
+    })
+    .await;
+    {
+        let mut state = fake.lock();
+        let lines = &mut state.service_logs.get_mut("api").unwrap().instances[0].lines;
+        // One in the same millisecond as the last line printed, one later.
+        lines.push(line(LogStream::Stdout, 20, "same millisecond"));
+        lines.push(line(LogStream::Stdout, 30, "later"));
+    }
+    eventually("the new lines", || async {
+        read().contains("i-1  later").then_some(())
+    })
+    .await;
+    // Another round of polls prints nothing again.
+    let polls = fake.lock().logs_queries.len();
+    eventually("two more polls", || async {
+        (fake.lock().logs_queries.len() >= polls + 2).then_some(())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        read(),
+        "i-1  listening\ni-1  same millisecond\ni-1  later\n"
+    );
 }

@@ -1,7 +1,9 @@
 //! A fake coordinator on a real port, for tests that run the host daemon in
 //! process: it serves the host routes and the peer list from state the test
 //! reads and steers (failures to answer, lost claim answers, stop orders,
-//! going down), so the daemon's retries and failover can be checked.
+//! going down), so the daemon's retries and failover can be checked. It also
+//! serves services' logs from lines the test sets, for the CLI's
+//! `services logs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +21,7 @@ use skyclaw_api::hosts::{
 };
 use skyclaw_api::jobs::{Job, JobSpec, JobStatus};
 use skyclaw_api::network::{Peer, PeerList, PeerRole};
+use skyclaw_api::services::{LogsQuery, ServiceLogs};
 use skyclaw_api::{ErrorBody, ErrorCode, ErrorEnvelope, headers};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -61,6 +64,11 @@ pub struct FakeState {
     /// Each completion attempt: the job and the lease it named.
     pub complete_attempts: Vec<(String, String)>,
     pub completions: HashMap<String, Complete>,
+    /// What `GET /v1/services/{name}/logs` answers, by service; each
+    /// instance's newest `tail` lines (all when no tail is asked).
+    pub service_logs: HashMap<String, ServiceLogs>,
+    /// Each logs query: the service and what it asked.
+    pub logs_queries: Vec<(String, LogsQuery)>,
 }
 
 impl FakeCoordinator {
@@ -101,6 +109,7 @@ pub async fn start(fake: Arc<FakeCoordinator>) -> String {
         .route("/v1/hosts/{id}/claim", post(claim))
         .route("/v1/hosts/{id}/complete", post(complete))
         .route("/v1/network/peers", get(peers))
+        .route("/v1/services/{name}/logs", get(service_logs))
         .layer(axum::middleware::from_fn_with_state(
             fake.clone(),
             unless_down,
@@ -122,6 +131,31 @@ async fn unless_down(
         return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable);
     }
     next.run(request).await
+}
+
+async fn service_logs(
+    State(fake): State<Arc<FakeCoordinator>>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(query): axum::extract::Query<LogsQuery>,
+) -> Response {
+    let mut s = fake.lock();
+    s.logs_queries.push((name.clone(), query.clone()));
+    let Some(logs) = s.service_logs.get(&name) else {
+        return error(StatusCode::NOT_FOUND, ErrorCode::NotFound);
+    };
+    let mut logs = logs.clone();
+    logs.instances.retain(|i| {
+        query
+            .instance
+            .as_ref()
+            .is_none_or(|id| *id == i.instance_id)
+    });
+    for instance in &mut logs.instances {
+        let keep = query.tail.unwrap_or(usize::MAX);
+        let skip = instance.lines.len().saturating_sub(keep);
+        instance.lines.drain(..skip);
+    }
+    Json(logs).into_response()
 }
 
 async fn peers(State(fake): State<Arc<FakeCoordinator>>) -> Json<PeerList> {
