@@ -110,6 +110,9 @@ pub async fn run(args: DeployArgs, target: &Target, json: bool) -> Result<ExitCo
     let pushed = ship(&client, &manifest, &args.dir).await?;
     let spec = manifest.spec(pushed.digest);
     spec.validate().context("invalid service")?;
+    // The client sends the PUT with an idempotency key of its own, reused on
+    // every coordinator it fails over to; the PUT is idempotent anyway (the
+    // same spec again is `unchanged`), so a rerun of the whole deploy is too.
     let deployed = client
         .put_service(&name, &spec)
         .await

@@ -54,7 +54,8 @@ enum ServicesCommand {
         replicas: u32,
     },
     /// Remove a service: every instance stops. Its name keeps counting
-    /// versions if it is deployed again.
+    /// versions if it is deployed again. The API answers nothing; --json
+    /// prints {"removed": NAME}.
     Rm {
         /// The service's name.
         name: String,
