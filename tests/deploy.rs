@@ -313,6 +313,19 @@ async fn services_are_listed_shown_scaled_and_removed() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("between 0 and 64"), "{stderr}");
 
+    // The coordinators' logs route, with hosts that serve no logs: each
+    // instance says why, and the command still succeeds.
+    let (code, stdout, stderr) = outcome(&cli(&["services", "logs", "api"]).await);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr
+            .matches("no logs: host h1 did not say where it serves logs")
+            .count(),
+        3,
+        "{stderr}"
+    );
+
     let (code, stdout, stderr) = outcome(&cli(&["services", "rm", "api"]).await);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, "removed api: its instances stop\n");
@@ -427,7 +440,9 @@ async fn logs_show_each_instance_and_follow_prints_only_new_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let printed = tmp.path().join("stdout");
     let mut follow = cli(&["services", "logs", "api", "--follow"]);
-    follow.stdout(std::fs::File::create(&printed).unwrap());
+    follow
+        .stdout(std::fs::File::create(&printed).unwrap())
+        .stderr(std::process::Stdio::null());
     let mut child = follow.spawn().unwrap();
     let read = || std::fs::read_to_string(&printed).unwrap();
     eventually("the first lines", || async {
