@@ -399,3 +399,50 @@ async fn a_host_shutting_down_unpublishes_its_instances_before_stopping_them() {
         "requests failed during the drain"
     );
 }
+
+/// Copies `examples/NAME` into `dir`, leaving out what a build made there.
+fn copy_example(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    let to = dir.join(name);
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&from)
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for built in ["node_modules", "dist", "target"] {
+        let _ = std::fs::remove_dir_all(to.join(built));
+    }
+    to
+}
+
+#[tokio::test]
+async fn the_ts_api_example_deploys_answers_and_redeploys_as_a_no_op() {
+    let ports = service_ports();
+    let args = service_host_args(&ports);
+    let net = Network::start("node", &strs(&args)).await;
+    let dir = copy_example("ts-api", net.tmp.path());
+    let dir_arg = dir.to_str().unwrap();
+
+    let (code, stdout, stderr) = outcome(&net.cli(&["deploy", dir_arg]));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("uploaded"), "{stderr}");
+    let service = net.client().get_service("ts-api").await.unwrap();
+    let endpoints = healthy_endpoints(&service, 1);
+    assert_eq!(endpoints.len(), 2, "{service:#?}");
+    for endpoint in &endpoints {
+        let (status, body) = get_text(endpoint, "/hello?name=skyclaw").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("hello, skyclaw"), "{body}");
+    }
+
+    let (code, stdout, stderr) = outcome(&net.cli(&["deploy", dir_arg]));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("not uploaded"), "{stderr}");
+    assert!(stderr.contains("is unchanged"), "{stderr}");
+    let again = net.client().get_service("ts-api").await.unwrap();
+    assert_eq!(again.current.version, 1);
+}
