@@ -13,6 +13,7 @@ mod health;
 mod logs;
 mod native;
 mod ports;
+mod probe;
 mod reports;
 mod status;
 

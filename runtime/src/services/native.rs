@@ -12,8 +12,8 @@ use skyclaw_api::services::{Assignment, InstanceState, LogStream, MAX_LAST_ERROR
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::health::Verdict;
 use super::logs::Logs;
+use super::probe::{self, Watched};
 use super::status::Status;
 use super::{Shared, StopOrder, stop_ordered};
 use crate::backoff::Backoff;
@@ -176,7 +176,7 @@ async fn spawn(
     .map_err(|e| format!("cannot start {}: {e}", program.display()))
 }
 
-/// Probes the running process until it exits or the instance is stopped;
+/// Watches the running process until it exits or the instance is stopped;
 /// a stopped one is drained and ended here.
 async fn serve(
     shared: &Shared,
@@ -186,41 +186,14 @@ async fn serve(
     mut child: Child,
     port: u16,
 ) -> Ending {
-    let health = &assignment.spec.health;
-    let mut verdict = Verdict::new(health);
-    let mut was_healthy = false;
-    let timeout = Duration::from_millis(health.timeout_ms);
-    loop {
-        let pause = shared.probe_interval(health, was_healthy);
-        tokio::select! {
-            exit = child.wait() => return exited(child, exit).await,
-            () = stop_ordered(stop) => break,
-            () = tokio::time::sleep(pause) => {}
-        }
-        let passed = tokio::select! {
-            exit = child.wait() => return exited(child, exit).await,
-            () = stop_ordered(stop) => break,
-            probed = shared.prober.probe(port, &health.path, timeout) => probed,
-        };
-        match verdict.observe(passed.is_ok()) {
-            Some(true) => {
-                was_healthy = true;
-                status.enter(InstanceState::Healthy, Some(shared.endpoint(port)));
-            }
-            Some(false) => {
-                let error = passed.err().unwrap_or_default();
-                warn!(instance_id = %assignment.instance_id, %error, "instance unhealthy");
-                status.set(|r| {
-                    r.state = InstanceState::Unhealthy;
-                    r.endpoint = None;
-                    r.last_error = Some(error);
-                });
-            }
-            None => {}
+    let watched = probe::watch(shared, assignment, status, stop, port, child.wait()).await;
+    match watched {
+        Watched::Ended(exit) => exited(child, exit).await,
+        Watched::Stopped { was_healthy } => {
+            drain(shared, status, &mut child, was_healthy).await;
+            Ending::Stopped
         }
     }
-    drain(shared, status, &mut child, was_healthy).await;
-    Ending::Stopped
 }
 
 /// Ends a running process that was told to stop: out of the endpoint set
