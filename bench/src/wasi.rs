@@ -142,6 +142,7 @@ fn engine(dir: &Path, max_parallel: u32) -> Result<WasiEngine> {
     Ok(WasiEngine::new(WasiSettings {
         caps: config.wasi_caps(),
         max_parallel,
+        max_http_requests: 0,
         guest_threads: crate::cores(),
         max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         code_cache_dir: dir.join("code"),
