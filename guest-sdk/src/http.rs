@@ -234,7 +234,7 @@ pub fn fetch(
 /// Exports a function `fn(Request) -> Response` as the component's
 /// `wasi:http/incoming-handler`. Use it once per component:
 ///
-/// ```ignore
+/// ```no_run
 /// use skyclaw_guest::http::{Request, Response};
 ///
 /// fn handle(request: Request) -> Response {

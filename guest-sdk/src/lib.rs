@@ -71,7 +71,7 @@
 //! [`http::get`] and [`http::fetch`], which block until the whole response
 //! is in, and reach only the hosts the service allows.
 //!
-//! ```ignore
+//! ```no_run
 //! use skyclaw_guest::http::{self, Request, Response};
 //!
 //! fn handle(request: Request) -> Response {
