@@ -41,11 +41,22 @@ async fn routes_answer_and_stats_count_them_by_status() {
         (200, "service 1".to_string())
     );
     assert_eq!(get(&client, addr, "/nowhere").await.0, 404);
+    // A body goes in and comes back whole, over the same keep-alive pool.
+    let body = "x".repeat(100_000);
+    let echoed = client
+        .post(format!("http://{addr}/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("POST /echo");
+    assert_eq!(echoed.status().as_u16(), 200);
+    assert_eq!(echoed.headers()["x-method"], "POST");
+    assert_eq!(echoed.text().await.expect("a body"), body);
     let stats = engine.http_stats();
-    assert_eq!(stats.statuses, vec![(200, 3), (404, 1)]);
-    assert_eq!(stats.by_class, [0, 3, 0, 1, 0]);
-    assert_eq!(stats.requests, 4);
-    assert_eq!(stats.latency_buckets.last(), Some(&4));
+    assert_eq!(stats.statuses, vec![(200, 4), (404, 1)]);
+    assert_eq!(stats.by_class, [0, 4, 0, 1, 0]);
+    assert_eq!(stats.requests, 5);
+    assert_eq!(stats.latency_buckets.last(), Some(&5));
     assert_eq!(stats.slots, 4);
     server.shutdown(Duration::from_secs(1)).await;
 }
@@ -174,10 +185,9 @@ async fn shutdown_lets_a_request_in_flight_finish_within_its_grace() {
     })
     .await;
     server.shutdown(DEADLINE).await;
-    assert!(
-        sleeping.is_finished(),
-        "shutdown returned before its request"
-    );
+    // The server returns once its last connection closed, so the answer
+    // was written (and counted) by then.
+    assert_eq!(engine.http_stats().statuses, vec![(200, 1)]);
     assert_eq!(sleeping.await.unwrap(), (200, "slept 300".to_string()));
     let refused = client.get(format!("http://{addr}/health")).send().await;
     assert!(refused.is_err(), "a stopped server answered: {refused:?}");
@@ -248,14 +258,16 @@ async fn requests_past_the_slots_wait_for_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_program_per_digest_serves_many_services() {
+async fn one_program_per_digest_serves_a_hundred_services() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path(), 4);
     let first = load(&engine, "service").await;
     let second = load(&engine, "service").await;
     assert!(std::sync::Arc::ptr_eq(&first, &second));
+    // As many idle services as a host should hold cheaply: each is a
+    // listener and a parked task on the guest runtime, sharing one program.
     let mut servers = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..100 {
         servers.push(serve(&engine, first.clone(), limits(TIMEOUT_MS), &[]).await);
     }
     let client = client();

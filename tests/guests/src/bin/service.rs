@@ -4,7 +4,8 @@
 //! stops it); `/sleep?ms=N` → parks in a WASI clock wait for N ms (an hour
 //! when not told), then `slept N`; `/alloc?mb=N` → allocates and writes N
 //! MiB, then `allocated N`; `/fetch?url=U` → GETs U and answers its status
-//! and body, or 502 with the error. Anything else is 404.
+//! and body, or 502 with the error; `/echo` → the request's body and its
+//! method in `x-method`. Anything else is 404.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -22,6 +23,10 @@ fn handle(request: Request) -> Response {
         "/health" => Response::text("ok"),
         "/hello" => Response::text("hello from a wasi:http guest"),
         "/version" => Response::text(VERSION),
+        "/echo" => {
+            let method = request.method.clone();
+            Response::new(200, request.body).with_header("x-method", method)
+        }
         "/loop" => {
             let mut count: u64 = 0;
             loop {
