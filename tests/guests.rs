@@ -48,3 +48,8 @@ fn every_guest_builds_to_a_component_or_preview1_module() {
 fn hello_job_example_builds_to_a_component() {
     assert_eq!(header(&example("hello-job")), COMPONENT);
 }
+
+#[test]
+fn hello_http_example_builds_to_a_component() {
+    assert_eq!(header(&example("hello-http")), COMPONENT);
+}

@@ -3,8 +3,10 @@
 //!
 //! `cargo run --release -p skyclaw-bench -- jobs` measures durable enqueue
 //! throughput, end-to-end throughput of no-op shell jobs with two hosts, and
-//! submit-to-succeeded latency; `-- wasi` measures WASI jobs (see `wasi.rs`).
+//! submit-to-succeeded latency; `-- wasi` measures WASI jobs (see `wasi.rs`);
+//! `-- http` serves a wasi:http component for `wrk` (see `http.rs`).
 
+mod http;
 mod wasi;
 
 use std::sync::Arc;
@@ -51,6 +53,8 @@ enum Bench {
     /// In-host overhead of a warm no-op WASI job, compile vs cached load, and
     /// end-to-end WASI job throughput.
     Wasi(wasi::WasiArgs),
+    /// Serves a wasi:http component on 127.0.0.1 for a load generator.
+    Http(http::HttpArgs),
 }
 
 #[tokio::main]
@@ -84,6 +88,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Bench::Wasi(args) => wasi::run(args).await,
+        Bench::Http(args) => http::run(args).await,
     }
 }
 

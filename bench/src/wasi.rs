@@ -113,7 +113,7 @@ async fn stop_all(hosts: Vec<crate::Running>, coordinator: crate::Running) {
 
 /// Builds a guest project for wasm32-wasip2 into `target/guests`, as the
 /// test harness does, and returns the `.wasm` of program `name`.
-fn build_guest(manifest: &str, name: &str) -> Result<PathBuf> {
+pub(crate) fn build_guest(manifest: &str, name: &str) -> Result<PathBuf> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target_dir = repo.join("target/guests");
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -142,6 +142,7 @@ fn engine(dir: &Path, max_parallel: u32) -> Result<WasiEngine> {
     Ok(WasiEngine::new(WasiSettings {
         caps: config.wasi_caps(),
         max_parallel,
+        max_http_requests: 0,
         guest_threads: crate::cores(),
         max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         code_cache_dir: dir.join("code"),

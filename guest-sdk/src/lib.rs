@@ -1,5 +1,8 @@
-//! Skyclaw guest SDK: what a job author needs to write a Skyclaw WASI job in
-//! Rust and build it for `wasm32-wasip2` (or `wasm32-wasip1`).
+//! Skyclaw guest SDK: what a job or service author needs to write a Skyclaw
+//! WASI job (built for `wasm32-wasip2` or `wasm32-wasip1`) or a wasi:http
+//! service (built for `wasm32-wasip2`) in Rust.
+//!
+//! # Jobs
 //!
 //! A Skyclaw WASI job is a command: the host runs it in a sandbox with the
 //! job's arguments (`argv[0]` is the program's file name as it was pushed,
@@ -58,6 +61,45 @@
 //! job's logic and its handling of input can be tested natively with
 //! `cargo test`.
 
+//!
+//! # Services
+//!
+//! A `wasi-http` service is a component exporting `wasi:http/incoming-handler`.
+//! [`http`] reads each request whole into a [`http::Request`], hands it to
+//! a function of yours, and sends the [`http::Response`] it returns;
+//! [`http_handler!`] exports that function. Outbound requests go through
+//! [`http::get`] and [`http::fetch`], which block until the whole response
+//! is in, and reach only the hosts the service allows.
+//!
+//! ```no_run
+//! use skyclaw_guest::http::{self, Request, Response};
+//!
+//! fn handle(request: Request) -> Response {
+//!     match request.path.as_str() {
+//!         "/health" => Response::text("ok"),
+//!         "/hello" => {
+//!             let name = request.query_param("name").unwrap_or_else(|| "world".into());
+//!             Response::text(format!("hello, {name}"))
+//!         }
+//!         "/upstream" => match http::get("https://api.example.com/v1/status") {
+//!             Ok(upstream) => Response::new(upstream.status, upstream.body),
+//!             Err(e) => Response::text(e.to_string()).with_status(502),
+//!         },
+//!         _ => Response::status(404),
+//!     }
+//! }
+//!
+//! skyclaw_guest::http_handler!(handle);
+//! ```
+//!
+//! Built as a `cdylib` with `cargo build --release --target wasm32-wasip2`
+//! (a binary crate works too, with an empty `main`), and deployed with
+//! `kind = "wasi-http"`, the host serves it with a fresh instance per request
+//! under the service's per-request limits (`[service.limits]`): a request
+//! that traps or runs out of fuel or memory answers 500, one past its time
+//! 504, and other requests go on. `examples/hello-http` is a whole service.
+
+pub mod http;
 pub mod job;
 
 pub use job::{

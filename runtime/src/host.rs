@@ -561,6 +561,7 @@ async fn runners(config: &HostConfig, client: &Client) -> Result<Runners, HostEr
     let engine = WasiEngine::new(WasiSettings {
         caps: config.wasi_caps(),
         max_parallel: config.max_parallel,
+        max_http_requests: crate::wasi::DEFAULT_MAX_HTTP_REQUESTS,
         guest_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_output_bytes: config.max_output_bytes,
         code_cache_dir: config.data_dir.join(CODE_CACHE_DIR),

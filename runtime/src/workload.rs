@@ -227,6 +227,7 @@ mod tests {
         let engine = WasiEngine::new(WasiSettings {
             caps: config.wasi_caps(),
             max_parallel: 1,
+            max_http_requests: 0,
             guest_threads: 1,
             max_output_bytes: config.max_output_bytes,
             code_cache_dir: dir.join("code"),

@@ -1128,13 +1128,18 @@ pub mod guests {
         built("tests/guests/Cargo.toml", target, name)
     }
 
-    /// The built `.wasm` component of the example in `examples/<name>`.
+    /// The built `.wasm` component of the example in `examples/<name>`: a
+    /// binary's is named as the package is, a library's (`cdylib`, as
+    /// wasi:http components are) with `_` for `-`.
     pub fn example(name: &str) -> PathBuf {
-        built(
-            &format!("examples/{name}/Cargo.toml"),
-            "wasm32-wasip2",
-            name,
-        )
+        let manifest = format!("examples/{name}/Cargo.toml");
+        let text = std::fs::read_to_string(repo().join(&manifest)).expect("read the example");
+        let program = if text.contains("cdylib") {
+            name.replace('-', "_")
+        } else {
+            name.to_string()
+        };
+        built(&manifest, "wasm32-wasip2", &program)
     }
 
     /// Builds the project at `manifest` for `target` unless this process
@@ -1167,6 +1172,113 @@ pub mod guests {
             .join(format!("{name}.wasm"));
         assert!(path.is_file(), "{manifest} built no {}", path.display());
         path
+    }
+}
+
+/// wasi:http serving in process: a WASI engine of the runtime's own, a
+/// component of `tests/guests` loaded into it and served on 127.0.0.1 port
+/// 0, a plain HTTP client, and local upstream servers for outbound calls.
+pub mod serving {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use skyclaw_api::jobs::WasiLimits;
+    use skyclaw_api::services::OutboundRule;
+    use skyclaw_runtime::HostConfig;
+    use skyclaw_runtime::wasi::{HttpOptions, HttpProgram, HttpServer, WasiEngine, WasiSettings};
+
+    /// Guest threads: two, so that a guest spinning on one never stalls
+    /// the rest, as on any host with more than one core.
+    const GUEST_THREADS: usize = 2;
+
+    /// An engine with the host's default caps, one job slot and
+    /// `max_http_requests` request slots, its code cache under `dir`.
+    pub fn engine(dir: &Path, max_http_requests: u32) -> WasiEngine {
+        let config = HostConfig::new(Vec::new(), String::new(), dir.to_path_buf());
+        WasiEngine::new(WasiSettings {
+            caps: config.wasi_caps(),
+            max_parallel: 1,
+            max_http_requests,
+            guest_threads: GUEST_THREADS,
+            max_output_bytes: 64 * 1024,
+            code_cache_dir: dir.join("code"),
+            host_name: "test-host".to_string(),
+        })
+        .expect("a WASI engine")
+    }
+
+    /// Loads the built guest `name` (a wasi:http component) into `engine`.
+    pub async fn load(engine: &WasiEngine, name: &str) -> Arc<HttpProgram> {
+        let path = super::guest(name);
+        let (digest, _) = skyclaw_api::artifacts::digest_file(&path)
+            .await
+            .expect("hash the guest");
+        engine
+            .load_http(&digest, &path)
+            .await
+            .unwrap_or_else(|e| panic!("load {name}: {e}"))
+    }
+
+    /// Serves `program` on 127.0.0.1 port 0 with `limits` and `outbound`
+    /// rules (`http://127.0.0.1:4000` and the like).
+    pub async fn serve(
+        engine: &WasiEngine,
+        program: Arc<HttpProgram>,
+        limits: WasiLimits,
+        outbound: &[String],
+    ) -> HttpServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let outbound = outbound
+            .iter()
+            .map(|rule| OutboundRule::parse(rule).expect("a valid outbound rule"))
+            .collect();
+        let options = HttpOptions {
+            service: "test-service".to_string(),
+            limits,
+            outbound,
+        };
+        engine
+            .serve_http(program, listener, options)
+            .expect("serve the program")
+    }
+
+    /// A client that goes straight to 127.0.0.1, whatever proxy the
+    /// environment names.
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client")
+    }
+
+    /// `GET http://addr{path}`: its status and body as text.
+    pub async fn get(client: &reqwest::Client, addr: SocketAddr, path: &str) -> (u16, String) {
+        let response = client
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("a body");
+        (status, body)
+    }
+
+    /// An upstream HTTP server on 127.0.0.1 port 0 that answers every path
+    /// with `body`; it stops when the returned task is aborted or dropped
+    /// with the test's runtime.
+    pub async fn upstream(body: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("a local address");
+        let app = axum::Router::new().fallback(move || async move { body });
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve upstream");
+        });
+        (addr, task)
     }
 }
 

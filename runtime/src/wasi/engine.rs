@@ -22,6 +22,7 @@ use wasmtime::{
 };
 
 use super::code::{DiskCache, Loaded};
+use super::http::HttpEngine;
 use super::program::{Code, Linkers, LoadError, Program, WasmKind};
 use super::sandbox::{self, Job, Outcome};
 use super::{MIB, WasiSettings};
@@ -66,22 +67,25 @@ const TABLE_ELEMENTS: usize = 100_000;
 /// guest runtime, ticker and caches.
 #[derive(Clone)]
 pub struct WasiEngine {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    engine: Engine,
+pub(super) struct Inner {
+    pub(super) engine: Engine,
     linkers: Linkers,
-    settings: WasiSettings,
-    /// One permit per instance slot of the pool, held from before a job
-    /// instantiates until its store is gone: a full pool makes jobs wait,
-    /// never fail.
+    pub(super) settings: WasiSettings,
+    /// One permit per instance slot of the pool that jobs may take, held
+    /// from before a job instantiates until its store is gone: a full pool
+    /// makes jobs wait, never fail. HTTP requests have slots of their own
+    /// (`http.slots`), so neither kind of work can starve the other.
     slots: Arc<Semaphore>,
     loaded: Loaded,
     disk: DiskCache,
     /// One lock per artifact being loaded, so that it is compiled once.
-    loading: Turns,
-    guests: GuestRuntime,
+    pub(super) loading: Turns,
+    pub(super) guests: GuestRuntime,
+    /// wasi:http serving: its linker, admission, programs and counters.
+    pub(super) http: HttpEngine,
     /// Kept for its `Drop`, which stops the ticker thread.
     _ticker: Ticker,
 }
@@ -108,6 +112,8 @@ impl WasiEngine {
             .map_err(|e| HostError::Wasi(format!("cannot start the guest runtime: {e}")))?;
         let ticker = Ticker::start(engine.clone())
             .map_err(|e| HostError::Wasi(format!("cannot start the epoch ticker: {e}")))?;
+        let http = HttpEngine::new(&engine, settings.max_http_requests)
+            .map_err(|e| HostError::Wasi(format!("{e:#}")))?;
         Ok(WasiEngine {
             inner: Arc::new(Inner {
                 engine,
@@ -118,6 +124,7 @@ impl WasiEngine {
                 disk,
                 loading: Turns::default(),
                 guests,
+                http,
                 _ticker: ticker,
             }),
         })
@@ -133,6 +140,7 @@ impl WasiEngine {
     /// cache is bounded by the artifact cache.
     pub fn forget(&self, digest: &Digest) {
         self.inner.loaded.remove(digest);
+        self.inner.http.forget(digest);
         self.inner.disk.discard(digest);
     }
 
@@ -271,7 +279,7 @@ impl Inner {
 
     /// The artifact's compiled code from disk; code that fails to load is
     /// deleted so that it is compiled again.
-    fn cached_code(&self, digest: &Digest, kind: WasmKind) -> Option<Code> {
+    pub(super) fn cached_code(&self, digest: &Digest, kind: WasmKind) -> Option<Code> {
         let bytes = self.disk.read(digest)?;
         match Code::deserialize(&self.engine, kind, &bytes) {
             Ok(code) => Some(code),
@@ -284,7 +292,7 @@ impl Inner {
     }
 
     /// Writes compiled code to disk; a failure only costs a later compile.
-    fn keep_code(&self, digest: &Digest, code: &Code) {
+    pub(super) fn keep_code(&self, digest: &Digest, code: &Code) {
         let kept = code
             .serialize()
             .map_err(|e| format!("{e:#}"))
@@ -296,15 +304,20 @@ impl Inner {
 }
 
 /// The wasmtime configuration: pooled instances and fiber stacks for
-/// `max_parallel` jobs, copy-on-write memory images, fuel, epoch
-/// interruption and stack limits.
+/// `max_parallel` jobs and `max_http_requests` HTTP requests, copy-on-write
+/// memory images, fuel, epoch interruption and stack limits.
 fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
-    let slots = settings.max_parallel;
-    if slots == 0 {
+    if settings.max_parallel == 0 {
         return Err(HostError::Wasi(
             "max_parallel must be at least 1".to_string(),
         ));
     }
+    let slots = settings
+        .max_parallel
+        .checked_add(settings.max_http_requests)
+        .ok_or_else(|| {
+            HostError::Wasi("max_parallel and max_http_requests are too large".to_string())
+        })?;
     let total = |per_component: u32| {
         slots.checked_mul(per_component).ok_or_else(|| {
             HostError::Wasi(format!(
@@ -316,8 +329,8 @@ fn engine_config(settings: &WasiSettings) -> Result<Config, HostError> {
         .map_err(|_| HostError::Wasi("max_memory_mb does not fit this platform".to_string()))?;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
-        // A job runs on one fiber at a time: its instantiation, then its
-        // command.
+        // A job or request runs on one fiber at a time: its instantiation,
+        // then its command or handler.
         .total_stacks(slots)
         .total_core_instances(total(MAX_CORE_INSTANCES_PER_COMPONENT)?)
         .total_memories(total(MAX_MEMORIES_PER_COMPONENT)?)
@@ -369,7 +382,9 @@ fn finish(outcome: Outcome, code: CodeSource, limits: EffectiveLimits, took: Dur
 /// The runtime guests run on, apart from the host's own tasks: a burst of
 /// guests queues on its threads rather than in front of the host's claims,
 /// reports and heartbeats, which the kernel then schedules beside them.
-struct GuestRuntime {
+/// wasi:http connections are served on it too, so that a request never
+/// hops between runtimes on its way to its guest.
+pub(super) struct GuestRuntime {
     /// `Some` until dropped.
     runtime: Option<Runtime>,
 }
@@ -386,7 +401,7 @@ impl GuestRuntime {
         })
     }
 
-    fn handle(&self) -> &Handle {
+    pub(super) fn handle(&self) -> &Handle {
         self.runtime
             .as_ref()
             .expect("the guest runtime runs until dropped")

@@ -28,6 +28,9 @@ pub(super) enum LoadError {
     /// The artifact is not something a WASI job can run.
     #[error("not a WASI command component or preview1 module: {0}")]
     NotCommand(String),
+    /// The artifact is not something a wasi:http service can serve.
+    #[error("not a wasi:http proxy component: {0}")]
+    NotProxy(String),
     /// The artifact's blob could not be read.
     #[error("cannot read artifact {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
@@ -100,6 +103,14 @@ impl Code {
                 }
                 WasmKind::Module => Module::deserialize(engine, compiled).map(Code::Module),
             }
+        }
+    }
+
+    /// The component, for code of that kind.
+    pub(super) fn into_component(self) -> Option<Component> {
+        match self {
+            Code::Component(component) => Some(component),
+            Code::Module(_) => None,
         }
     }
 

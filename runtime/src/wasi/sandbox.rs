@@ -87,6 +87,17 @@ impl WasiView for Guest {
     }
 }
 
+impl Capped for Guest {
+    fn memory(&mut self) -> &mut MemoryCap {
+        &mut self.memory
+    }
+}
+
+/// Store data that carries a [`MemoryCap`], so that [`arm`] can limit it.
+pub(super) trait Capped {
+    fn memory(&mut self) -> &mut MemoryCap;
+}
+
 /// Runs `program` once for `job`, to its end, a limit, or a stop order.
 pub(super) async fn execute(engine: &Engine, program: &Program, mut job: Job) -> Outcome {
     let stdout = OutputCapture::new(job.max_output_bytes);
@@ -149,8 +160,8 @@ fn sandbox(
 
 /// Sets the store's limits, memory and fuel, and makes the guest yield at
 /// every epoch tick so that it shares its thread and can be interrupted.
-fn arm(store: &mut Store<Guest>, fuel: u64) -> wasmtime::Result<()> {
-    store.limiter(|guest| &mut guest.memory);
+pub(super) fn arm<T: Capped + 'static>(store: &mut Store<T>, fuel: u64) -> wasmtime::Result<()> {
+    store.limiter(|guest| guest.memory());
     store.set_fuel(fuel)?;
     store.set_epoch_deadline(TICKS_PER_YIELD);
     // tokio's own yield, unlike wasmtime's plain one, lets the runtime poll
@@ -221,7 +232,7 @@ fn exited(code: i32) -> (Option<i32>, Option<String>) {
 }
 
 /// Describes a run that ended in a trap or another error.
-fn trapped(error: &wasmtime::Error, limits: &EffectiveLimits) -> String {
+pub(super) fn trapped(error: &wasmtime::Error, limits: &EffectiveLimits) -> String {
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => format!("out of fuel after {} units", limits.fuel),
         Some(Trap::StackOverflow) => format!(
@@ -236,17 +247,22 @@ fn trapped(error: &wasmtime::Error, limits: &EffectiveLimits) -> String {
 /// Caps every linear memory of a store and remembers a denied growth:
 /// guests usually abort when an allocation fails, and the cap, not that
 /// abort, is what the job should be told.
-struct MemoryCap {
+pub(super) struct MemoryCap {
     limit_bytes: u64,
     denied: bool,
 }
 
 impl MemoryCap {
-    fn new(memory_mb: u32) -> MemoryCap {
+    pub(super) fn new(memory_mb: u32) -> MemoryCap {
         MemoryCap {
             limit_bytes: u64::from(memory_mb) * MIB,
             denied: false,
         }
+    }
+
+    /// True once a growth past the cap was refused.
+    pub(super) fn denied(&self) -> bool {
+        self.denied
     }
 }
 

@@ -217,6 +217,7 @@ fn settings(dir: &Path, max_parallel: u32, max_output_bytes: usize) -> WasiSetti
     WasiSettings {
         caps: caps(),
         max_parallel,
+        max_http_requests: 0,
         guest_threads: GUEST_THREADS,
         max_output_bytes,
         code_cache_dir: dir.join("code"),
