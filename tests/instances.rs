@@ -446,3 +446,122 @@ async fn the_ts_api_example_deploys_answers_and_redeploys_as_a_no_op() {
     let again = net.client().get_service("ts-api").await.unwrap();
     assert_eq!(again.current.version, 1);
 }
+
+/// A plain HTTP server on 127.0.0.1 answering every request with `body`; its
+/// base URL. Serves until the test process ends.
+async fn local_server(body: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move || async move { body });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_sandboxed_host_serves_wasi_http_with_per_request_limits_and_outbound_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    let client = coordinator.client();
+    let ports = service_ports();
+    let host = Host::start_sandboxed(
+        &coordinator.url,
+        &tmp.path().join("host"),
+        &["--service-ports", &ports],
+    );
+    host_up(&client, &host.id().await).await;
+    let allowed = local_server("from the allowed server").await;
+    let other = local_server("from another server").await;
+
+    // hello-http, deployed as a user would: its own manifest, its component
+    // built by the kit (the manifest's [build] is the same cargo build).
+    let dir = copy_example("hello-http", tmp.path());
+    let manifest = std::fs::read_to_string(dir.join("skyclaw.toml")).unwrap();
+    let (service_part, _build) = manifest.split_once("[build]").expect("a [build] section");
+    std::fs::write(dir.join("skyclaw.toml"), service_part).unwrap();
+    let wasm_line = service_part
+        .lines()
+        .find(|l| l.trim_start().starts_with("wasm"))
+        .unwrap();
+    let wasm_path = wasm_line.split('"').nth(1).unwrap();
+    std::fs::create_dir_all(dir.join(wasm_path).parent().unwrap()).unwrap();
+    std::fs::copy(example("hello-http"), dir.join(wasm_path)).unwrap();
+    let mut deploy = coordinator.cli_command(&["deploy", dir.to_str().unwrap()]);
+    let (code, stdout, stderr) = outcome(&deploy.output().unwrap());
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let hello = client.get_service("hello-http").await.unwrap();
+    let endpoint = healthy_endpoints(&hello, 1)
+        .pop()
+        .expect("a healthy instance");
+    let (status, body) = get_text(&endpoint, "/").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // The test guest, with small limits and one allowed outbound host.
+    let guest = push_file(&client, &guest("service")).await;
+    let spec: skyclaw_api::services::ServiceSpec = serde_json::from_value(serde_json::json!({
+        "kind": "wasi-http", "artifact": guest,
+        "limits": {"timeout_ms": 1000, "memory_mb": 32},
+        "allowed_outbound_hosts": [allowed.clone()],
+    }))
+    .unwrap();
+    client.put_service("guest", &spec).await.unwrap();
+    let service = wait_deploy(&client, "guest", 1, DeployStatus::Done).await;
+    let endpoint = healthy_endpoints(&service, 1).pop().unwrap();
+
+    let looping = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move { get_text(&endpoint, "/loop").await }
+    });
+    let mut healthy = Vec::new();
+    for _ in 0..10 {
+        healthy.push(get_text(&endpoint, "/health").await.unwrap());
+    }
+    assert!(
+        healthy.iter().all(|(status, _)| *status == 200),
+        "{healthy:?}"
+    );
+    let (status, body) = looping.await.unwrap().unwrap();
+    assert!(status == 504 || status == 500, "{status} {body}");
+
+    let (status, body) = get_text(&endpoint, "/alloc?mb=64").await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(get_text(&endpoint, "/alloc?mb=4").await.unwrap().0, 200);
+
+    let fetched = get_text(&endpoint, &format!("/fetch?url={allowed}/"))
+        .await
+        .unwrap();
+    assert_eq!(fetched, (200, "from the allowed server".into()));
+    let (status, body) = get_text(&endpoint, &format!("/fetch?url={other}/"))
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("denied") || body.contains("Denied"), "{body}");
+
+    // A native service finds no host here: the sandboxed host runs none.
+    let bundle = push_files(&client, tmp.path(), &[("server.js", NODE_SERVER)]).await;
+    client
+        .put_service("native", &node_service(&bundle, &["server.js"], 1))
+        .await
+        .unwrap();
+    let waiting = eventually("the native service to say why it waits", || async {
+        client.get_service("native").await.ok()?.waiting_reason
+    })
+    .await;
+    assert!(waiting.contains("node"), "{waiting}");
+
+    // The host counts what its wasi-http instances answered.
+    let hosts = client.list_hosts().await.unwrap();
+    let url = hosts.hosts[0]
+        .services
+        .as_ref()
+        .unwrap()
+        .control_url
+        .clone()
+        .unwrap();
+    let ok = metric(
+        &url,
+        "skyclaw_host_wasi_http_requests_total{status=\"200\"}",
+    )
+    .await;
+    assert!(ok.unwrap_or(0.0) >= 10.0, "{ok:?}");
+    drop(host);
+}

@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::artifacts::ArtifactCache;
 use crate::metrics::{Counters, Snapshot};
 use crate::services::Supervisor;
+use crate::wasi::WasiEngine;
 
 /// What the listener's routes read.
 pub(crate) struct Control {
@@ -27,6 +28,8 @@ pub(crate) struct Control {
     pub(crate) token_hash: [u8; 32],
     pub(crate) counters: Arc<Counters>,
     pub(crate) artifacts: Arc<ArtifactCache>,
+    /// Counts what wasi-http instances answered.
+    pub(crate) engine: WasiEngine,
     /// `None` on a host that runs no services.
     pub(crate) supervisor: Option<Arc<Supervisor>>,
 }
@@ -58,6 +61,7 @@ async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
         instances,
         restarts,
         cache: control.artifacts.stats(),
+        http: control.engine.http_stats(),
     }
     .render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

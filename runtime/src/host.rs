@@ -168,6 +168,7 @@ impl Host {
                 token_hash: control::token_hash(&config.token),
                 counters: Arc::clone(&counters),
                 artifacts: Arc::clone(&runners.artifacts),
+                engine: runners.engine.clone(),
                 supervisor: supervisor.clone(),
             }),
         )
@@ -638,6 +639,7 @@ async fn supervisor(
         host_id.to_string(),
         config.name.clone(),
         runners.native.clone(),
+        runners.engine.clone(),
         Arc::clone(&runners.artifacts),
         Ports::new(range),
         config.advertise_host.clone(),

@@ -1,12 +1,14 @@
 //! The host's counters and their Prometheus text (`GET /metrics` on the
 //! host's listener): jobs run by kind and outcome, instances by state,
-//! instance restarts, and the artifact cache.
+//! instance restarts, wasi-http requests by status with their latency, and
+//! the artifact cache.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
 use crate::artifacts::CacheStats;
+use crate::wasi::{HttpStatsSnapshot, LATENCY_BUCKETS_MS};
 
 /// Counters the host's loops bump as they go.
 #[derive(Debug, Default)]
@@ -36,6 +38,7 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) instances: BTreeMap<&'static str, u64>,
     pub(crate) restarts: u64,
     pub(crate) cache: CacheStats,
+    pub(crate) http: HttpStatsSnapshot,
 }
 
 impl Snapshot<'_> {
@@ -79,6 +82,54 @@ impl Snapshot<'_> {
             "skyclaw_host_artifact_cache_fetches_total{{result=\"download\"}} {}",
             self.cache.downloads
         );
+        self.render_http(&mut out);
         out
+    }
+
+    fn render_http(&self, out: &mut String) {
+        let http = &self.http;
+        let _ = writeln!(out, "# TYPE skyclaw_host_wasi_http_requests_total counter");
+        for (status, count) in &http.statuses {
+            let _ = writeln!(
+                out,
+                "skyclaw_host_wasi_http_requests_total{{status=\"{status}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE skyclaw_host_wasi_http_request_seconds histogram"
+        );
+        let bounds = LATENCY_BUCKETS_MS
+            .iter()
+            .map(|ms| format!("{}", ms / 1000.0))
+            .chain(std::iter::once("+Inf".to_string()));
+        for (bound, count) in bounds.zip(&http.latency_buckets) {
+            let _ = writeln!(
+                out,
+                "skyclaw_host_wasi_http_request_seconds_bucket{{le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "skyclaw_host_wasi_http_request_seconds_sum {}",
+            http.latency_sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "skyclaw_host_wasi_http_request_seconds_count {}",
+            http.requests
+        );
+        let _ = writeln!(out, "# TYPE skyclaw_host_wasi_http_slots_in_use gauge");
+        let _ = writeln!(
+            out,
+            "skyclaw_host_wasi_http_slots_in_use {}",
+            http.slots_in_use
+        );
+        let _ = writeln!(out, "# TYPE skyclaw_host_wasi_http_connections_open gauge");
+        let _ = writeln!(
+            out,
+            "skyclaw_host_wasi_http_connections_open {}",
+            http.connections_open
+        );
     }
 }

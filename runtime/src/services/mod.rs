@@ -16,6 +16,7 @@ mod ports;
 mod probe;
 mod reports;
 mod status;
+mod wasi_http;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -34,6 +35,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::artifacts::ArtifactCache;
 use crate::backoff::Backoff;
 use crate::native::Runner;
+use crate::wasi::WasiEngine;
 pub(crate) use health::Prober;
 pub(crate) use logs::Logs;
 pub use ports::PortRange;
@@ -85,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) host_name: String,
     /// The allowlist, PATH, passed environment and confiner of native work.
     pub(crate) runner: Runner,
+    /// Serves wasi-http instances.
+    pub(crate) engine: WasiEngine,
     pub(crate) artifacts: Arc<ArtifactCache>,
     pub(crate) ports: Ports,
     /// The address other machines reach this host by, in endpoint URLs.
@@ -107,6 +111,7 @@ impl Shared {
         host_id: String,
         host_name: String,
         runner: Runner,
+        engine: WasiEngine,
         artifacts: Arc<ArtifactCache>,
         ports: Ports,
         advertise_host: String,
@@ -121,6 +126,7 @@ impl Shared {
             host_id,
             host_name,
             runner,
+            engine,
             artifacts,
             ports,
             advertise_host,
@@ -289,10 +295,7 @@ impl Supervisor {
                         native::run(shared, &assignment, &status, &logs, &mut stop).await;
                     }
                     ServiceKind::WasiHttp => {
-                        status.fail(format!(
-                            "host {} cannot serve wasi-http services yet",
-                            shared.host_name
-                        ));
+                        wasi_http::run(shared, &assignment, &status, &mut stop).await;
                     }
                 }
                 if status.state() != InstanceState::Failed {
