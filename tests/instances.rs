@@ -169,7 +169,6 @@ async fn native_instances_restart_roll_out_and_survive_a_crashing_version() {
     assert_eq!(healthy, Some(2.0));
     let restarts = metric(&url, "skyclaw_host_instance_restarts_total").await;
     assert!(restarts.unwrap_or(0.0) >= 1.0, "{restarts:?}");
-    assert_eq!(InstanceState::Healthy.as_str(), "healthy");
 }
 
 /// Requests every endpoint the endpoint set lists, again and again, until
@@ -564,4 +563,38 @@ async fn a_sandboxed_host_serves_wasi_http_with_per_request_limits_and_outbound_
     .await;
     assert!(ok.unwrap_or(0.0) >= 10.0, "{ok:?}");
     drop(host);
+}
+
+#[tokio::test]
+async fn a_restarted_host_runs_its_services_again() {
+    let ports = service_ports();
+    let args = service_host_args(&ports);
+    let mut net = Network::start("node", &strs(&args)).await;
+    let client = net.client();
+    let bundle = push_files(&client, net.tmp.path(), &[("server.js", NODE_SERVER)]).await;
+    client
+        .put_service("web", &node_service(&bundle, &["server.js"], 1))
+        .await
+        .unwrap();
+    let first = wait_deploy(&client, "web", 1, DeployStatus::Done).await;
+    let before = first.instances[0].id.clone();
+
+    // The only host dies and comes back (a new incarnation of the same host):
+    // its old instance ended with it, and a new one is placed on it.
+    net.host.kill9();
+    let dir = net.host.dir.clone();
+    net.host = Host::start(&net.coordinator.url, &dir, "node", &strs(&args));
+    let endpoint = eventually("a new instance to serve on the restarted host", || async {
+        let service = client.get_service("web").await.ok()?;
+        service
+            .instances
+            .iter()
+            .find(|i| i.id != before && i.state == InstanceState::Healthy)
+            .and_then(|i| i.endpoint.clone())
+    })
+    .await;
+    assert_eq!(get_text(&endpoint, "/").await.unwrap(), (200, "v1".into()));
+    let service = client.get_service("web").await.unwrap();
+    let old = service.instances.iter().find(|i| i.id == before).unwrap();
+    assert_eq!(old.state, InstanceState::Stopped, "{old:?}");
 }

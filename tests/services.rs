@@ -288,7 +288,7 @@ async fn a_service_says_why_it_waits_and_moves_off_a_host_that_goes_down() {
         .find(|i| i["id"] == instance.as_str())
         .cloned()
         .unwrap();
-    assert_eq!(lost["state"], "failed", "{lost}");
+    assert_eq!(lost["state"], "stopped", "{lost}");
     assert!(
         lost["last_error"].as_str().unwrap().contains("h1"),
         "{lost}"

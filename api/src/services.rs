@@ -219,6 +219,12 @@ impl ServiceSpec {
                          native services only",
                     );
                 }
+                if !self.env.is_empty() {
+                    return invalid(
+                        "env applies to native services only: a wasi-http component sees no \
+                         environment",
+                    );
+                }
                 validate_wasi_limits(&self.limits)?;
                 if self.allowed_outbound_hosts.len() > MAX_OUTBOUND_HOSTS {
                     return invalid(format!(
@@ -760,6 +766,15 @@ mod tests {
         assert_eq!(s.rollout, Rollout::default());
         let err = spec(serde_json::json!({"kind": "native", "artifact": DIGEST})).unwrap_err();
         assert!(err.contains("needs a command"), "{err}");
+    }
+
+    #[test]
+    fn a_wasi_http_spec_takes_no_env() {
+        let err = spec(serde_json::json!({
+            "kind": "wasi-http", "artifact": DIGEST, "env": {"A": "1"}
+        }))
+        .unwrap_err();
+        assert!(err.contains("env applies to native services only"), "{err}");
     }
 
     #[test]

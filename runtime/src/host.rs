@@ -81,17 +81,7 @@ pub async fn run(
             let (host, shutdown) = (Arc::clone(&host), shutdown_rx.clone());
             tokio::spawn(async move { host.control.serve(shutdown).await }.in_current_span())
         };
-        let supervising = host
-            .supervisor
-            .clone()
-            .map(|supervisor| tokio::spawn(supervisor.run(shutdown_rx.clone()).in_current_span()));
         let outcome = host.serve(shutdown_rx, config.shutdown_grace).await;
-        // Instances drain beside the jobs; both are settled before the exit.
-        if let Some(supervising) = supervising
-            && let Err(e) = supervising.await
-        {
-            error!(error = %e, "the service supervisor panicked");
-        }
         // Every job was settled (reported or given up on) by the drain.
         host.reporting.abort();
         if let Some(reporting) = &host.instance_reporting {
@@ -209,9 +199,21 @@ impl Host {
         );
         let discovery =
             tokio::spawn(discovery::refresh_loop(self.client.clone()).in_current_span());
+        // After registering: assignments read before it would be those of
+        // this host's previous incarnation, which registering ends.
+        let supervising = self
+            .supervisor
+            .clone()
+            .map(|supervisor| tokio::spawn(supervisor.run(shutdown.clone()).in_current_span()));
         let mut tasks = JoinSet::new();
         self.claim_loop(&mut tasks, &mut shutdown).await;
         self.drain(tasks, grace).await;
+        // Instances drain beside the jobs; both are settled before the exit.
+        if let Some(supervising) = supervising
+            && let Err(e) = supervising.await
+        {
+            error!(error = %e, "the service supervisor panicked");
+        }
         // Heartbeats (and the coordinator list they use) went on through the
         // drain so that leases stayed valid while jobs finished and were
         // reported.
@@ -592,7 +594,7 @@ fn registration(
     config: &HostConfig,
     host_id: &str,
     runners: &Runners,
-    control_url: String,
+    control_url: Option<String>,
 ) -> RegisterHost {
     RegisterHost {
         host_id: host_id.to_string(),
@@ -610,7 +612,7 @@ fn registration(
         wasi: Some(config.wasi_caps()),
         services: config.service_ports.map(|range| ServiceCaps {
             max_instances: range.count().min(MAX_HOST_INSTANCES),
-            control_url: Some(control_url),
+            control_url,
         }),
     }
 }
@@ -656,7 +658,8 @@ async fn supervisor(
 struct ControlListener {
     listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     control: Arc<Control>,
-    url: String,
+    /// `None` when coordinators could not reach it.
+    url: Option<String>,
 }
 
 impl ControlListener {
@@ -671,17 +674,35 @@ impl ControlListener {
             .local_addr()
             .map_err(|e| HostError::Config(format!("cannot read the listener's address: {e}")))?;
         let ip = local.ip();
+        let advertised_loopback = config
+            .advertise_host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+            || config.advertise_host == "localhost";
         let host = if ip.is_unspecified() {
-            config.advertise_host.clone()
+            Some(config.advertise_host.clone())
+        } else if ip.is_loopback() && !advertised_loopback {
+            // Coordinators elsewhere cannot reach a loopback listener, and
+            // one on their own machine would be whoever listens there: they
+            // are not told of it (and fetch no instance logs from here).
+            warn!(
+                listen = %local,
+                advertise_host = %config.advertise_host,
+                "the host's listener is on loopback: coordinators cannot fetch instance logs \
+                 from it (listen on an address they reach, such as --listen 0.0.0.0:9200)"
+            );
+            None
         } else {
-            ip.to_string()
+            Some(ip.to_string())
         };
-        let url = if host.contains(':') {
-            format!("http://[{host}]:{}", local.port())
-        } else {
-            format!("http://{host}:{}", local.port())
-        };
-        info!(listen = %local, %url, "host listening");
+        let url = host.map(|host| {
+            if host.contains(':') {
+                format!("http://[{host}]:{}", local.port())
+            } else {
+                format!("http://{host}:{}", local.port())
+            }
+        });
+        info!(listen = %local, url = url.as_deref().unwrap_or("(not advertised)"), "host listening");
         Ok(ControlListener {
             listener: std::sync::Mutex::new(Some(listener)),
             control,

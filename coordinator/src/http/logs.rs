@@ -23,6 +23,23 @@ use crate::state;
 /// How long a host has to answer for its instance's logs: a live host
 /// answers in milliseconds; one that does not is reported, not waited for.
 const HOST_LOGS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer read from a host: a host keeps at most 256 KiB of lines
+/// per instance, which JSON escaping can double; a host that sends more is
+/// lying or broken, and must not fill the coordinator's memory.
+const MAX_HOST_LOGS_BYTES: usize = 2 * 1024 * 1024;
+
+/// The client that asks hosts for logs: it sends the cluster token, so it
+/// never follows a redirect (which would carry the token elsewhere).
+fn host_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .expect("a client with default TLS settings builds")
+    })
+}
 
 pub async fn logs(
     State(node): State<Arc<Node>>,
@@ -93,8 +110,7 @@ async fn from_host(node: &Node, instance: &Instance, tail: usize) -> InstanceLog
         base.trim_end_matches('/'),
         instance.id
     );
-    let answer = node
-        .http
+    let answer = host_client()
         .get(&url)
         .query(&[("tail", tail)])
         .header(headers::TOKEN, &node.config.token)
@@ -117,7 +133,11 @@ async fn from_host(node: &Node, instance: &Instance, tail: usize) -> InstanceLog
             ));
         }
     };
-    match answer.json::<InstanceLogs>().await {
+    let body = match read_capped(answer).await {
+        Ok(body) => body,
+        Err(error) => return failed(format!("host {}: {error}", instance.host_id)),
+    };
+    match serde_json::from_slice::<InstanceLogs>(&body) {
         Ok(logs) if logs.instance_id == instance.id => logs,
         Ok(_) => failed(format!(
             "host {} answered for another instance",
@@ -128,4 +148,22 @@ async fn from_host(node: &Node, instance: &Instance, tail: usize) -> InstanceLog
             instance.host_id
         )),
     }
+}
+
+/// The answer's body, refused past [`MAX_HOST_LOGS_BYTES`].
+async fn read_capped(mut answer: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = answer
+        .chunk()
+        .await
+        .map_err(|e| format!("cannot read the logs: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_HOST_LOGS_BYTES {
+            return Err(format!(
+                "sent more than {MAX_HOST_LOGS_BYTES} bytes of logs; not read"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

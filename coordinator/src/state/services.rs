@@ -67,18 +67,21 @@ pub(super) fn put_service(
         }
     }
     let version = row.version + 1;
-    // What serves while the new version rolls out: the current version, or
-    // (when it failed) the one that kept serving. A removed service starts
-    // over with nothing serving.
+    // What serves while the new version rolls out: the current version once
+    // its rollout is done; while it still rolls out, or after it failed, the
+    // one that kept serving meanwhile. A removed service starts over with
+    // nothing serving.
     let previous = match (row.deleted_at, row.deploy.status) {
         (Some(_), _) => None,
         (None, DeployStatus::Failed) => row.previous_version,
-        (None, _) => Some(row.version),
+        (None, DeployStatus::Rolling) => row.previous_version.or(Some(row.version)),
+        (None, DeployStatus::Done) => Some(row.version),
     };
     insert_version(conn, name, version, spec, now)?;
     conn.prepare_cached(
         "UPDATE services SET version = ?2, previous_version = ?3, replicas = ?4, deploy = ?5,
-                             owner = ?6, waiting_reason = NULL, deleted_at = NULL,
+                             owner = CASE WHEN deleted_at IS NULL THEN owner ELSE ?6 END,
+                             waiting_reason = NULL, deleted_at = NULL,
                              updated_at = ?7
          WHERE name = ?1",
     )?
@@ -389,11 +392,9 @@ pub(super) fn lose_host_instances(
     let mut routable_left = false;
     for (id, service, state) in &lost {
         routable_left |= state == InstanceState::Healthy.as_str();
-        let ended = if state == InstanceState::Stopping.as_str() {
-            InstanceState::Stopped
-        } else {
-            InstanceState::Failed
-        };
+        // Stopped, not failed: the instance did nothing wrong, and a failed
+        // one would keep its version off that host (and fail a rollout).
+        let ended = InstanceState::Stopped;
         conn.prepare_cached(
             "UPDATE instances SET state = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
         )?

@@ -1,6 +1,7 @@
 //! Health of an instance: probing its health path over HTTP, and turning
 //! probe results into healthy or unhealthy with the service's thresholds.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use skyclaw_api::services::HealthCheck;
@@ -22,15 +23,15 @@ impl Prober {
         Ok(Prober { client })
     }
 
-    /// `GET http://127.0.0.1:{port}{path}`: `Ok` for a 2xx answer within
-    /// `timeout`, else why not.
+    /// `GET http://{addr}{path}`: `Ok` for a 2xx answer within `timeout`,
+    /// else why not.
     pub(crate) async fn probe(
         &self,
-        port: u16,
+        addr: SocketAddr,
         path: &str,
         timeout: Duration,
     ) -> Result<(), String> {
-        let url = format!("http://127.0.0.1:{port}{path}");
+        let url = format!("http://{addr}{path}");
         let answer = self
             .client
             .get(&url)

@@ -50,6 +50,15 @@ impl Logs {
         ring.lines.iter().skip(skip).cloned().collect()
     }
 
+    /// The newest `n` lines written at or after `since`, oldest first.
+    pub(crate) fn tail_since(&self, since: Millis, n: usize) -> Vec<LogLine> {
+        let ring = self.ring.lock().expect("log ring lock");
+        let newer = ring.lines.iter().rev().take_while(|l| l.at >= since);
+        let mut lines: Vec<LogLine> = newer.take(n).cloned().collect();
+        lines.reverse();
+        lines
+    }
+
     fn push(&self, stream: LogStream, bytes: &[u8], at: Millis) {
         let text = String::from_utf8_lossy(bytes).into_owned();
         let mut ring = self.ring.lock().expect("log ring lock");
@@ -114,6 +123,8 @@ mod tests {
         let texts: Vec<String> = logs.tail(10).into_iter().map(|l| l.text).collect();
         assert_eq!(texts, ["one", "two", "three"]);
         assert_eq!(logs.tail(1)[0].text, "three");
+        assert_eq!(logs.tail_since(0, 2).len(), 2);
+        assert!(logs.tail_since(u64::MAX, 10).is_empty());
 
         let mut err = logs.sink(LogStream::Stderr);
         err.write(&vec![b'x'; MAX_LINE_BYTES * 2 + 1]);

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub(crate) advertise_host: String,
     /// Where instances listen: loopback when only this machine reaches them.
     pub(crate) bind_host: IpAddr,
+    /// Where the host's probes reach them.
+    pub(crate) probe_host: IpAddr,
     /// Parent of the instances' directories.
     pub(crate) root: PathBuf,
     pub(crate) reports: StateReports,
@@ -122,6 +124,7 @@ impl Shared {
     ) -> Shared {
         let bind_host = bind_address(&advertise_host);
         Shared {
+            probe_host: probe_address(bind_host),
             client,
             host_id,
             host_name,
@@ -172,8 +175,18 @@ impl Shared {
 fn bind_address(advertise_host: &str) -> IpAddr {
     match advertise_host.parse::<IpAddr>() {
         Ok(ip) if ip.is_loopback() => ip,
+        Ok(IpAddr::V6(_)) => IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
         _ if advertise_host == "localhost" => IpAddr::from([127, 0, 0, 1]),
         _ => IpAddr::from([0, 0, 0, 0]),
+    }
+}
+
+/// Where this host's own probes reach an instance bound to `bind_host`.
+fn probe_address(bind_host: IpAddr) -> IpAddr {
+    match bind_host {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
     }
 }
 
@@ -329,20 +342,24 @@ impl Supervisor {
         if let Ok(Err(error)) = removed {
             warn!(instance_id, %error, "cannot remove the instance directory");
         }
+        // Remembered as ended before it leaves the running set, so that an
+        // assignment read in between never starts it again.
+        {
+            let mut ended = self.ended.lock().expect("ended lock");
+            let (order, set) = &mut *ended;
+            if set.insert(instance_id.to_string()) {
+                order.push_back(instance_id.to_string());
+            }
+            while order.len() > MAX_REMEMBERED_ENDED {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
         self.running
             .lock()
             .expect("running lock")
             .remove(instance_id);
-        let mut ended = self.ended.lock().expect("ended lock");
-        let (order, set) = &mut *ended;
-        if set.insert(instance_id.to_string()) {
-            order.push_back(instance_id.to_string());
-        }
-        while order.len() > MAX_REMEMBERED_ENDED {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
-            }
-        }
     }
 
     fn has_ended(&self, instance_id: &str) -> bool {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use skyclaw_api::services::{Assignment, InstanceState, LogStream, MAX_LAST_ERROR_BYTES};
+use skyclaw_api::{Millis, now_ms};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -47,7 +48,11 @@ pub(super) async fn run(
     stop: &mut StopOrder,
 ) {
     let dir = shared.instance_dir(&assignment.instance_id);
-    match prepare(shared, assignment, &dir).await {
+    let prepared = tokio::select! {
+        prepared = prepare(shared, assignment, &dir) => prepared,
+        () = stop_ordered(stop) => return,
+    };
+    match prepared {
         Ok(program) => supervise(shared, assignment, status, logs, stop, &program, &dir).await,
         Err(error) => {
             warn!(instance_id = %assignment.instance_id, %error, "instance cannot run");
@@ -107,6 +112,7 @@ async fn supervise(
             return;
         };
         let started = Instant::now();
+        let started_at = now_ms();
         let ending = match spawn(shared, assignment, logs, program, dir, port.get()).await {
             Ok(child) => {
                 status.enter(InstanceState::Starting, None);
@@ -121,7 +127,7 @@ async fn supervise(
         if started.elapsed() >= STABLE_AFTER && status.state() == InstanceState::Healthy {
             backoff.reset();
         }
-        let last_error = crash_report(&exit, logs);
+        let last_error = crash_report(&exit, logs, started_at);
         warn!(instance_id = %assignment.instance_id, %exit, "instance exited; restarting it");
         shared.count_restart();
         status.set(|r| {
@@ -228,12 +234,13 @@ async fn exited(child: Child, exit: std::io::Result<std::process::ExitStatus>) -
     })
 }
 
-/// The exit status and the last lines of output, within what a report carries.
-fn crash_report(exit: &str, logs: &Logs) -> String {
+/// The exit status and the last lines this run wrote (since `started_at`),
+/// within what a report carries.
+fn crash_report(exit: &str, logs: &Logs, started_at: Millis) -> String {
     let header = format!("{exit}; last output:\n");
     let room = MAX_LAST_ERROR_BYTES.saturating_sub(header.len());
     let lines: Vec<String> = logs
-        .tail(CRASH_TAIL_LINES)
+        .tail_since(started_at, CRASH_TAIL_LINES)
         .into_iter()
         .map(|line| line.text)
         .collect();

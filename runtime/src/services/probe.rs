@@ -4,6 +4,7 @@
 //! wasi-http instances are watched alike.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use skyclaw_api::services::{Assignment, InstanceState};
@@ -46,7 +47,7 @@ pub(super) async fn watch<F: Future>(
         let passed = tokio::select! {
             end = &mut ended => return Watched::Ended(end),
             () = stop_ordered(stop) => return Watched::Stopped { was_healthy },
-            probed = shared.prober.probe(port, &health.path, timeout) => probed,
+            probed = shared.prober.probe(SocketAddr::new(shared.probe_host, port), &health.path, timeout) => probed,
         };
         match verdict.observe(passed.is_ok()) {
             Some(true) => {

@@ -10,15 +10,19 @@ use std::time::Duration;
 use skyclaw_api::Client;
 use skyclaw_api::services::{InstanceReport, InstanceReports, MAX_INSTANCE_REPORTS};
 use tokio::sync::{Notify, watch};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::backoff::Backoff;
+use crate::report::is_retryable;
 
 /// First pause before sending reports again after a failure.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between retries: a coordinator that comes back hears from
 /// the host within it.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Bytes of reports one request carries at most: far below the coordinators'
+/// smallest body limit (1 MiB by default), whatever the reports' errors hold.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Hands instance states to the task that sends them. Cheap to clone.
 #[derive(Clone)]
@@ -89,14 +93,7 @@ impl StateReports {
 async fn send_loop(client: Client, host_id: String, shared: Arc<Shared>) {
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     loop {
-        let batch: Vec<(u64, InstanceReport)> = {
-            let pending = shared.pending.lock().expect("report lock");
-            pending
-                .values()
-                .take(MAX_INSTANCE_REPORTS)
-                .cloned()
-                .collect()
-        };
+        let batch = next_batch(&shared);
         if batch.is_empty() {
             let waiting = shared.wake.notified();
             // A report queued between the read above and here woke nobody.
@@ -114,6 +111,13 @@ async fn send_loop(client: Client, host_id: String, shared: Arc<Shared>) {
                 settle(&shared, &batch);
                 debug!(reports = batch.len(), "instance states reported");
             }
+            Err(error) if !is_retryable(&error) => {
+                // Sending it again would be refused again, and would hold up
+                // every later report: it is dropped (its instances report
+                // again at their next change).
+                error!(%error, reports = batch.len(), "instance states refused; dropping them");
+                settle(&shared, &batch);
+            }
             Err(error) => {
                 let delay = backoff.next_delay();
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot report instance states");
@@ -121,6 +125,26 @@ async fn send_loop(client: Client, host_id: String, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// The oldest pending reports that fit one request: at most
+/// [`MAX_INSTANCE_REPORTS`] and about [`MAX_BATCH_BYTES`] (one report always
+/// goes, however large: its error is capped by the status).
+fn next_batch(shared: &Shared) -> Vec<(u64, InstanceReport)> {
+    let pending = shared.pending.lock().expect("report lock");
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for entry in pending.values() {
+        let size = serde_json::to_vec(&entry.1).map_or(0, |json| json.len());
+        if batch.len() == MAX_INSTANCE_REPORTS
+            || (!batch.is_empty() && bytes + size > MAX_BATCH_BYTES)
+        {
+            break;
+        }
+        bytes += size;
+        batch.push(entry.clone());
+    }
+    batch
 }
 
 /// Drops the sent reports that no newer one replaced, and wakes those

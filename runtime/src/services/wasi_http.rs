@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::ports::HeldPort;
 use super::probe::{self, Watched};
 use super::status::Status;
-use super::{DRAIN_DELAY, Shared, StopOrder};
+use super::{DRAIN_DELAY, Shared, StopOrder, stop_ordered};
 use crate::wasi::HttpOptions;
 use skyclaw_api::services::InstanceState;
 
@@ -38,9 +38,16 @@ pub(super) async fn run(
         Ok(rules) => rules,
         Err(e) => return status.fail(format!("allowed_outbound_hosts: {}", e.0)),
     };
-    let program = match shared.artifacts.fetch(&shared.client, &spec.artifact).await {
-        Ok(blob) => shared.engine.load_http(&spec.artifact, blob.path()).await,
-        Err(error) => Err(error),
+    let load = async {
+        let blob = shared
+            .artifacts
+            .fetch(&shared.client, &spec.artifact)
+            .await?;
+        shared.engine.load_http(&spec.artifact, blob.path()).await
+    };
+    let program = tokio::select! {
+        program = load => program,
+        () = stop_ordered(stop) => return,
     };
     let program = match program {
         Ok(program) => program,

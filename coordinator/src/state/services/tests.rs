@@ -270,7 +270,7 @@ fn a_host_that_goes_down_takes_its_instances_with_it() {
             now: 15,
         },
     );
-    assert_eq!(state_of(&conn, "i1"), InstanceState::Failed);
+    assert_eq!(state_of(&conn, "i1"), InstanceState::Stopped);
     assert!(routable(&conn).is_empty());
 }
 
@@ -317,5 +317,33 @@ fn ended_instances_are_kept_only_so_many() {
         service.instances.last().map(|i| i.id.clone()),
         Some(format!("i{}", total - 1)),
         "the newest are kept"
+    );
+}
+
+#[test]
+fn a_deploy_during_a_rollout_keeps_the_serving_version_as_previous() {
+    let conn = db();
+    deployed(&conn, spec(&["v1.js"], 1));
+    finish(&conn, 1, DeployStatus::Done, None);
+    deployed(&conn, spec(&["v2.js"], 1));
+    // v2 is still rolling out: v1 is what serves, and stays the fallback.
+    assert_eq!(
+        deployed(&conn, spec(&["v3.js"], 1)),
+        DeployOutcome::Deployed
+    );
+    let service = super::get(&conn, "api").unwrap().unwrap();
+    assert_eq!(service.current.version, 3);
+    assert_eq!(service.previous.map(|p| p.version), Some(1));
+}
+
+#[test]
+fn the_token_redeploying_a_keys_service_leaves_it_the_keys() {
+    let conn = db();
+    let key = Owner::ApiKey("k1".into());
+    assert!(put(&conn, spec(&["v1.js"], 1), key.clone()).is_ok());
+    assert!(put(&conn, spec(&["v2.js"], 1), Owner::Token).is_ok());
+    assert!(
+        put(&conn, spec(&["v3.js"], 1), key).is_ok(),
+        "the key still owns its service"
     );
 }
