@@ -358,7 +358,7 @@ async fn instances_of_a_lost_host_are_placed_on_another_and_sandboxed_hosts_run_
 }
 
 #[tokio::test]
-async fn a_host_shutting_down_unpublishes_its_instances_before_stopping_them() {
+async fn a_host_shutting_down_unpublishes_its_instances_takes_no_new_ones_and_they_move() {
     let ports = service_ports();
     let args = service_host_args(&ports);
     let mut net = Network::start("node", &strs(&args)).await;
@@ -369,6 +369,18 @@ async fn a_host_shutting_down_unpublishes_its_instances_before_stopping_them() {
         .await
         .unwrap();
     wait_deploy(&client, "web", 1, DeployStatus::Done).await;
+    let first_host = net.host_id.clone();
+    // A second host, where the instance goes when the first drains.
+    let other_ports = service_ports();
+    let other_args = service_host_args(&other_ports);
+    let other = Host::start(
+        &net.coordinator.url,
+        &net.tmp.path().join("other"),
+        "node",
+        &strs(&other_args),
+    );
+    let other_id = other.id().await;
+    host_up(&client, &other_id).await;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
     let load = tokio::spawn(request_endpoints(
@@ -383,12 +395,30 @@ async fn a_host_shutting_down_unpublishes_its_instances_before_stopping_them() {
     });
     let stopped = eventually("the instance to be reported stopped", || async {
         let service = client.get_service("web").await.ok()?;
-        let instance = service.instances.first()?;
+        let instance = service.instances.iter().find(|i| i.host_id == first_host)?;
         (instance.state == InstanceState::Stopped).then_some(())
     });
     stopped.await;
     let (_net, status) = status.await.unwrap();
     assert!(status.success(), "host exited with {status}");
+    let moved = eventually("the instance to serve from the other host", || async {
+        let service = client.get_service("web").await.ok()?;
+        let healthy = service
+            .instances
+            .iter()
+            .any(|i| i.host_id == other_id && i.state == InstanceState::Healthy);
+        healthy.then_some(service)
+    })
+    .await;
+    let on_first = moved
+        .instances
+        .iter()
+        .filter(|i| i.host_id == first_host)
+        .count();
+    assert_eq!(
+        on_first, 1,
+        "nothing was placed on the draining host: {moved:#?}"
+    );
     stop.store(true, Ordering::Relaxed);
     let answers = load.await.unwrap();
     assert!(!answers.is_empty());

@@ -129,6 +129,10 @@ pub struct Heartbeat {
     /// the scheduler can send jobs where their artifact already is.
     #[serde(default)]
     pub artifacts: Vec<Digest>,
+    /// The host is shutting down: it takes no new service instances (those
+    /// it runs drain), so placement looks elsewhere.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The coordinator's answer to a heartbeat.

@@ -27,6 +27,7 @@ impl Tracked {
             host: LiveHost {
                 registration,
                 artifacts: Arc::default(),
+                draining: false,
             },
         }
     }
@@ -115,12 +116,19 @@ impl Liveness {
         self.changed(&mut hosts);
     }
 
-    /// Records a heartbeat and the artifacts the host reports holding; false
-    /// when the host is not (or no longer) up.
-    pub fn beat(&self, host_id: &str, now: Instant, artifacts: Vec<Digest>) -> bool {
+    /// Records a heartbeat, the artifacts the host reports holding and
+    /// whether it is draining; false when the host is not (or no longer) up.
+    pub fn beat(
+        &self,
+        host_id: &str,
+        now: Instant,
+        artifacts: Vec<Digest>,
+        draining: bool,
+    ) -> bool {
         match self.lock().tracked.get_mut(host_id) {
             Some(tracked) => {
                 tracked.last_seen = now;
+                tracked.host.draining = draining;
                 let artifacts: HashSet<Digest> = artifacts.into_iter().collect();
                 if *tracked.host.artifacts != artifacts {
                     tracked.host.artifacts = Arc::new(artifacts);

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use skyclaw_api::hosts::{
@@ -58,6 +59,9 @@ const WORK_DIR: &str = "work";
 const ARTIFACT_DIR: &str = "artifacts";
 /// Directory under the data directory that holds compiled wasm code.
 const CODE_CACHE_DIR: &str = "wasm-code";
+/// How long a host shutting down waits for a coordinator to hear that it
+/// drains before it stops its instances anyway.
+const DRAIN_ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Directory under the data directory that holds service instances' files.
 const SERVICES_DIR: &str = "services";
 
@@ -117,6 +121,8 @@ struct Host {
     supervisor: Option<Arc<Supervisor>>,
     /// The task that sends instance states; aborted after the drain.
     instance_reporting: Option<JoinHandle<()>>,
+    /// Set at shutdown and sent with every later heartbeat.
+    draining: AtomicBool,
     control: ControlListener,
 }
 
@@ -180,6 +186,7 @@ impl Host {
             supervisor,
             instance_reporting,
             control,
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -201,12 +208,18 @@ impl Host {
             tokio::spawn(discovery::refresh_loop(self.client.clone()).in_current_span());
         // After registering: assignments read before it would be those of
         // this host's previous incarnation, which registering ends.
+        // Its own stop order: the host announces that it drains first.
+        let (stop_supervisor, supervisor_stop) = watch::channel(false);
         let supervising = self
             .supervisor
             .clone()
-            .map(|supervisor| tokio::spawn(supervisor.run(shutdown.clone()).in_current_span()));
+            .map(|supervisor| tokio::spawn(supervisor.run(supervisor_stop).in_current_span()));
         let mut tasks = JoinSet::new();
         self.claim_loop(&mut tasks, &mut shutdown).await;
+        if supervising.is_some() {
+            self.announce_draining().await;
+        }
+        stop_supervisor.send_replace(true);
         self.drain(tasks, grace).await;
         // Instances drain beside the jobs; both are settled before the exit.
         if let Some(supervising) = supervising
@@ -273,6 +286,32 @@ impl Host {
         }
     }
 
+    /// What a heartbeat says now.
+    fn beat(&self) -> Heartbeat {
+        Heartbeat {
+            running: self.leases.held(),
+            artifacts: self.runners.artifacts.held(),
+            draining: self.draining.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Tells the coordinators this host is shutting down, so that no new
+    /// instance is placed here while its own drain; bounded, since a
+    /// coordinator that does not answer learns it from the host's absence.
+    async fn announce_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let sent = tokio::time::timeout(
+            DRAIN_ANNOUNCE_TIMEOUT,
+            self.client.heartbeat(&self.host_id, &self.beat()),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            warn!(
+                "cannot tell the coordinators this host is draining; stopping its instances anyway"
+            );
+        }
+    }
+
     /// Heartbeats until aborted, renewing every held lease, reporting the
     /// artifacts held (at once when they change) and stopping the jobs the
     /// coordinator revokes.
@@ -289,11 +328,7 @@ impl Host {
                     continue;
                 }
             }
-            let beat = Heartbeat {
-                running: self.leases.held(),
-                artifacts: self.runners.artifacts.held(),
-            };
-            match self.client.heartbeat(&self.host_id, &beat).await {
+            match self.client.heartbeat(&self.host_id, &self.beat()).await {
                 Ok(ack) => {
                     for job_id in ack.stop {
                         if self.leases.stop(&job_id, StopReason::Revoked) {

@@ -116,7 +116,11 @@ pub async fn heartbeat(
     Path(host_id): Path<String>,
     body: JsonBody<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    let Heartbeat { running, artifacts } = body.value;
+    let Heartbeat {
+        running,
+        artifacts,
+        draining,
+    } = body.value;
     if artifacts.len() > MAX_REPORTED_ARTIFACTS {
         return Err(ApiError::BadRequest(format!(
             "a heartbeat reports at most {MAX_REPORTED_ARTIFACTS} artifacts, not {}",
@@ -124,7 +128,10 @@ pub async fn heartbeat(
         )));
     }
     node.hosts_tracked().await?;
-    if !node.liveness.beat(&host_id, Instant::now(), artifacts) {
+    if !node
+        .liveness
+        .beat(&host_id, Instant::now(), artifacts, draining)
+    {
         return Err(not_registered(&host_id));
     }
     if running.is_empty() {

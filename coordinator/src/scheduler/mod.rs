@@ -24,6 +24,8 @@ pub struct LiveHost {
     pub registration: RegisterHost,
     /// Artifacts the host last reported holding.
     pub artifacts: Arc<HashSet<Digest>>,
+    /// The host said it is shutting down: no new instances go there.
+    pub draining: bool,
 }
 
 /// Jobs running per host id; hosts not in the map run none.
@@ -197,6 +199,7 @@ mod tests {
                 services: None,
             },
             artifacts: Arc::default(),
+            draining: false,
         }
     }
 

@@ -295,6 +295,9 @@ fn suits(spec: &skyclaw_api::services::ServiceSpec, host: &LiveHost) -> Result<(
     if reg.services.is_none() {
         return Err("runs no services".into());
     }
+    if host.draining {
+        return Err("is shutting down".into());
+    }
     match spec.kind {
         ServiceKind::Native => {
             let command = spec.command.as_deref().unwrap_or_default();

@@ -38,6 +38,7 @@ fn host(id: &str, allowed: &[&str], max_instances: u32) -> LiveHost {
             }),
         },
         artifacts: Arc::default(),
+        draining: false,
     }
 }
 
@@ -160,6 +161,16 @@ fn replicas_spread_one_per_host_while_hosts_remain() {
     let distinct: HashSet<&String> = hosts.iter().take(2).collect();
     assert_eq!(distinct.len(), 2, "{hosts:?}");
     assert!(plan.waiting.is_empty(), "{:?}", plan.waiting);
+}
+
+#[test]
+fn a_draining_host_takes_no_new_instance() {
+    let mut draining = host("a", &["node"], 10);
+    draining.draining = true;
+    let live = [draining, host("b", &["node"], 10)];
+    let s = service(native_spec(2), DeployStatus::Rolling);
+    let plan = plan(&[s], &[], &live, 0);
+    assert_eq!(placed(&plan), ["b", "b"]);
 }
 
 #[test]
