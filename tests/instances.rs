@@ -23,6 +23,22 @@ fn service_host_args(ports: &str) -> Vec<String> {
     ]
 }
 
+/// A one-host network whose host runs `web` (one instance of
+/// [`NODE_SERVER`]), deployed and healthy; the host's arguments.
+async fn network_serving_web() -> (Network, Vec<String>) {
+    let ports = service_ports();
+    let args = service_host_args(&ports);
+    let net = Network::start("node", &strs(&args)).await;
+    let client = net.client();
+    let bundle = push_files(&client, net.tmp.path(), &[("server.js", NODE_SERVER)]).await;
+    client
+        .put_service("web", &node_service(&bundle, &["server.js"], 1))
+        .await
+        .unwrap();
+    wait_deploy(&client, "web", 1, DeployStatus::Done).await;
+    (net, args)
+}
+
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -359,16 +375,8 @@ async fn instances_of_a_lost_host_are_placed_on_another_and_sandboxed_hosts_run_
 
 #[tokio::test]
 async fn a_host_shutting_down_unpublishes_its_instances_takes_no_new_ones_and_they_move() {
-    let ports = service_ports();
-    let args = service_host_args(&ports);
-    let mut net = Network::start("node", &strs(&args)).await;
+    let (mut net, _) = network_serving_web().await;
     let client = net.client();
-    let bundle = push_files(&client, net.tmp.path(), &[("server.js", NODE_SERVER)]).await;
-    client
-        .put_service("web", &node_service(&bundle, &["server.js"], 1))
-        .await
-        .unwrap();
-    wait_deploy(&client, "web", 1, DeployStatus::Done).await;
     let first_host = net.host_id.clone();
     // A second host, where the instance goes when the first drains.
     let other_ports = service_ports();
@@ -597,16 +605,9 @@ async fn a_sandboxed_host_serves_wasi_http_with_per_request_limits_and_outbound_
 
 #[tokio::test]
 async fn a_restarted_host_runs_its_services_again() {
-    let ports = service_ports();
-    let args = service_host_args(&ports);
-    let mut net = Network::start("node", &strs(&args)).await;
+    let (mut net, args) = network_serving_web().await;
     let client = net.client();
-    let bundle = push_files(&client, net.tmp.path(), &[("server.js", NODE_SERVER)]).await;
-    client
-        .put_service("web", &node_service(&bundle, &["server.js"], 1))
-        .await
-        .unwrap();
-    let first = wait_deploy(&client, "web", 1, DeployStatus::Done).await;
+    let first = client.get_service("web").await.unwrap();
     let before = first.instances[0].id.clone();
 
     // The only host dies and comes back (a new incarnation of the same host):
