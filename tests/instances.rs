@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::services::*;
@@ -115,14 +115,7 @@ async fn native_instances_restart_roll_out_and_survive_a_crashing_version() {
     }
 
     // v1 -> v2 while a client requests every listed endpoint: no request fails.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(request_endpoints(
-        client.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&failures),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(&client).await;
     spec.env.insert("VERSION".into(), "2".into());
     client.put_service("web", &spec).await.unwrap();
     let service = wait_deploy(&client, "web", 2, DeployStatus::Done).await;
@@ -132,13 +125,8 @@ async fn native_instances_restart_roll_out_and_survive_a_crashing_version() {
         (web.endpoints.len() == 2 && web.endpoints.iter().all(|e| e.version == 2)).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let answers = load.await.unwrap();
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "failed requests during the rollout"
-    );
+    let (answers, failures) = load.finish().await;
+    assert_eq!(failures, 0, "failed requests during the rollout");
     assert!(answers.len() > 20, "only {} requests made", answers.len());
     assert!(answers.iter().any(|a| a == "v1") && answers.iter().any(|a| a == "v2"));
     assert_eq!(answers.last().map(String::as_str), Some("v2"));
@@ -187,15 +175,54 @@ async fn native_instances_restart_roll_out_and_survive_a_crashing_version() {
     assert!(restarts.unwrap_or(0.0) >= 1.0, "{restarts:?}");
 }
 
-/// Requests every endpoint the endpoint set lists, again and again, until
-/// told to stop; counts failures and returns the answers in order.
+/// A client requesting every endpoint of `web` the endpoint set lists, again
+/// and again, counting failures and keeping the answers in order.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<String>>>,
+    failures: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Starts the load and returns once it has had answers.
+    async fn start(client: &skyclaw_api::Client) -> Load {
+        let (stop, answers, failures) = (Arc::default(), Arc::default(), Arc::default());
+        let task = tokio::spawn(request_endpoints(
+            client.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&answers),
+            Arc::clone(&failures),
+        ));
+        let load = Load {
+            stop,
+            answers,
+            failures,
+            task,
+        };
+        eventually("the load to get answers", || async {
+            (load.answers.lock().unwrap().len() >= 5).then_some(())
+        })
+        .await;
+        load
+    }
+
+    /// Stops the load: the answers it had, and how many requests failed.
+    async fn finish(self) -> (Vec<String>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let answers = std::mem::take(&mut *self.answers.lock().unwrap());
+        (answers, self.failures.load(Ordering::Relaxed))
+    }
+}
+
 async fn request_endpoints(
     client: skyclaw_api::Client,
     stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<String>>>,
     failures: Arc<AtomicU64>,
-) -> Vec<String> {
+) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut answers = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let Ok(set) = client.endpoints(None, Duration::ZERO).await else {
             continue;
@@ -209,7 +236,8 @@ async fn request_endpoints(
         for url in urls {
             match http.get(&url).timeout(Duration::from_secs(5)).send().await {
                 Ok(answer) if answer.status().is_success() => {
-                    answers.push(answer.text().await.unwrap_or_default());
+                    let text = answer.text().await.unwrap_or_default();
+                    answers.lock().unwrap().push(text);
                 }
                 Ok(answer) => {
                     eprintln!("{url} answered {}", answer.status());
@@ -222,7 +250,6 @@ async fn request_endpoints(
             }
         }
     }
-    answers
 }
 
 #[tokio::test]
@@ -389,14 +416,7 @@ async fn a_host_shutting_down_unpublishes_its_instances_takes_no_new_ones_and_th
     );
     let other_id = other.id().await;
     host_up(&client, &other_id).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(request_endpoints(
-        client.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&failures),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(&client).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = net.host.terminate();
         (net, status)
@@ -427,14 +447,9 @@ async fn a_host_shutting_down_unpublishes_its_instances_takes_no_new_ones_and_th
         on_first, 1,
         "nothing was placed on the draining host: {moved:#?}"
     );
-    stop.store(true, Ordering::Relaxed);
-    let answers = load.await.unwrap();
+    let (answers, failures) = load.finish().await;
     assert!(!answers.is_empty());
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed during the drain"
-    );
+    assert_eq!(failures, 0, "requests failed during the drain");
 }
 
 /// Copies `examples/NAME` into `dir`, leaving out what a build made there.

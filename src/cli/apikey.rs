@@ -134,3 +134,19 @@ fn scope_list(scopes: &[Scope]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// What `key` lacks of `wanted` (each scope with why it is needed), as
+/// "scope (why)" joined by "and", with the scopes it has; `None` when it has
+/// them all. Commands check this before they upload or submit anything.
+pub(super) fn lacking(key: &ApiKey, wanted: &[(Scope, &str)]) -> Option<(String, String)> {
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(scope, _)| !key.scopes.contains(scope))
+        .map(|(scope, why)| format!("{scope} ({why})"))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let has: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+    Some((missing.join(" and "), has.join(", ")))
+}

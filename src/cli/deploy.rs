@@ -225,22 +225,15 @@ async fn check_scopes(client: &Client) -> Result<()> {
         (Scope::ServicesDeploy, "to deploy the service"),
         (Scope::ArtifactsPush, "to upload what it runs"),
     ];
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|(scope, _)| !key.scopes.contains(scope))
-        .map(|(scope, why)| format!("{scope} ({why})"))
-        .collect();
-    if missing.is_empty() {
+    let Some((missing, has)) = super::apikey::lacking(&key, &wanted) else {
         return Ok(());
-    }
-    let has: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+    };
     bail!(
-        "forbidden: API key {} ({}) lacks {}; it has {}. Nothing was built or deployed: use a \
-         key with services:deploy and artifacts:push (skyclaw apikey create --scope …)",
+        "forbidden: API key {} ({}) lacks {missing}; it has {has}. Nothing was built or \
+         deployed: use a key with services:deploy and artifacts:push (skyclaw apikey create \
+         --scope …)",
         key.id,
         output::escape(&key.name, Layout::Line),
-        missing.join(" and "),
-        has.join(", ")
     )
 }
 

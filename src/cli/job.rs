@@ -506,22 +506,15 @@ async fn check_scopes(client: &Client, args: &SubmitArgs, needs: &[(Scope, Strin
         ));
     }
     wanted.extend(needs.iter().cloned());
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|(scope, _)| !key.scopes.contains(scope))
-        .map(|(scope, why)| format!("{scope} ({why})"))
-        .collect();
-    if missing.is_empty() {
+    let wanted: Vec<(Scope, &str)> = wanted.iter().map(|(s, why)| (*s, why.as_str())).collect();
+    let Some((missing, has)) = super::apikey::lacking(&key, &wanted) else {
         return Ok(());
-    }
-    let has: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+    };
     bail!(
-        "API key {} ({}) lacks {}; it has {}. Nothing was submitted: use a key with those \
-         scopes (skyclaw apikey create --scope …){}",
+        "API key {} ({}) lacks {missing}; it has {has}. Nothing was submitted: use a key with \
+         those scopes (skyclaw apikey create --scope …){}",
         key.id,
         output::escape(&key.name, Layout::Line),
-        missing.join(" and "),
-        has.join(", "),
         if args.wait {
             ", or leave out --wait"
         } else {
