@@ -16,6 +16,7 @@ pub mod headers;
 pub mod hosts;
 pub mod jobs;
 pub mod network;
+pub mod retry;
 pub mod serve;
 pub mod services;
 pub mod url;
