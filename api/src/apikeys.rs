@@ -22,15 +22,21 @@ pub enum Scope {
     /// Read services, their instances and logs.
     #[serde(rename = "services:read")]
     ServicesRead,
+    /// Run a gateway: watch every service's endpoints, register and renew
+    /// gateways, list them. For gateway operators, who are not trusted
+    /// with anything else.
+    #[serde(rename = "gateway")]
+    Gateway,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::JobsSubmit,
         Scope::JobsRead,
         Scope::ArtifactsPush,
         Scope::ServicesDeploy,
         Scope::ServicesRead,
+        Scope::Gateway,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +46,7 @@ impl Scope {
             Scope::ArtifactsPush => "artifacts:push",
             Scope::ServicesDeploy => "services:deploy",
             Scope::ServicesRead => "services:read",
+            Scope::Gateway => "gateway",
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::io::ReaderStream;
 use crate::apikeys::{ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, Whoami};
 use crate::artifacts::{ArtifactInfo, ArtifactList, Digest, digest_file};
 use crate::error::{ErrorCode, ErrorEnvelope};
+use crate::gateways::{Gateway, GatewayHeartbeat, GatewayList};
 use crate::headers;
 use crate::hosts::{
     Claim, Claimed, CompleteMany, CompletedMany, Heartbeat, HeartbeatAck, HostList, RegisterHost,
@@ -442,6 +443,22 @@ impl Client {
         wait: Duration,
     ) -> Result<Endpoints, ClientError> {
         self.call(watch_call("/v1/endpoints", index, wait)).await
+    }
+
+    /// `POST /v1/gateways/heartbeat`: registers the gateway, or renews it
+    /// for another [`crate::gateways::GATEWAY_TTL_MS`]. Sending it again
+    /// only renews, so a retry is always safe.
+    pub async fn gateway_heartbeat(
+        &self,
+        heartbeat: &GatewayHeartbeat,
+    ) -> Result<Gateway, ClientError> {
+        self.call(Call::post("/v1/gateways/heartbeat", heartbeat, None))
+            .await
+    }
+
+    /// `GET /v1/gateways`: the live gateways.
+    pub async fn list_gateways(&self) -> Result<GatewayList, ClientError> {
+        self.call(Call::get("/v1/gateways")).await
     }
 
     /// `GET /v1/hosts/{id}/assignments`, a long-poll like [`Client::endpoints`].

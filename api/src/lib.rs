@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod client;
 pub mod datadir;
 pub mod error;
+pub mod gateways;
 pub mod headers;
 pub mod hosts;
 pub mod jobs;

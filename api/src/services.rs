@@ -607,6 +607,9 @@ pub struct ServiceEndpoints {
     pub kind: ServiceKind,
     /// The version being rolled out or serving.
     pub version: u64,
+    /// The path the instances answer health probes on (the version's
+    /// `health.path`), so gateways can probe endpoints themselves.
+    pub health_path: String,
     pub endpoints: Vec<Endpoint>,
 }
 

@@ -8,6 +8,7 @@ mod artifacts;
 pub mod auth;
 mod extract;
 mod forward;
+mod gateways;
 mod hosts;
 mod jobs;
 mod logs;
@@ -214,6 +215,14 @@ fn table() -> Vec<Entry> {
             TokenOrKey,
             services::endpoints,
         ),
+        entry(
+            Api,
+            Method::POST,
+            "/v1/gateways/heartbeat",
+            TokenOrKey,
+            gateways::heartbeat,
+        ),
+        entry(Api, Method::GET, "/v1/gateways", TokenOrKey, gateways::list),
         entry(Api, Method::POST, "/v1/jobs", TokenOrKey, jobs::submit),
         entry(Api, Method::GET, "/v1/jobs", TokenOrKey, jobs::list),
         entry(Api, Method::GET, "/v1/jobs/{id}", TokenOrKey, jobs::get),

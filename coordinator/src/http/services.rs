@@ -1,5 +1,6 @@
 //! Service routes: deploy (`PUT`), list, get, scale, remove, the endpoint
-//! set gateways watch, and the two host routes of the instance protocol:
+//! set gateways watch (every service's for them, a key's own for a key
+//! that reads services), and the two host routes of the instance protocol:
 //! a long-poll of what the host should run, and its reports of how that
 //! goes. Long-polls wait on the services watch and answer once the index
 //! they watch passes the caller's.
@@ -175,17 +176,25 @@ pub(super) async fn visible(
     found.ok_or_else(|| ApiError::NotFound(format!("no service {name}")))
 }
 
-/// Every service's routable endpoints, once their index passes `index`.
+/// Routable endpoints, once their index passes `index`: every service's
+/// for the token and `gateway` keys (gateways route to all of them), the
+/// key's own services' for a key that reads services.
 pub async fn endpoints(
     State(node): State<Arc<Node>>,
     principal: Principal,
     ApiQuery(query): ApiQuery<WatchQuery>,
 ) -> Result<Json<Endpoints>, ApiError> {
-    require_read(&principal)?;
+    let owner = match principal.require(Scope::Gateway) {
+        Ok(()) => None,
+        Err(_) => {
+            require_read(&principal)?;
+            key_owner(&principal)
+        }
+    };
     let endpoints = node
         .store
-        .scan_past(query.index, give_up(&node, query), |c| {
-            let endpoints = state::services::endpoints(c)?;
+        .scan_past(query.index, give_up(&node, query), move |c| {
+            let endpoints = state::services::endpoints(c, owner.as_deref())?;
             Ok((endpoints.index, endpoints))
         })
         .await?;

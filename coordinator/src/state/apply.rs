@@ -8,7 +8,7 @@ use super::command::{
     COMMAND_ENCODING, Command, CommandError, IdempotencyRecord, Output, Proposal,
 };
 use super::jobs::Enqueue;
-use super::{apikeys, artifacts, hosts, jobs, read, services};
+use super::{apikeys, artifacts, gateways, hosts, jobs, read, services};
 
 /// What applying one proposal produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +223,12 @@ fn apply_command(
             effects,
         ),
         Command::SetServiceWaiting { reasons } => services::set_waiting(conn, reasons, effects),
+        Command::GatewayHeartbeat {
+            id,
+            public_url,
+            owner,
+            now,
+        } => gateways::heartbeat(conn, id, public_url, owner, *now),
     }
 }
 

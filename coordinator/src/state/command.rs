@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use skyclaw_api::Millis;
 use skyclaw_api::apikeys::{ApiKey, Scope};
 use skyclaw_api::artifacts::{ArtifactInfo, ArtifactKind, Digest};
+use skyclaw_api::gateways::Gateway;
 use skyclaw_api::hosts::{HeldLease, LeasedJob, Outcome, RegisterHost};
 use skyclaw_api::jobs::{Job, JobResult, JobSpec, JobStatus};
 use skyclaw_api::services::{DeployOutcome, DeployStatus, InstanceReport, ServiceSpec};
@@ -188,6 +189,15 @@ pub enum Command {
     SetServiceWaiting {
         reasons: Vec<(String, Option<String>)>,
     },
+    /// Registers or renews a gateway on behalf of `owner`, until
+    /// [`Gateway::expiry`] of `now`; gateways expired at `now` are
+    /// forgotten first.
+    GatewayHeartbeat {
+        id: String,
+        public_url: String,
+        owner: Owner,
+        now: Millis,
+    },
 }
 
 /// Binds a command to the idempotency key it was sent with.
@@ -240,6 +250,8 @@ pub enum Output {
     },
     /// What a `PutService` did.
     Deployed(DeployOutcome),
+    /// A gateway as a heartbeat left it.
+    Gateway(Gateway),
 }
 
 impl Output {
@@ -254,6 +266,7 @@ impl Output {
             Output::Count(_) => "count",
             Output::Artifact { .. } => "artifact",
             Output::Deployed(_) => "deployed",
+            Output::Gateway(_) => "gateway",
         }
     }
 }
@@ -337,6 +350,15 @@ impl Answer for DeployOutcome {
     fn from_output(output: Output) -> Result<DeployOutcome, Output> {
         match output {
             Output::Deployed(outcome) => Ok(outcome),
+            other => Err(other),
+        }
+    }
+}
+
+impl Answer for Gateway {
+    fn from_output(output: Output) -> Result<Gateway, Output> {
+        match output {
+            Output::Gateway(gateway) => Ok(gateway),
             other => Err(other),
         }
     }

@@ -1,8 +1,8 @@
 //! The coordinator's replicated state: typed commands, the one deterministic
 //! `apply` (dispatch, idempotency replays, savepoints) over one module per
-//! entity (`jobs`, `hosts`, `apikeys`, `artifacts`) holding its commands'
-//! effects, its reads and their tests, the schema, and the reads that
-//! belong to no one entity.
+//! entity (`jobs`, `hosts`, `apikeys`, `artifacts`, `services`, `gateways`)
+//! holding its commands' effects, its reads and their tests, the schema, and
+//! the reads that belong to no one entity.
 //!
 //! Architecture invariant: nothing in here looks at a clock, draws a random
 //! number or does network IO. Everything a command needs (times, ids, tokens)
@@ -13,6 +13,7 @@ pub mod apikeys;
 pub mod apply;
 pub mod artifacts;
 pub mod command;
+pub mod gateways;
 pub mod hosts;
 pub mod jobs;
 pub mod read;

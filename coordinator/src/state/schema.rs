@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 /// The schema version this build writes. A database with a newer version was
 /// written by a newer skyclaw and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const V1: &str = "
 CREATE TABLE meta (
@@ -146,6 +146,22 @@ CREATE INDEX instances_by_host ON instances (host_id, seq);
 INSERT INTO meta (key, value) VALUES ('services_index', 0), ('endpoints_index', 0);
 ";
 
+/// Version 8: gateways, each until its `expires_at` unless renewed, with
+/// their owner (`Owner::as_column`); by expiry for pruning and by owner for
+/// the per-key cap.
+const V8: &str = "
+CREATE TABLE gateways (
+    id            TEXT PRIMARY KEY,
+    public_url    TEXT NOT NULL,
+    owner         TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    last_seen     INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX gateways_by_expiry ON gateways (expires_at);
+CREATE INDEX gateways_by_owner ON gateways (owner);
+";
+
 /// Errors opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -187,6 +203,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     }
     if found < 7 {
         tx.execute_batch(V7)?;
+    }
+    if found < 8 {
+        tx.execute_batch(V8)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

@@ -707,13 +707,14 @@ pub fn assignments(conn: &Connection, host_id: &str) -> rusqlite::Result<Vec<Ass
     rows.collect()
 }
 
-/// Every service's routable endpoints: healthy instances that reported
-/// where they listen. Instances of another version than the target (the
-/// previous one, while a rollout runs) are marked draining.
-pub fn endpoints(conn: &Connection) -> rusqlite::Result<Endpoints> {
+/// Every service's routable endpoints (only `owner`'s services when
+/// given): healthy instances that reported where they listen. Instances of
+/// another version than the target (the previous one, while a rollout
+/// runs) are marked draining.
+pub fn endpoints(conn: &Connection, owner: Option<&str>) -> rusqlite::Result<Endpoints> {
     let index = self::index(conn, ENDPOINTS_INDEX)?;
     let mut services = Vec::new();
-    for service in list(conn, None)? {
+    for service in list(conn, owner)? {
         let Some(version) = service.target_version() else {
             continue;
         };
@@ -728,13 +729,13 @@ pub fn endpoints(conn: &Connection) -> rusqlite::Result<Endpoints> {
                 draining: i.version != version,
             })
             .collect();
-        let kind = service
-            .spec_of(version)
-            .map_or(service.current.spec.kind, |s| s.kind);
+        let spec = service.spec_of(version).unwrap_or(&service.current.spec);
+        let (kind, health_path) = (spec.kind, spec.health.path.clone());
         services.push(ServiceEndpoints {
             name: service.name,
             kind,
             version,
+            health_path,
             endpoints,
         });
     }

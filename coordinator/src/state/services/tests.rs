@@ -87,7 +87,7 @@ fn state_of(conn: &Connection, instance: &str) -> InstanceState {
 }
 
 fn routable(conn: &Connection) -> Vec<(String, bool)> {
-    let endpoints = super::endpoints(conn).unwrap();
+    let endpoints = super::endpoints(conn, None).unwrap();
     endpoints
         .services
         .iter()
@@ -167,16 +167,32 @@ fn only_healthy_instances_that_said_where_they_listen_are_routable() {
         ("i1", false)
     );
     assert!(routable(&conn).is_empty());
-    let index = super::endpoints(&conn).unwrap().index;
+    let index = super::endpoints(&conn, None).unwrap().index;
     assert_eq!(report(&conn, "h1", "i1", InstanceState::Healthy), 1);
     assert_eq!(routable(&conn), [("i1".to_string(), false)]);
-    assert!(super::endpoints(&conn).unwrap().index > index);
+    assert!(super::endpoints(&conn, None).unwrap().index > index);
     assert_eq!(
         report(&conn, "h1", "i2", InstanceState::Healthy),
         0,
         "a host speaks only for its own instances"
     );
     assert_eq!(state_of(&conn, "i2"), InstanceState::Pending);
+}
+
+#[test]
+fn endpoints_carry_the_health_path_and_a_key_sees_only_its_own_services() {
+    let conn = db();
+    let mut ready = spec(&["v1.js"], 1);
+    ready.health.path = "/ready".into();
+    assert!(put(&conn, ready, Owner::ApiKey("k1".into())).is_ok());
+    let every = super::endpoints(&conn, None).unwrap();
+    assert_eq!(every.services.len(), 1);
+    assert_eq!(every.services[0].health_path, "/ready");
+    let own = super::endpoints(&conn, Some(&Owner::ApiKey("k1".into()).as_column())).unwrap();
+    assert_eq!(own.services, every.services);
+    let others = super::endpoints(&conn, Some(&Owner::ApiKey("k2".into()).as_column())).unwrap();
+    assert!(others.services.is_empty());
+    assert_eq!(others.index, every.index, "one index for every watcher");
 }
 
 #[test]
@@ -231,7 +247,7 @@ fn a_failed_rollout_stops_the_new_instances_and_the_previous_version_serves() {
     );
     assert_eq!(state_of(&conn, "i2"), InstanceState::Stopping);
     assert_eq!(routable(&conn), [("i1".to_string(), false)]);
-    let endpoints = super::endpoints(&conn).unwrap();
+    let endpoints = super::endpoints(&conn, None).unwrap();
     assert_eq!(endpoints.services[0].version, 1);
 
     // The next deploy rolls out over the version that kept serving.
