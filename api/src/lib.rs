@@ -4,8 +4,8 @@
 //! serving every node's listeners share.
 //!
 //! This is the only crate that the coordinator, the host runtime and the CLI
-//! share; nothing else in it does IO except [`client`], [`datadir`], [`serve`]
-//! and [`artifacts::digest_file`].
+//! share; nothing else in it does IO except [`client`], [`service_client`],
+//! [`datadir`], [`serve`] and [`artifacts::digest_file`].
 
 pub mod apikeys;
 pub mod artifacts;
@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod network;
 pub mod retry;
 pub mod serve;
+pub mod service_client;
 pub mod services;
 pub mod url;
 

@@ -3,6 +3,7 @@
 
 mod apikey;
 mod artifact;
+mod call;
 mod deploy;
 mod devtoken;
 mod hosts;
@@ -112,6 +113,15 @@ enum Command {
     /// cluster token or a key with services:read; scale and rm need
     /// services:deploy).
     Services(services::ServicesArgs),
+    /// Send one HTTP request to a service through the network's gateways and
+    /// print the answer's body as it is; exit 0 for a 2xx answer, 1 for
+    /// another, 2 when no gateway answered.
+    ///
+    /// Needs no coordinator: the request goes to PATH of SERVICE through
+    /// GATEWAY/s/SERVICE/PATH, failing over between gateways as below. The
+    /// body goes to stdout exactly; with -v, what happened goes to stderr.
+    #[command(after_long_help = call::HELP)]
+    Call(call::CallArgs),
 }
 
 impl Command {
@@ -394,7 +404,8 @@ fn command_line() -> clap::Command {
         .filter(|a| a.get_help_heading() == Some(CONNECTION_HEADING))
         .cloned()
         .collect();
-    for node in ["coordinator", "host", "dev"] {
+    // `call` speaks to gateways, not coordinators: the flags mean nothing to it either.
+    for node in ["coordinator", "host", "dev", "call"] {
         cmd = cmd.mut_subcommand(node, |mut sub| {
             for arg in &connection {
                 // A node's own flag of the same id (a host's --coordinator)
@@ -494,6 +505,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Dev(args) => return node::dev(args).await,
         client_command => client_command,
     };
+    if let Command::Call(args) = command {
+        // Gateways, not coordinators: no client, no credentials.
+        return call::run(args).await;
+    }
     let target = cli.client.target();
     if let Command::Deploy(args) = command {
         // Deploy reads its manifest before it connects.
@@ -510,8 +525,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Artifact(args) => artifact::run(args, &client, json).await,
             Command::Network(args) => network::run(args, &client, json).await,
             Command::Services(args) => services::run(args, &client, json).await,
-            Command::Coordinator(_) | Command::Host(_) | Command::Dev(_) | Command::Deploy(_) => {
-                unreachable!("node commands and deploy returned above")
+            Command::Coordinator(_)
+            | Command::Host(_)
+            | Command::Dev(_)
+            | Command::Deploy(_)
+            | Command::Call(_) => {
+                unreachable!("node commands, deploy and call returned above")
             }
         }
     }

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod fake_coordinator;
+pub mod fake_gateway;
 pub mod services;
 
 use std::future::Future;
