@@ -32,8 +32,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request line and headers are larger than any listener accepts (431).
     HeadersTooLarge,
-    /// The server could not finish in time (408/504).
+    /// The server could not finish in time (504).
     Timeout,
+    /// The client sent its request body too slowly (408).
+    RequestTimeout,
+    /// A gateway could not get an answer from any endpoint (502).
+    BadGateway,
     /// The server cannot take writes right now (503).
     Unavailable,
     /// The coordinator cluster has no quorum: writes cannot commit (503).
@@ -58,6 +62,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::Internal => "internal",
@@ -78,6 +84,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::Unavailable | ErrorCode::NoQuorum => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -81,22 +81,37 @@ pub struct CallArgs {
 }
 
 /// The gateways to try, in order: those given, or none, which is an error.
-pub fn gateway_urls(args: &CallArgs) -> Result<Vec<String>> {
+/// The gateways to try: those given, else the live ones the coordinators
+/// list (`GET /v1/gateways`, readable with any valid credential).
+async fn gateway_urls(args: &CallArgs, target: &super::Target) -> Result<Vec<String>> {
     let given: Vec<String> = args
         .gateways
         .iter()
         .map(|g| g.trim().to_string())
         .filter(|g| !g.is_empty())
         .collect();
-    if given.is_empty() {
-        bail!("no gateway: pass --gateway URL or set {GATEWAYS_ENV}");
+    if !given.is_empty() {
+        return Ok(given);
     }
-    Ok(given)
+    let listed = target
+        .client()
+        .await?
+        .list_gateways()
+        .await
+        .map_err(|e| target.explain(e.into()))
+        .context("no --gateway given, and the coordinators' gateway list could not be read")?;
+    let urls: Vec<String> = listed.gateways.into_iter().map(|g| g.public_url).collect();
+    if urls.is_empty() {
+        bail!(
+            "no gateway is registered with the coordinators: pass --gateway URL or set {GATEWAYS_ENV}"
+        );
+    }
+    Ok(urls)
 }
 
-pub async fn run(args: CallArgs) -> Result<ExitCode> {
-    let client =
-        ServiceClient::new(gateway_urls(&args)?)?.with_timeout(Duration::from_secs(args.timeout));
+pub async fn run(args: CallArgs, target: &super::Target) -> Result<ExitCode> {
+    let client = ServiceClient::new(gateway_urls(&args, target).await?)?
+        .with_timeout(Duration::from_secs(args.timeout));
     let body = match &args.data {
         Some(data) => read_body(data).await?,
         None => Bytes::new(),

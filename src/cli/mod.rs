@@ -83,7 +83,11 @@ enum Command {
     Coordinator(node::CoordinatorArgs),
     /// Run a host: register with coordinators, claim jobs and run them.
     Host(node::HostArgs),
-    /// Run a coordinator and a host in one process, for trying Skyclaw locally.
+    /// Run a gateway: route HTTP to the network's services through healthy
+    /// endpoints (needs an API key with the gateway scope, or the token).
+    Gateway(node::GatewayArgs),
+    /// Run a coordinator, a host and a gateway in one process, for trying
+    /// Skyclaw locally.
     Dev(node::DevArgs),
     /// Submit, list, inspect, wait for and cancel jobs.
     Job(job::JobArgs),
@@ -130,14 +134,14 @@ impl Command {
     fn is_node(&self) -> bool {
         matches!(
             self,
-            Command::Coordinator(_) | Command::Host(_) | Command::Dev(_)
+            Command::Coordinator(_) | Command::Host(_) | Command::Gateway(_) | Command::Dev(_)
         )
     }
 
     /// The log filter when none is given.
     fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Coordinator(_) | Command::Host(_) => NODE_LOG_FILTER,
+            Command::Coordinator(_) | Command::Host(_) | Command::Gateway(_) => NODE_LOG_FILTER,
             Command::Dev(_) => DEV_LOG_FILTER,
             _ => CLIENT_LOG_FILTER,
         }
@@ -195,7 +199,7 @@ enum UrlSource {
 /// What a client command connects to and with which credentials, resolved
 /// from the flags and the nearest dev directory.
 #[derive(Debug)]
-struct Target {
+pub(crate) struct Target {
     urls: Vec<String>,
     source: UrlSource,
     credentials: Credentials,
@@ -262,7 +266,7 @@ impl Target {
     /// credentials, so having none is an early error, once it is clear that
     /// the URL is not the problem: a dead or wrong URL is the first thing to
     /// fix.
-    async fn client(&self) -> Result<Client> {
+    pub(crate) async fn client(&self) -> Result<Client> {
         let client = Client::new(&self.urls, self.credentials.clone())?;
         if matches!(self.credentials, Credentials::None) {
             client.health().await?;
@@ -298,7 +302,7 @@ impl Target {
 
     /// Says where the URLs came from when no coordinator could be reached
     /// at all, so a stale or mistyped URL is recognised as such.
-    fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+    pub(crate) fn explain(&self, error: anyhow::Error) -> anyhow::Error {
         let unreachable = error.chain().any(|cause| {
             matches!(
                 cause.downcast_ref::<ClientError>(),
@@ -502,14 +506,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let command = match cli.command {
         Command::Coordinator(args) => return node::coordinator(args).await,
         Command::Host(args) => return node::host(args).await,
+        Command::Gateway(args) => return node::gateway(args).await,
         Command::Dev(args) => return node::dev(args).await,
         client_command => client_command,
     };
-    if let Command::Call(args) = command {
-        // Gateways, not coordinators: no client, no credentials.
-        return call::run(args).await;
-    }
     let target = cli.client.target();
+    if let Command::Call(args) = command {
+        // Gateways, not coordinators: the coordinators are asked only for
+        // the gateway list, when no --gateway is given.
+        return call::run(args, &target).await;
+    }
     if let Command::Deploy(args) = command {
         // Deploy reads its manifest before it connects.
         return deploy::run(args, &target, json)
@@ -527,6 +533,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Services(args) => services::run(args, &client, json).await,
             Command::Coordinator(_)
             | Command::Host(_)
+            | Command::Gateway(_)
             | Command::Dev(_)
             | Command::Deploy(_)
             | Command::Call(_) => {

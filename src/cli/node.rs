@@ -1,5 +1,5 @@
-//! The node commands: `coordinator`, `host`, and `dev` (one of each in one
-//! process). They parse flags into the libraries' configs, bind the listener,
+//! The node commands: `coordinator`, `host`, `gateway`, and `dev` (one of
+//! each in one process). They parse flags into the libraries' configs, bind the listener,
 //! and stop cleanly on Ctrl-C or SIGTERM.
 
 use std::future::Future;
@@ -45,6 +45,17 @@ const DEV_SERVICE_PORTS: PortRange = PortRange {
     first: 20_000,
     last: 20_099,
 };
+/// Where a gateway serves service traffic unless told otherwise: loopback,
+/// on the port after the coordinator's (the one `skyclaw dev` uses too).
+const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8788";
+/// Where a gateway serves `/health` and `/metrics` unless told otherwise:
+/// loopback only, apart from service traffic.
+const DEFAULT_GATEWAY_ADMIN_LISTEN: &str = "127.0.0.1:8789";
+/// The port `skyclaw dev`'s gateway listens on (loopback only).
+const DEFAULT_DEV_GATEWAY_PORT: u16 = 8788;
+/// The domain `skyclaw dev`'s gateway routes by: `<service>.localhost`
+/// resolves to loopback on most systems.
+const DEV_GATEWAY_DOMAIN: &str = "localhost";
 /// Mode bits node processes clear on every file they create: their files
 /// (databases, logs, artifacts, job output) are for their own user only.
 const NODE_UMASK: u32 = 0o077;
@@ -216,6 +227,141 @@ impl ServiceArgs {
     }
 }
 
+/// `skyclaw gateway`: routes HTTP to the network's services.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// Coordinator URLs, comma-separated; the rest of the cluster is learnt
+    /// from them, and the gateway fails over between them.
+    #[arg(
+        long = "coordinator",
+        env = "SKYCLAW_COORDINATOR_URLS",
+        default_value = DEFAULT_COORDINATOR_URL,
+        value_name = "URL[,URL...]"
+    )]
+    coordinators: String,
+    /// An API key with the `gateway` scope: reads endpoints and registers the
+    /// gateway, nothing else. Operators not trusted with the cluster token
+    /// use this.
+    #[arg(
+        long,
+        env = "SKYCLAW_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "token"
+    )]
+    api_key: Option<String>,
+    /// The cluster token, for gateways run by the cluster's own operators.
+    #[arg(long, env = "SKYCLAW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Address service traffic is served on, `IP:PORT`.
+    #[arg(long, env = "SKYCLAW_GATEWAY_LISTEN", default_value = DEFAULT_GATEWAY_LISTEN, value_name = "ADDR")]
+    listen: String,
+    /// Address `/health` and `/metrics` are served on, `IP:PORT`.
+    #[arg(long, env = "SKYCLAW_GATEWAY_ADMIN_LISTEN", default_value = DEFAULT_GATEWAY_ADMIN_LISTEN, value_name = "ADDR")]
+    admin_listen: String,
+    /// Route `Host: <service>.DOMAIN` to the service (besides the path
+    /// prefix `/s/<service>/`, which always works).
+    #[arg(long, env = "SKYCLAW_GATEWAY_DOMAIN", value_name = "DOMAIN")]
+    domain: Option<String>,
+    /// The URL clients reach this gateway at; registered with the
+    /// coordinators so that `GET /v1/gateways` (and `skyclaw call`) find it.
+    /// Without it the gateway routes but is not listed.
+    #[arg(long, env = "SKYCLAW_GATEWAY_PUBLIC_URL", value_parser = parse_base_url, value_name = "URL")]
+    public_url: Option<String>,
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN).
+    #[arg(
+        long,
+        env = "SKYCLAW_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "SKYCLAW_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Largest request body forwarded, in bytes (413 past it).
+    #[arg(long, env = "SKYCLAW_GATEWAY_MAX_BODY_BYTES", default_value_t = skyclaw_gateway::DEFAULT_MAX_BODY_BYTES, value_parser = positive_u64(), value_name = "N")]
+    max_body_bytes: u64,
+    /// Milliseconds an endpoint may take to accept a connection.
+    #[arg(long, env = "SKYCLAW_GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = millis(skyclaw_gateway::Timeouts::default().connect), value_parser = positive_u64(), value_name = "MS")]
+    connect_timeout_ms: u64,
+    /// Milliseconds an endpoint may take to send its response head.
+    #[arg(long, env = "SKYCLAW_GATEWAY_RESPONSE_TIMEOUT_MS", default_value_t = millis(skyclaw_gateway::Timeouts::default().response_header), value_parser = positive_u64(), value_name = "MS")]
+    response_timeout_ms: u64,
+    /// Milliseconds a request or response body may go without a byte moving.
+    #[arg(long, env = "SKYCLAW_GATEWAY_BODY_IDLE_TIMEOUT_MS", default_value_t = millis(skyclaw_gateway::Timeouts::default().idle), value_parser = positive_u64(), value_name = "MS")]
+    body_idle_timeout_ms: u64,
+    /// Milliseconds a whole exchange may take, bodies included.
+    #[arg(long, env = "SKYCLAW_GATEWAY_TOTAL_TIMEOUT_MS", default_value_t = millis(skyclaw_gateway::Timeouts::default().total), value_parser = positive_u64(), value_name = "MS")]
+    total_timeout_ms: u64,
+    /// Milliseconds between active probes of each endpoint's health path.
+    #[arg(long, env = "SKYCLAW_GATEWAY_PROBE_INTERVAL_MS", default_value_t = millis(skyclaw_gateway::ProbeSettings::default().interval), value_parser = positive_u64(), value_name = "MS")]
+    probe_interval_ms: u64,
+    /// Passing probes in a row that make a down endpoint usable again.
+    #[arg(long, env = "SKYCLAW_GATEWAY_PROBE_RISE", default_value_t = skyclaw_gateway::ProbeSettings::default().rise, value_parser = positive_u32(), value_name = "N")]
+    probe_rise: u32,
+    /// Failing probes in a row that take an endpoint out of use.
+    #[arg(long, env = "SKYCLAW_GATEWAY_PROBE_FALL", default_value_t = skyclaw_gateway::ProbeSettings::default().fall, value_parser = positive_u32(), value_name = "N")]
+    probe_fall: u32,
+    /// Milliseconds an endpoint is ejected after failing requests in a row
+    /// the first time; each further ejection adds as much again.
+    #[arg(long, env = "SKYCLAW_GATEWAY_EJECTION_MS", default_value_t = millis(skyclaw_gateway::OutlierSettings::default().base_ejection), value_parser = positive_u64(), value_name = "MS")]
+    ejection_ms: u64,
+    /// Further endpoints one request may be tried on.
+    #[arg(long, env = "SKYCLAW_GATEWAY_MAX_RETRIES", default_value_t = skyclaw_gateway::RetrySettings::default().max_retries, value_name = "N")]
+    max_retries: u32,
+    /// Milliseconds requests in progress may take to finish once the gateway
+    /// is told to stop.
+    #[arg(long, env = "SKYCLAW_SHUTDOWN_GRACE_MS", default_value_t = 30_000, value_parser = positive_u64(), value_name = "MS")]
+    shutdown_grace_ms: u64,
+    #[command(flatten)]
+    listener: ListenerArgs,
+}
+
+impl GatewayArgs {
+    fn config(&self) -> Result<skyclaw_gateway::GatewayConfig> {
+        let credentials = match (non_empty(&self.api_key), non_empty(&self.token)) {
+            (Some(key), _) => skyclaw_api::Credentials::ApiKey(key),
+            (None, Some(token)) => skyclaw_api::Credentials::Token(token),
+            (None, None) => bail!(
+                "a gateway needs an API key with the gateway scope (--api-key or \
+                 SKYCLAW_API_KEY), or the cluster token"
+            ),
+        };
+        let coordinators = skyclaw_api::Client::split_urls(&self.coordinators);
+        let mut config = skyclaw_gateway::GatewayConfig::new(coordinators, credentials);
+        config.domain = self.domain.clone().filter(|d| !d.is_empty());
+        config.public_url = self.public_url.clone();
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(skyclaw_gateway::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        config.limits = self.listener.limits();
+        config.max_body_bytes = self.max_body_bytes;
+        config.timeouts = skyclaw_gateway::Timeouts {
+            connect: Duration::from_millis(self.connect_timeout_ms),
+            response_header: Duration::from_millis(self.response_timeout_ms),
+            idle: Duration::from_millis(self.body_idle_timeout_ms),
+            total: Duration::from_millis(self.total_timeout_ms),
+        };
+        config.probes.interval = Duration::from_millis(self.probe_interval_ms);
+        config.probes.timeout = config.probes.timeout.min(config.probes.interval);
+        config.probes.rise = self.probe_rise;
+        config.probes.fall = self.probe_fall;
+        config.outliers.base_ejection = Duration::from_millis(self.ejection_ms);
+        config.retries.max_retries = self.max_retries;
+        config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
+        Ok(config)
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
     /// Directory for the dev cluster's data, token and URL; kept between runs.
@@ -224,6 +370,11 @@ pub struct DevArgs {
     /// Port the coordinator listens on, on 127.0.0.1 only (0 picks a free one).
     #[arg(long, env = "SKYCLAW_DEV_PORT", default_value_t = DEFAULT_DEV_PORT, value_name = "PORT")]
     port: u16,
+    /// Port the gateway listens on, on 127.0.0.1 only (0 picks a free one):
+    /// services answer at http://127.0.0.1:PORT/s/<service>/ and
+    /// http://<service>.localhost:PORT/.
+    #[arg(long, env = "SKYCLAW_DEV_GATEWAY_PORT", default_value_t = DEFAULT_DEV_GATEWAY_PORT, value_name = "PORT")]
+    gateway_port: u16,
     /// The only commands the dev host runs, comma-separated.
     #[arg(
         long,
@@ -415,6 +566,26 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `skyclaw gateway`: routes until Ctrl-C or SIGTERM, then drains.
+pub async fn gateway(args: GatewayArgs) -> Result<ExitCode> {
+    let config = args.config()?;
+    let listener = serve::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin = serve::bind(&args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        "gateway listening"
+    );
+    skyclaw_gateway::run(config, listener, admin, shutdown_signal()?)
+        .await
+        .context("gateway failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Refuses to advertise an address no one can connect to: without
 /// `--advertise`, peers, hosts and clients are told the listen address, and a
 /// wildcard one (0.0.0.0, [::]) would send them nowhere.
@@ -484,7 +655,17 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
                 args.port
             )
         })?;
+    let gateway_listener = serve::bind((Ipv4Addr::LOCALHOST, args.gateway_port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{} for the gateway (--gateway-port 0 picks a free port)",
+                args.gateway_port
+            )
+        })?;
+    let gateway_admin = serve::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
     let coordinator_dir = args.data_dir.join(DEV_COORDINATOR_DIR);
     let host_dir = args.data_dir.join(DEV_HOST_DIR);
     create_dir(&args.data_dir)?;
@@ -501,6 +682,12 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     let mut coordinator_config = skyclaw_coordinator::Config::new(coordinator_dir, token.clone());
     coordinator_config.max_artifact_bytes = args.max_artifact_bytes;
     coordinator_config.listener = args.listener.limits();
+    let mut gateway_config = skyclaw_gateway::GatewayConfig::new(
+        vec![url.clone()],
+        skyclaw_api::Credentials::Token(token.clone()),
+    );
+    gateway_config.domain = Some(DEV_GATEWAY_DOMAIN.to_string());
+    gateway_config.public_url = Some(gateway_url.clone());
     let mut host_config = HostConfig::new(vec![url.clone()], token, host_dir);
     host_config.allowed_commands = without_empty(args.allow_commands);
     host_config.max_parallel = args.max_parallel;
@@ -511,13 +698,25 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
     args.jobs.apply(&mut host_config, true);
     args.services
         .apply(&mut host_config, Some(DEV_SERVICE_PORTS));
-    super::output::out(&dev_banner(&url, &args.data_dir, &host_config))?;
+    super::output::out(&dev_banner(
+        &url,
+        &gateway_url,
+        &args.data_dir,
+        &host_config,
+    ))?;
 
     let (stop_coordinator, coordinator_stop) = watch::channel(false);
+    let coordinator_stop_for_gateway = coordinator_stop.clone();
     let mut coordinator = tokio::spawn(skyclaw_coordinator::run(
         coordinator_config,
         listener,
         until_true(coordinator_stop),
+    ));
+    let gateway = tokio::spawn(skyclaw_gateway::run(
+        gateway_config,
+        gateway_listener,
+        gateway_admin,
+        until_true(coordinator_stop_for_gateway),
     ));
     let host = skyclaw_runtime::run(host_config, shutdown_signal()?);
     tokio::select! {
@@ -525,6 +724,7 @@ pub async fn dev(args: DevArgs) -> Result<ExitCode> {
             // Ignored send error: the coordinator has already stopped, which
             // awaiting it reports.
             let _ = stop_coordinator.send(true);
+            gateway.await.context("gateway task failed")?.context("gateway failed")?;
             let coordinator = coordinator.await.context("coordinator task failed")?;
             host.context("host failed")?;
             coordinator.context("coordinator failed")?;
@@ -550,7 +750,7 @@ impl Drop for UrlFile {
 }
 
 /// What `skyclaw dev` prints once it is up: where things are and what to try.
-fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
+fn dev_banner(url: &str, gateway_url: &str, data_dir: &Path, host: &HostConfig) -> String {
     let program = program_name();
     // Commands below the data directory find its URL and token; elsewhere
     // they need to be told where it is. The URL needs no export either way.
@@ -568,6 +768,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
          \x20 host         {name}: runs {allowed} and WASI programs; {parallel} jobs at once\n\
          \x20 native jobs  {users}\n\
          \x20 services     instances at {advertise}, ports {ports}\n\
+         \x20 gateway      {gateway_url}/s/<service>/ and http://<service>.{domain}:{gateway_port}/\n\
          \x20 url, token   {url_file}, {token}: used by commands run in this directory or below\n\
          \n\
          Try, in another terminal in this directory:\n\
@@ -577,7 +778,7 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
          \x20 {program} job shell -- sleep 30 && {program} job ls\n\
          \x20 {program} job wasi --wait PROGRAM.wasm -- ARGS   (see README: write a job)\n\
          \x20 {program} hosts ls\n\
-         \x20 {program} deploy examples/ts-api && {program} services ls\n\
+         \x20 {program} deploy examples/ts-api && curl {gateway_url}/s/ts-api/\n\
          \x20 {program} apikey create --name ci --scope jobs:submit --scope jobs:read\n\
          \n\
          Ctrl-C stops; running dev again keeps the jobs and the token.\n",
@@ -590,6 +791,8 @@ fn dev_banner(url: &str, data_dir: &Path, host: &HostConfig) -> String {
         ports = host
             .service_ports
             .map_or_else(|| "none".to_string(), |range| range.to_string()),
+        domain = DEV_GATEWAY_DOMAIN,
+        gateway_port = gateway_url.rsplit(':').next().unwrap_or_default(),
         url_file = devtoken::url_path(data_dir).display(),
         token = devtoken::token_path(data_dir).display(),
     )
@@ -879,10 +1082,24 @@ mod tests {
     fn banner_mentions_non_default_places() {
         let mut host = HostConfig::new(vec![], String::new(), PathBuf::new());
         host.allowed_commands = vec!["echo".into()];
-        let plain = dev_banner(DEFAULT_COORDINATOR_URL, Path::new(".skyclaw"), &host);
+        let gateway = "http://127.0.0.1:8788";
+        let plain = dev_banner(
+            DEFAULT_COORDINATOR_URL,
+            gateway,
+            Path::new(".skyclaw"),
+            &host,
+        );
         assert!(!plain.contains("export"), "{plain}");
+        assert!(
+            plain.contains("http://127.0.0.1:8788/s/<service>/"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("http://<service>.localhost:8788/"),
+            "{plain}"
+        );
         assert!(plain.contains("job shell --wait -- echo hello"), "{plain}");
-        let moved = dev_banner("http://127.0.0.1:4000", Path::new("/tmp/d"), &host);
+        let moved = dev_banner("http://127.0.0.1:4000", gateway, Path::new("/tmp/d"), &host);
         assert!(
             !moved.contains("SKYCLAW_COORDINATOR_URLS"),
             "clients read the URL from the dev directory: {moved}"

@@ -1,4 +1,5 @@
-//! One HTTP/1.1 connection: hyper serves it, a watchdog closes it when a
+//! One connection: the TLS handshake when the listener has TLS, then hyper
+//! serves HTTP/1.1 (or HTTP/1.1 and HTTP/2, for the gateway's clients), a watchdog closes it when a
 //! request head is slow to arrive or when it waits too long between requests,
 //! and heads past [`MAX_HEAD_BYTES`] answer 431 with the JSON envelope.
 //!
@@ -23,25 +24,80 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::{HYPER_MAX_HEAD_BYTES, Limits, MAX_HEAD_BYTES, MAX_HEADERS, READ_BUFFER_BYTES, Stats};
+use super::{
+    HYPER_MAX_HEAD_BYTES, Limits, MAX_HEAD_BYTES, MAX_HEADERS, PeerAddr, Protocols,
+    READ_BUFFER_BYTES, Stats,
+};
 use crate::{ErrorCode, ErrorEnvelope};
 
-/// Serves one accepted connection until the client closes it, a timeout
-/// closes it, or (after `stopping` turns true) its last request is answered.
-pub(super) async fn serve<S, B>(
+/// Serves one accepted connection: the TLS handshake first when the
+/// listener has TLS (within the header-read timeout), then HTTP.
+pub(super) async fn accept<S, B>(
     stream: TcpStream,
     service: S,
     limits: Limits,
+    protocols: Protocols,
     stats: &Stats,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let peer = stream.peer_addr().ok().map(PeerAddr);
+    let Some(tls) = protocols.tls else {
+        let http2_and_upgrades = protocols.http2_and_upgrades;
+        let service = (service, peer);
+        return serve(stream, service, limits, http2_and_upgrades, stats, stopping).await;
+    };
+    let stream = match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let service = (service, peer);
+    serve(
+        stream,
+        service,
+        limits,
+        protocols.http2_and_upgrades,
+        stats,
+        stopping,
+    )
+    .await;
+}
+
+/// Serves one connection until the client closes it, a timeout closes it,
+/// or (after `stopping` turns true) its last request is answered: HTTP/1.1
+/// only, or HTTP/1.1 and HTTP/2 with upgrades.
+async fn serve<IO, S, B>(
+    stream: IO,
+    (service, peer): (S, Option<PeerAddr>),
+    limits: Limits,
+    http2_and_upgrades: bool,
+    stats: &Stats,
+    stopping: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -58,14 +114,61 @@ pub(super) async fn serve<S, B>(
     let service = Tracking {
         inner: service,
         activity: activity.clone(),
+        peer,
     };
-    let mut builder = http1::Builder::new();
-    builder
-        .header_read_timeout(None)
-        .max_header_size(HYPER_MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(READ_BUFFER_BYTES);
-    let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+    if http2_and_upgrades {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .header_read_timeout(None)
+            .max_headers(MAX_HEADERS)
+            .max_buf_size(READ_BUFFER_BYTES);
+        builder
+            .http2()
+            .max_header_list_size(HYPER_MAX_HEAD_BYTES as u32)
+            .max_concurrent_streams(MAX_HTTP2_STREAMS);
+        let connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+        supervise(
+            connection,
+            |c| c.graceful_shutdown(),
+            &activity,
+            limits,
+            stats,
+            stopping,
+        )
+        .await;
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .header_read_timeout(None)
+            .max_header_size(HYPER_MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .max_buf_size(READ_BUFFER_BYTES);
+        let connection = std::pin::pin!(builder.serve_connection(io, service));
+        supervise(
+            connection,
+            |c| c.graceful_shutdown(),
+            &activity,
+            limits,
+            stats,
+            stopping,
+        )
+        .await;
+    }
+}
+
+/// Drives a connection under the watchdog until it ends or times out.
+async fn supervise<C, E>(
+    mut connection: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    limits: Limits,
+    stats: &Stats,
+    mut stopping: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut phase = activity.subscribe();
     let mut draining = false;
     loop {
@@ -79,7 +182,7 @@ pub(super) async fn serve<S, B>(
             }
             _ = stopping.wait_for(|stop| *stop), if !draining => {
                 draining = true;
-                connection.as_mut().graceful_shutdown();
+                graceful_shutdown(connection.as_mut());
             }
             // `activity` keeps a sender alive, so this never fails.
             _ = phase.changed() => {}
@@ -97,6 +200,10 @@ pub(super) async fn serve<S, B>(
         }
     }
 }
+
+/// Streams one HTTP/2 connection may carry at once: each is a request in
+/// progress, so this bounds what one client holds of a proxy's upstreams.
+const MAX_HTTP2_STREAMS: u32 = 256;
 
 /// Where a connection is between requests.
 #[derive(Debug, Clone, Copy)]
@@ -207,13 +314,14 @@ impl Drop for InProgress {
     }
 }
 
-/// The socket, telling the connection's [`Activity`] when bytes arrive.
-struct Watched {
-    stream: TcpStream,
+/// The socket (or its TLS stream), telling the connection's [`Activity`]
+/// when bytes arrive.
+struct Watched<IO> {
+    stream: IO,
     activity: Activity,
 }
 
-impl AsyncRead for Watched {
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -229,7 +337,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -265,6 +373,8 @@ impl AsyncWrite for Watched {
 struct Tracking<S> {
     inner: S,
     activity: Activity,
+    /// Put into every request's extensions, for proxies to forward.
+    peer: Option<PeerAddr>,
 }
 
 /// A response body of the application's, or of the 431 answer.
@@ -284,7 +394,10 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
+        }
         let in_progress = self.activity.begin_request();
         let head = head_len(&request);
         if head > MAX_HEAD_BYTES {

@@ -1,5 +1,6 @@
-//! Serves HTTP/1.1 on a bound listener with the limits every Skyclaw listener
-//! shares: a cap on concurrent connections, a header-read timeout, an idle
+//! Serves HTTP on a bound listener with the limits every Skyclaw listener
+//! shares (HTTP/1.1 in the clear, or, for the gateway, HTTP/1.1 and HTTP/2
+//! with upgrades, over TLS when it has a certificate): a cap on concurrent connections, a header-read timeout, an idle
 //! keep-alive timeout, a bound on request heads (431 with the JSON error
 //! envelope) and graceful shutdown; and raises the process's open-file limit.
 //!
@@ -67,6 +68,32 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// ENFILE, ENOMEM): retrying at once would spin while nothing has been freed.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The address a request's connection came from, in every request's
+/// extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// How a listener's connections speak, beyond the HTTP/1.1 in the clear that
+/// every node's API uses.
+#[derive(Clone, Default)]
+pub struct Protocols {
+    /// TLS on every connection; the handshake counts against the header-read
+    /// timeout. Its ALPN list says which HTTP versions are offered.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTP/2 beside HTTP/1.1 (by ALPN over TLS, by prior knowledge in the
+    /// clear) and protocol upgrades (WebSocket), for a proxy's clients.
+    pub http2_and_upgrades: bool,
+}
+
+impl std::fmt::Debug for Protocols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protocols")
+            .field("tls", &self.tls.is_some())
+            .field("http2_and_upgrades", &self.http2_and_upgrades)
+            .finish()
+    }
+}
+
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -120,13 +147,41 @@ impl Stats {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then stops
-/// accepting, lets every request in progress finish (idle connections close
-/// at once) and returns once all connections are closed.
+/// Serves `service` over HTTP/1.1 on `listener` until `shutdown` resolves,
+/// then stops accepting, lets every request in progress finish (idle
+/// connections close at once) and returns once all connections are closed.
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     limits: Limits,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(
+        listener,
+        service,
+        limits,
+        Protocols::default(),
+        stats,
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`], speaking what `protocols` says.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: Limits,
+    protocols: Protocols,
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -169,8 +224,9 @@ pub async fn serve<S, B>(
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let stopping = stopping.clone();
+        let protocols = protocols.clone();
         tokio::spawn(async move {
-            connection::serve(stream, service, limits, &slot.stats, stopping).await;
+            connection::accept(stream, service, limits, protocols, &slot.stats, stopping).await;
             drop(slot);
         });
     }
