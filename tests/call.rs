@@ -152,7 +152,7 @@ async fn usage_errors_exit_2() {
     );
     assert_eq!(code, Some(2));
     assert!(
-        stderr.contains("no gateway: pass --gateway URL or set SKYCLAW_GATEWAYS"),
+        stderr.contains("no --gateway given, and the coordinators' gateway list could not be read"),
         "{stderr}"
     );
     let (code, _, stderr) = call(&["http://127.0.0.1:1"], &["web", "/", "-H", "nocolon"]).await;
