@@ -28,7 +28,7 @@ pub async fn create(
     idempotency: IdempotencyKey,
     body: JsonBody<CreateApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
-    let CreateApiKey { name, mut scopes } = body.value;
+    let CreateApiKey { name, mut scopes } = body.parse()?;
     if name.trim().is_empty() || name.len() > MAX_KEY_NAME_LEN {
         return Err(ApiError::BadRequest(format!(
             "name must be 1 to {MAX_KEY_NAME_LEN} characters"

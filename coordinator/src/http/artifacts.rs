@@ -93,7 +93,7 @@ pub async fn record(
     _token: ClusterToken,
     body: JsonBody<Record>,
 ) -> Result<(StatusCode, Json<ArtifactInfo>), ApiError> {
-    record_here(&node, body.value).await
+    record_here(&node, body.parse()?).await
 }
 
 /// `HEAD /v1/artifacts/{digest}`: 200 with the size when the cluster knows the

@@ -1,6 +1,8 @@
 //! Request extractors whose rejections use the JSON error envelope: bodies
 //! (with the hash idempotency needs), query strings and idempotency keys.
 
+use std::marker::PhantomData;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::StatusCode;
@@ -12,10 +14,20 @@ use super::auth::{Principal, sha256};
 use crate::error::ApiError;
 use crate::state::IdempotencyRecord;
 
-/// A JSON body, parsed strictly, with the hash of the request it came in.
+/// A JSON body with the hash of the request it came in. It is parsed, strictly,
+/// only when the handler asks ([`JsonBody::parse`]), after the caller's scopes
+/// are checked: one who may not make a request learns nothing from its body.
 pub struct JsonBody<T> {
-    pub value: T,
+    bytes: Bytes,
     pub request_hash: String,
+    value: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    pub fn parse(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+    }
 }
 
 /// sha256 over method, path and body: what "the same request" means for
@@ -49,11 +61,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ))
             }
         })?;
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
         Ok(JsonBody {
-            value,
             request_hash: request_hash(&method, &path, &bytes),
+            bytes,
+            value: PhantomData,
         })
     }
 }

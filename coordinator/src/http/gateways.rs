@@ -23,7 +23,7 @@ pub async fn heartbeat(
     body: JsonBody<GatewayHeartbeat>,
 ) -> Result<Json<Gateway>, ApiError> {
     principal.require(Scope::Gateway)?;
-    let heartbeat = body.value;
+    let heartbeat = body.parse()?;
     heartbeat
         .validate()
         .map_err(|e| ApiError::BadRequest(e.0))?;

@@ -35,7 +35,7 @@ pub async fn register(
     idempotency: IdempotencyKey,
     body: JsonBody<RegisterHost>,
 ) -> Result<Json<Registered>, ApiError> {
-    let host = body.value;
+    let host = body.parse()?;
     validate_registration(&host)?;
     node.hosts_tracked().await?;
     let now = now_ms();
@@ -120,7 +120,7 @@ pub async fn heartbeat(
         running,
         artifacts,
         draining,
-    } = body.value;
+    } = body.parse()?;
     if artifacts.len() > MAX_REPORTED_ARTIFACTS {
         return Err(ApiError::BadRequest(format!(
             "a heartbeat reports at most {MAX_REPORTED_ARTIFACTS} artifacts, not {}",
@@ -153,7 +153,7 @@ pub async fn claim(
     Path(host_id): Path<String>,
     body: JsonBody<Claim>,
 ) -> Result<Json<Claimed>, ApiError> {
-    let Claim { max_jobs, wait_ms } = body.value;
+    let Claim { max_jobs, wait_ms } = body.parse()?;
     if max_jobs == 0 || max_jobs > MAX_CLAIM_JOBS {
         return Err(ApiError::BadRequest(format!(
             "max_jobs must be between 1 and {MAX_CLAIM_JOBS}"
@@ -174,7 +174,7 @@ pub async fn complete_many(
     Path(host_id): Path<String>,
     body: JsonBody<CompleteMany>,
 ) -> Result<Json<CompletedMany>, ApiError> {
-    let completions = body.value.completions;
+    let completions = body.parse()?.completions;
     if completions.is_empty() || completions.len() > MAX_COMPLETE_BATCH {
         return Err(ApiError::BadRequest(format!(
             "a batch holds 1 to {MAX_COMPLETE_BATCH} completions, not {}",

@@ -32,7 +32,7 @@ pub async fn submit(
     body: JsonBody<JobSpec>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     principal.require(Scope::JobsSubmit)?;
-    let spec = body.value;
+    let spec = body.parse()?;
     spec.validate()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let JobSpec::Wasi(wasi) = &spec {
@@ -179,7 +179,8 @@ pub async fn cancel(
     body: JsonBody<serde_json::Value>,
 ) -> Result<Json<Job>, ApiError> {
     principal.require(Scope::JobsSubmit)?;
-    if !body.value.as_object().is_some_and(|o| o.is_empty()) && !body.value.is_null() {
+    let value = body.parse()?;
+    if !value.as_object().is_some_and(|o| o.is_empty()) && !value.is_null() {
         return Err(ApiError::BadRequest(
             "cancel takes an empty JSON object as its body".into(),
         ));

@@ -22,7 +22,7 @@ pub async fn join(
     _token: ClusterToken,
     body: JsonBody<Join>,
 ) -> Result<Json<PeerList>, ApiError> {
-    node.cluster.join(body.value).await?;
+    node.cluster.join(body.parse()?).await?;
     Ok(Json(node.cluster.peers()))
 }
 

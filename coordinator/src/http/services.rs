@@ -37,7 +37,7 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     principal.require(Scope::ServicesDeploy)?;
     validate_service_name(&name).map_err(|e| ApiError::BadRequest(e.0))?;
-    let spec = body.value;
+    let spec = body.parse()?;
     spec.validate().map_err(|e| ApiError::BadRequest(e.0))?;
     check_artifact(&node, &spec)?;
     let now = now_ms();
@@ -112,7 +112,7 @@ pub async fn scale(
     body: JsonBody<Scale>,
 ) -> Result<Json<Service>, ApiError> {
     principal.require(Scope::ServicesDeploy)?;
-    let replicas = body.value.replicas;
+    let replicas = body.parse()?.replicas;
     validate_replicas(replicas).map_err(|e| ApiError::BadRequest(e.0))?;
     let now = now_ms();
     let record = idempotency.record(&principal, &body.request_hash, now);
@@ -237,7 +237,7 @@ pub async fn report(
     Path(host_id): Path<String>,
     body: JsonBody<InstanceReports>,
 ) -> Result<StatusCode, ApiError> {
-    let reports = body.value.reports;
+    let reports = body.parse()?.reports;
     if reports.len() > MAX_INSTANCE_REPORTS {
         return Err(ApiError::BadRequest(format!(
             "a report carries at most {MAX_INSTANCE_REPORTS} instances, not {}",
