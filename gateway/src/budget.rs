@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::config::RetrySettings;
 
 /// Seconds of history the budget looks at.
-const WINDOW_SECS: u64 = 10;
+pub const WINDOW_SECS: u64 = 10;
 
 /// One second's counts, stamped with the second they belong to.
 #[derive(Debug, Default)]
@@ -39,8 +39,12 @@ impl RetryBudget {
         self.bucket(now).requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether one more retry fits; if so it is counted.
+    /// Whether one more retry fits; if so it is counted. The retry is
+    /// counted first and taken back if it did not fit, so racing callers
+    /// never pass the budget together.
     pub fn try_retry(&self, settings: &RetrySettings, now: Instant) -> bool {
+        let mine = self.bucket(now);
+        mine.retries.fetch_add(1, Ordering::Relaxed);
         let second = self.second(now);
         let (mut requests, mut retries) = (0, 0);
         for bucket in &self.buckets {
@@ -52,10 +56,10 @@ impl RetryBudget {
         }
         let allowed = requests * u64::from(settings.budget_percent) / 100
             + u64::from(settings.min_retries_per_sec) * WINDOW_SECS;
-        if retries >= allowed {
+        if retries > allowed {
+            mine.retries.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        self.bucket(now).retries.fetch_add(1, Ordering::Relaxed);
         true
     }
 

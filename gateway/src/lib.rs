@@ -31,6 +31,7 @@ use skyclaw_api::serve::{self, Protocols};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use budget::WINDOW_SECS as RETRY_BUDGET_WINDOW_SECS;
 pub use config::{
     DEFAULT_MAX_BODY_BYTES, GatewayConfig, OutlierSettings, ProbeSettings, RetrySettings, Timeouts,
     TlsFiles,

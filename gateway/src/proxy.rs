@@ -148,10 +148,18 @@ impl Gateway {
         let mut tried: Vec<usize> = Vec::with_capacity(1 + self.retries.max_retries as usize);
         let mut last = Failure::NoEndpoint;
         loop {
-            if !tried.is_empty() {
-                if tried.len() > self.retries.max_retries as usize {
-                    break;
-                }
+            let retry = !tried.is_empty();
+            if retry && tried.len() > self.retries.max_retries as usize {
+                break;
+            }
+            let Some(index) = service.pick(&tried) else {
+                break;
+            };
+            let Some(attempt_body) = body.attempt() else {
+                break;
+            };
+            // A retry is charged to the budget only once it is sure to be made.
+            if retry {
                 if !service.budget.try_retry(&self.retries, Instant::now()) {
                     service
                         .stats
@@ -161,13 +169,7 @@ impl Gateway {
                 }
                 service.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
-            let Some(index) = service.pick(&tried) else {
-                break;
-            };
             tried.push(index);
-            let Some(attempt_body) = body.attempt() else {
-                break;
-            };
             let upstream = &service.endpoints[index];
             let uri = Uri::builder()
                 .scheme(upstream.scheme.clone())
