@@ -24,7 +24,10 @@ enum ApikeyCommand {
         name: String,
         /// What the key may do (repeatable, or comma-separated): jobs:submit
         /// (submit and cancel its jobs), jobs:read (read and wait on its jobs),
-        /// artifacts:push (upload, check, download and list artifacts).
+        /// artifacts:push (upload, check, download and list artifacts),
+        /// services:deploy (deploy, scale and remove its services),
+        /// services:read (read its services, instances and logs), gateway
+        /// (run a gateway: watch every endpoint, register it; nothing else).
         #[arg(
             long = "scope",
             env = "SKYCLAW_APIKEY_SCOPES",

@@ -80,7 +80,6 @@ pub struct CallArgs {
     verbose: bool,
 }
 
-/// The gateways to try, in order: those given, or none, which is an error.
 /// The gateways to try: those given, else the live ones the coordinators
 /// list (`GET /v1/gateways`, readable with any valid credential).
 async fn gateway_urls(args: &CallArgs, target: &super::Target) -> Result<Vec<String>> {
@@ -93,13 +92,15 @@ async fn gateway_urls(args: &CallArgs, target: &super::Target) -> Result<Vec<Str
     if !given.is_empty() {
         return Ok(given);
     }
-    let listed = target
-        .client()
-        .await?
-        .list_gateways()
-        .await
-        .map_err(|e| target.explain(e.into()))
-        .context("no --gateway given, and the coordinators' gateway list could not be read")?;
+    let listed = async {
+        let client = target.client().await?;
+        client
+            .list_gateways()
+            .await
+            .map_err(|e| target.explain(e.into()))
+    }
+    .await
+    .context("no --gateway given, and the coordinators' gateway list could not be read")?;
     let urls: Vec<String> = listed.gateways.into_iter().map(|g| g.public_url).collect();
     if urls.is_empty() {
         bail!(

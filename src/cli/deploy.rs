@@ -140,26 +140,32 @@ pub async fn run(args: DeployArgs, target: &Target, json: bool) -> Result<ExitCo
                 "{name} is unchanged at version {version}; scaled to {} replicas",
                 service.replicas
             );
-            return finish(&service, json).map(|()| ExitCode::SUCCESS);
+            return finish(&client, &service, json)
+                .await
+                .map(|()| ExitCode::SUCCESS);
         }
         DeployOutcome::Unchanged if !rolling => {
             eprintln!(
                 "{name} is unchanged: version {version} is already deployed ({}); nothing to do",
                 service.deploy.status.as_str()
             );
-            return finish(&service, json).map(|()| ExitCode::SUCCESS);
+            return finish(&client, &service, json)
+                .await
+                .map(|()| ExitCode::SUCCESS);
         }
         DeployOutcome::Unchanged => eprintln!(
             "{name} is unchanged: version {version} is already deployed and still rolling out"
         ),
     }
     if args.no_wait {
-        return finish(&service, json).map(|()| ExitCode::SUCCESS);
+        return finish(&client, &service, json)
+            .await
+            .map(|()| ExitCode::SUCCESS);
     }
     let service = wait_for_rollout(&client, service, version).await?;
     match service.deploy.status {
         DeployStatus::Done => {
-            finish(&service, json)?;
+            finish(&client, &service, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         DeployStatus::Failed | DeployStatus::Rolling => {
@@ -185,14 +191,40 @@ pub async fn run(args: DeployArgs, target: &Target, json: bool) -> Result<ExitCo
 }
 
 /// What a deploy that did not fail prints on stdout: the service as JSON, or
-/// one line.
-fn finish(service: &Service, json: bool) -> Result<()> {
+/// one line and, when it serves, where each live gateway routes to it.
+async fn finish(client: &Client, service: &Service, json: bool) -> Result<()> {
     if json {
         return output::print_json(service);
     }
+    let mut lines = status_line(service);
+    if healthy_of(service, service.current.version) > 0 {
+        for url in gateway_urls(client, &service.name).await {
+            lines.push_str(&format!("  {url}\n"));
+        }
+    }
+    output::out(&output::escape(lines, Layout::Block))
+}
+
+/// The service at each live gateway (`GET /v1/gateways`); none when the
+/// list cannot be read, which does not make the deploy fail.
+async fn gateway_urls(client: &Client, name: &str) -> Vec<String> {
+    let Ok(list) = client.list_gateways().await else {
+        return Vec::new();
+    };
+    let Ok(path) = skyclaw_api::service_client::service_path(name, "/") else {
+        return Vec::new();
+    };
+    list.gateways
+        .iter()
+        .map(|g| format!("{}{path}", g.public_url.trim_end_matches('/')))
+        .collect()
+}
+
+/// One line: the deployed version and how many of its instances are healthy.
+fn status_line(service: &Service) -> String {
     let version = service.current.version;
     let healthy = healthy_of(service, version);
-    let line = match service.deploy.status {
+    match service.deploy.status {
         DeployStatus::Done => format!(
             "{} version {version} is live: {healthy}/{} instances healthy\n",
             service.name, service.replicas
@@ -203,8 +235,7 @@ fn finish(service: &Service, json: bool) -> Result<()> {
             status.as_str(),
             service.replicas
         ),
-    };
-    output::out(&output::escape(line, Layout::Block))
+    }
 }
 
 /// Fails before the build when the credentials cannot deploy: wrong ones, or

@@ -575,11 +575,18 @@ pub async fn gateway(args: GatewayArgs) -> Result<ExitCode> {
     let admin = serve::bind(&args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        admin = %admin.local_addr()?,
-        "gateway listening"
-    );
+    // One line on stdout, so whoever started the gateway on port 0 (a
+    // supervisor, a script, a test) learns where it listens.
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    super::output::out(&format!(
+        "gateway routing on {scheme}://{listen}; /health and /metrics on http://{admin}\n",
+        listen = listener.local_addr()?,
+        admin = admin.local_addr()?,
+    ))?;
     skyclaw_gateway::run(config, listener, admin, shutdown_signal()?)
         .await
         .context("gateway failed")?;
