@@ -86,12 +86,21 @@ async fn a_native_dir_is_uploaded_once_and_deployed_until_healthy() {
     assert_eq!(artifact_count(&coordinator).await, 1);
     assert_eq!(client.get_service("api").await.unwrap().current.version, 1);
 
-    // A changed file is a new bundle and a new version.
+    // A changed file is a new bundle and a new version, which each live
+    // gateway is said to route to.
+    let beat = skyclaw_api::gateways::GatewayHeartbeat {
+        id: "gw-1".into(),
+        public_url: "https://gw.example/".into(),
+    };
+    client.gateway_heartbeat(&beat).await.unwrap();
     service_dir(tmp.path(), "api", MANIFEST, &[("server.js", "v2\n")]);
     let (code, stdout, stderr) = outcome(&run_cli(deploy(&coordinator, &dir, &[])).await);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stderr.contains("uploaded the bundle"), "{stderr}");
-    assert_eq!(stdout, "api version 2 is live: 2/2 instances healthy\n");
+    assert_eq!(
+        stdout,
+        "api version 2 is live: 2/2 instances healthy\n  https://gw.example/s/api/\n"
+    );
     assert_eq!(artifact_count(&coordinator).await, 2);
 }
 
@@ -128,10 +137,9 @@ async fn a_rollout_the_host_fails_exits_1_with_the_crash_and_json_is_the_service
         "{stderr}"
     );
     assert!(stderr.contains("Error: boom at crash.js:1"), "{stderr}");
-    assert!(
-        stderr.contains(": failed: exited with status 1"),
-        "{stderr}"
-    );
+    // The progress line: "…on host h1: failed: …" when the first look
+    // already saw the crash, "…: pending -> failed: …" when it saw it start.
+    assert!(stderr.contains(" failed: exited with status 1"), "{stderr}");
     let service: Service = serde_json::from_str(&stdout).expect("stdout is a Service");
     assert_eq!(service.deploy.status, DeployStatus::Failed);
     assert_eq!(service.target_version(), Some(1));

@@ -1,13 +1,15 @@
 //! The test kit every integration test is built on: starts coordinators and
 //! hosts as real `skyclaw` processes on 127.0.0.1 with port 0 and temp data
 //! directories, talks to them through the real client and CLI, serves a fake
-//! coordinator to a host daemon run in process (`fake_coordinator`), hands
+//! coordinator to a host daemon run in process (`fake_coordinator`), runs
+//! gateways and the endpoints behind them (`gateway`), hands
 //! out job uid ranges, and waits on conditions with deadlines.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod fake_coordinator;
 pub mod fake_gateway;
+pub mod gateway;
 pub mod services;
 
 use std::future::Future;
@@ -1523,8 +1525,12 @@ pub fn snapshot_meta(dir: &Path) -> Option<serde_json::Value> {
 /// What a [`FakeServiceHost`] makes of an instance it is assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serve {
-    /// Reports it `starting`, then `healthy` at an endpoint of its own.
+    /// Reports it `starting`, then `healthy` at an endpoint of its own
+    /// (where nothing listens).
     Healthy,
+    /// Reports it `starting`, then `healthy` at this endpoint, which the
+    /// test serves.
+    At(String),
     /// Reports it `failed` with this `last_error`, as a host whose process
     /// crashed at once (or could not start) would.
     Crash(String),
@@ -1603,15 +1609,21 @@ impl FakeServiceHost {
                     if reported.contains_key(&a.instance_id) {
                         continue;
                     }
-                    match serve(a) {
+                    let served = match serve(a) {
                         Serve::Healthy => {
                             port += 1;
-                            let endpoint = format!("http://127.0.0.1:{port}");
+                            Ok(format!("http://127.0.0.1:{port}"))
+                        }
+                        Serve::At(endpoint) => Ok(endpoint),
+                        Serve::Crash(error) => Err(error),
+                    };
+                    match served {
+                        Ok(endpoint) => {
                             reports.push(report(InstanceState::Starting, None, None));
                             reports.push(report(InstanceState::Healthy, Some(endpoint), None));
                             reported.insert(a.instance_id.clone(), InstanceState::Healthy);
                         }
-                        Serve::Crash(error) => {
+                        Err(error) => {
                             reports.push(report(InstanceState::Failed, None, Some(error)));
                             reported.insert(a.instance_id.clone(), InstanceState::Failed);
                         }
