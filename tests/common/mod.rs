@@ -392,15 +392,24 @@ impl Dev {
     /// The data directory `dev` keeps in its root.
     pub const DIR: &str = ".skyclaw";
 
-    /// `skyclaw dev` in `root` on port 0 with a job uid range of its own, to
+    /// `skyclaw dev` in `root` on port 0 (its gateway too) with a job uid range of its own, to
     /// start with [`Dev::spawn`] once the test has added what it needs.
     pub fn command(root: &Path) -> Command {
         let mut cmd = skyclaw();
-        cmd.args(["dev", "--data-dir", Dev::DIR, "--port", "0"])
-            .args(["--job-uids", &job_uids()])
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        // Port 0 for the gateway too: dev tests run side by side.
+        cmd.args([
+            "dev",
+            "--data-dir",
+            Dev::DIR,
+            "--port",
+            "0",
+            "--gateway-port",
+            "0",
+        ])
+        .args(["--job-uids", &job_uids()])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
         cmd
     }
 
