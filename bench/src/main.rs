@@ -4,8 +4,10 @@
 //! `cargo run --release -p skyclaw-bench -- jobs` measures durable enqueue
 //! throughput, end-to-end throughput of no-op shell jobs with two hosts, and
 //! submit-to-succeeded latency; `-- wasi` measures WASI jobs (see `wasi.rs`);
-//! `-- http` serves a wasi:http component for `wrk` (see `http.rs`).
+//! `-- http` serves a wasi:http component for `wrk` (see `http.rs`);
+//! `-- gateway` measures `skyclaw gateway` against nginx (see `gateway.rs`).
 
+mod gateway;
 mod http;
 mod wasi;
 
@@ -55,6 +57,9 @@ enum Bench {
     Wasi(wasi::WasiArgs),
     /// Serves a wasi:http component on 127.0.0.1 for a load generator.
     Http(http::HttpArgs),
+    /// `skyclaw gateway` against nginx proxying the same static backend, side
+    /// by side under wrk; its memory; and the example services through it.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[tokio::main]
@@ -89,6 +94,7 @@ async fn main() -> Result<()> {
         }
         Bench::Wasi(args) => wasi::run(args).await,
         Bench::Http(args) => http::run(args).await,
+        Bench::Gateway(args) => gateway::run(args).await,
     }
 }
 
