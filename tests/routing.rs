@@ -92,13 +92,7 @@ async fn a_post_is_retried_on_another_endpoint_only_with_an_idempotency_key() {
     let tmp = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
     let client = coordinator.client();
-    let mut backends = Vec::new();
-    for name in ["a", "b", "c"] {
-        let backend = Backend::start(name).await;
-        backend.answer(503);
-        backends.push(backend);
-    }
-    let urls: Vec<String> = backends.iter().map(|b| b.url.clone()).collect();
+    let (backends, urls) = Backend::all_answering(&["a", "b", "c"], 503).await;
     let _host = publish(&client, tmp.path(), "web", &urls).await;
     let gateway = Gateway::start(&coordinator.url, Auth::Token, &[]).await;
     gateway.wait_up("web", 3).await;
@@ -218,13 +212,7 @@ async fn retries_stay_within_the_budget_when_every_endpoint_answers_503() {
     let tmp = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
     let client = coordinator.client();
-    let mut backends = Vec::new();
-    for name in ["a", "b", "c"] {
-        let backend = Backend::start(name).await;
-        backend.answer(503);
-        backends.push(backend);
-    }
-    let urls: Vec<String> = backends.iter().map(|b| b.url.clone()).collect();
+    let (backends, urls) = Backend::all_answering(&["a", "b", "c"], 503).await;
     let _host = publish(&client, tmp.path(), "web", &urls).await;
     let gateway = Gateway::start(&coordinator.url, Auth::Token, &["--max-retries", "2"]).await;
     gateway.wait_up("web", 3).await;

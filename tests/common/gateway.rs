@@ -176,6 +176,19 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// One backend per name, each answering `status` from the start, and
+    /// their URLs.
+    pub async fn all_answering(names: &[&str], status: u16) -> (Vec<Backend>, Vec<String>) {
+        let mut backends = Vec::new();
+        for name in names {
+            let backend = Backend::start(name).await;
+            backend.answer(status);
+            backends.push(backend);
+        }
+        let urls = backends.iter().map(|b| b.url.clone()).collect();
+        (backends, urls)
+    }
+
     pub async fn start(name: &str) -> Backend {
         let state = Arc::new(BackendState {
             name: name.to_string(),
