@@ -14,6 +14,10 @@ use crate::GatewayError;
 /// it): generous for APIs, small enough that one client cannot stream
 /// gigabytes through a volunteer's gateway.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// How long requests in progress may finish once a gateway is told to stop,
+/// unless configured: long enough for ordinary requests and uploads, short
+/// enough that a restart is not held up for minutes by one slow stream.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Certificate chain and private key, PEM files.
 #[derive(Debug, Clone)]
@@ -155,7 +159,7 @@ impl GatewayConfig {
             probes: ProbeSettings::default(),
             outliers: OutlierSettings::default(),
             retries: RetrySettings::default(),
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 

@@ -33,8 +33,8 @@ use tokio::sync::watch;
 
 pub use budget::WINDOW_SECS as RETRY_BUDGET_WINDOW_SECS;
 pub use config::{
-    DEFAULT_MAX_BODY_BYTES, GatewayConfig, OutlierSettings, ProbeSettings, RetrySettings, Timeouts,
-    TlsFiles,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_SHUTDOWN_GRACE, GatewayConfig, OutlierSettings, ProbeSettings,
+    RetrySettings, Timeouts, TlsFiles,
 };
 
 /// Why a gateway could not start.

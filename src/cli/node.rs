@@ -316,7 +316,7 @@ pub struct GatewayArgs {
     max_retries: u32,
     /// Milliseconds requests in progress may take to finish once the gateway
     /// is told to stop.
-    #[arg(long, env = "SKYCLAW_SHUTDOWN_GRACE_MS", default_value_t = 30_000, value_parser = positive_u64(), value_name = "MS")]
+    #[arg(long, env = "SKYCLAW_SHUTDOWN_GRACE_MS", default_value_t = millis(skyclaw_gateway::DEFAULT_SHUTDOWN_GRACE), value_parser = positive_u64(), value_name = "MS")]
     shutdown_grace_ms: u64,
     #[command(flatten)]
     listener: ListenerArgs,
