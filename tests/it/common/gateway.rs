@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,8 +138,9 @@ impl Gateway {
         }
     }
 
-    /// SIGTERM, and the exit status once it has drained.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// SIGTERM, and the exit status once it has drained; blocks, so a test
+    /// that watches the drain calls it on a blocking thread.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("gateway running");
         sigterm_and_reap(&mut child, "gateway")
     }
@@ -163,6 +164,8 @@ pub struct Hit {
 struct BackendState {
     name: String,
     status: AtomicU16,
+    /// Milliseconds each answer waits before it is sent.
+    delay_ms: AtomicU64,
     hits: Mutex<Vec<Hit>>,
 }
 
@@ -193,6 +196,7 @@ impl Backend {
         let state = Arc::new(BackendState {
             name: name.to_string(),
             status: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
             hits: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
@@ -208,6 +212,14 @@ impl Backend {
     /// What it answers from now on (health probes aside).
     pub fn answer(&self, status: u16) {
         self.state.status.store(status, Ordering::Relaxed);
+    }
+
+    /// How long each answer (health probes aside) waits from now on, once
+    /// its request is recorded.
+    pub fn delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Every request it served.
@@ -241,6 +253,10 @@ async fn backend_answer(
         path: request.uri().path().to_string(),
         idempotency_key,
     });
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let status = StatusCode::from_u16(state.status.load(Ordering::Relaxed)).unwrap();
     (status, state.name.clone())
 }
@@ -478,11 +494,6 @@ impl Load {
             report,
             tasks,
         }
-    }
-
-    /// 200 answers so far.
-    pub fn ok(&self) -> usize {
-        self.report.lock().unwrap().ok
     }
 
     /// 200 answers with `body` so far.

@@ -1,7 +1,7 @@
 //! Authentication, scopes and input validation, through raw HTTP as any client
 //! would send it, and through the CLI as CI would use a key.
 
-mod common;
+use crate::common;
 
 use common::{Auth, Coordinator, RawApi, TOKEN, coordinator_routes};
 use reqwest::StatusCode;

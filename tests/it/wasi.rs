@@ -4,7 +4,7 @@
 //! cancel or the host's shutdown; sandbox-only hosts; compiled-code and
 //! artifact caches; scheduling by artifact locality.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

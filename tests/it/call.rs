@@ -2,7 +2,7 @@
 //! 502-504 answers, the retry rule for requests that may not be sent twice,
 //! exit codes, and what reaches the gateway.
 
-mod common;
+use crate::common;
 
 use common::fake_gateway::{FakeGateway, dead_url};
 use common::{outcome, run_cli, skyclaw};

@@ -4,7 +4,7 @@
 //! claim racing, waits abandoned by their clients, a leader dying while a
 //! host runs a job.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

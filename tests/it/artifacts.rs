@@ -4,7 +4,7 @@
 //! cluster where an upload to a follower is recorded by the leader and served
 //! by every coordinator.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! `--wait` says so once, the reason follows the hosts that come and go, a
 //! queue timeout fails such a job, and every coordinator reports the reason.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

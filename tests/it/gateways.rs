@@ -4,7 +4,7 @@
 //! neither through the HTTP API nor through the CLI a hostile operator
 //! would point at it.
 
-mod common;
+use crate::common;
 
 use common::services::{node_service, push_files};
 use common::*;

@@ -4,7 +4,7 @@
 //! a state database that lost its tail after the log was purged is restored
 //! from the snapshot.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

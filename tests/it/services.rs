@@ -4,7 +4,7 @@
 //! index, ownership by API keys, waiting reasons, and instances placed again
 //! when their host goes down.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

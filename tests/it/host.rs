@@ -3,7 +3,7 @@
 //! completions resent under their leases, revocation, re-registration,
 //! shutdown, and failover to coordinators learned from the peer list.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! finish within its grace and drops it after; requests are counted by
 //! status.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! secrets or data, nor another job's, must not outlive its job or the
 //! daemon, and must not take the host down with it.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;

@@ -4,7 +4,7 @@
 //! timeouts never cut a request in progress, and oversized heads answer 431
 //! with the JSON envelope.
 
-mod common;
+use crate::common;
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Jobs end to end: a coordinator and a host as real processes, driven through
 //! the CLI and the client, running real commands.
 
-mod common;
+use crate::common;
 
 use common::{Network, run_job, wait_no_processes, wait_processes};
 use serde_json::json;

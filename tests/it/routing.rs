@@ -5,7 +5,7 @@
 //! only where safe and within the budget; clients that fail over between
 //! gateways; slowloris clients cut off.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -19,6 +19,10 @@ use skyclaw_api::services::{DeployStatus, ServiceSpec};
 
 /// Clients of the load the tests put on a gateway.
 const LOAD_CLIENTS: usize = 8;
+/// How long the endpoint takes to answer the request in progress while a
+/// gateway stops: long enough for the test to see the gateway refuse new
+/// connections before the answer comes.
+const ANSWER_DURING_SHUTDOWN: Duration = Duration::from_secs(3);
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
@@ -419,4 +423,96 @@ async fn native_and_wasi_http_services_answer_by_host_and_path_and_a_rollout_los
         &report.failures[..report.failures.len().min(10)]
     );
     assert_eq!(report.bodies.len(), 2, "{:?}", report.bodies);
+}
+
+#[tokio::test]
+async fn a_stopped_gateway_stops_accepting_finishes_requests_within_its_grace_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    let client = coordinator.client();
+    let backend = Backend::start("a").await;
+    backend.delay(ANSWER_DURING_SHUTDOWN);
+    let _host = publish(
+        &client,
+        tmp.path(),
+        "web",
+        std::slice::from_ref(&backend.url),
+    )
+    .await;
+
+    // A grace longer than the answer takes: the answer is passed on.
+    let stopped = stop_during_a_request(&coordinator, &backend, ANSWER_DURING_SHUTDOWN * 4).await;
+    assert!(
+        stopped.status.success(),
+        "the gateway exits 0 once drained: {:?}",
+        stopped.status
+    );
+    assert!(
+        stopped.refused_while_draining,
+        "new connections are refused while it drains"
+    );
+    let answer = stopped.answer.expect("the request in progress is answered");
+    assert_eq!(answer, (200, "a".to_string()));
+
+    // A grace shorter than that: the gateway stops waiting, still exits 0,
+    // and the client sees its answer cut off rather than a made-up one.
+    let stopped = stop_during_a_request(&coordinator, &backend, ANSWER_DURING_SHUTDOWN / 10).await;
+    assert!(
+        stopped.status.success(),
+        "the gateway exits 0 after its grace: {:?}",
+        stopped.status
+    );
+    assert!(stopped.answer.is_err(), "{:?}", stopped.answer);
+}
+
+/// How a gateway stopped during a request went.
+struct Stopped {
+    status: std::process::ExitStatus,
+    /// It refused a new connection while the request was still in progress.
+    refused_while_draining: bool,
+    /// What the client of that request got.
+    answer: Result<(u16, String), reqwest::Error>,
+}
+
+/// Starts a gateway with `grace`, sends it one request for `backend`, and
+/// stops the gateway with SIGTERM while the backend holds that request.
+async fn stop_during_a_request(
+    coordinator: &Coordinator,
+    backend: &Backend,
+    grace: Duration,
+) -> Stopped {
+    let grace_ms = grace.as_millis().to_string();
+    let gateway = Gateway::start(
+        &coordinator.url,
+        Auth::Token,
+        &["--shutdown-grace-ms", &grace_ms],
+    )
+    .await;
+    gateway.wait_up("web", 1).await;
+    let address = gateway.url.trim_start_matches("http://").to_string();
+    let url = format!("{}/s/web/slow", gateway.url);
+    let seen = backend.hits().len();
+    let request = tokio::spawn(async move {
+        let answer = http().get(url).send().await?;
+        let status = answer.status().as_u16();
+        Ok((status, answer.text().await?))
+    });
+    eventually("the request to reach the endpoint", || async {
+        (backend.hits().len() > seen).then_some(())
+    })
+    .await;
+    let stopping = tokio::task::spawn_blocking(move || gateway.terminate());
+    eventually("the stopping gateway to refuse connections", || async {
+        tokio::net::TcpStream::connect(&address)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let refused_while_draining = !request.is_finished();
+    Stopped {
+        status: stopping.await.unwrap(),
+        refused_while_draining,
+        answer: request.await.unwrap(),
+    }
 }

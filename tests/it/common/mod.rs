@@ -5,8 +5,6 @@
 //! gateways and the endpoints behind them (`gateway`), hands
 //! out job uid ranges, and waits on conditions with deadlines.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
 pub mod fake_coordinator;
 pub mod fake_gateway;
 pub mod gateway;
@@ -675,8 +673,14 @@ pub fn execution_log() -> (tempfile::TempDir, PathBuf) {
 
 /// Job uids in ranges of this size, one range per host a test starts.
 const JOB_UIDS_PER_HOST: u32 = 256;
-/// Ranges a test process may hand out: each process gets its own stretch.
-const JOB_UID_RANGES_PER_PROCESS: u32 = 64;
+/// Ranges a test process may hand out before it reuses the first: every
+/// integration test runs in one process, and far fewer hosts than this live
+/// at once.
+const JOB_UID_RANGES_PER_PROCESS: u32 = 1024;
+/// Test processes whose stretches of ranges differ (by pid): with
+/// [`JOB_UID_RANGES_PER_PROCESS`] and [`JOB_UIDS_PER_HOST`] they stay below
+/// 2^31, where uids are still valid everywhere.
+const JOB_UID_PROCESS_SLOTS: u32 = 2000;
 
 /// A job uid range no other host of the test run holds: hosts in concurrent
 /// tests must never share a uid (each would take the other's jobs for
@@ -685,7 +689,7 @@ const JOB_UID_RANGES_PER_PROCESS: u32 = 64;
 pub fn job_uid_range() -> skyclaw_runtime::UidRange {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let turn = NEXT.fetch_add(1, Ordering::Relaxed) % JOB_UID_RANGES_PER_PROCESS;
-    let slot = (std::process::id() % 20_000) * JOB_UID_RANGES_PER_PROCESS + turn;
+    let slot = (std::process::id() % JOB_UID_PROCESS_SLOTS) * JOB_UID_RANGES_PER_PROCESS + turn;
     let first = 1_000_000_000 + slot * JOB_UIDS_PER_HOST;
     skyclaw_runtime::UidRange {
         first,
@@ -935,7 +939,6 @@ impl Cluster {
     }
 }
 
-#[allow(unused_imports)] // each test binary uses a different part of the harness
 pub use guests::{example, guest};
 
 /// Misbehaving clients over raw TCP: sockets that send nothing, send one
@@ -959,7 +962,6 @@ pub mod sockets {
     #[derive(Default)]
     pub struct Sockets {
         tasks: JoinSet<()>,
-        opened: usize,
         ready: Arc<AtomicUsize>,
         closed: Arc<AtomicUsize>,
     }
@@ -1014,7 +1016,6 @@ pub mod sockets {
                     }
                 });
             }
-            self.opened += n;
         }
 
         /// Connects `n` times and runs `setup` on each connection; one whose
@@ -1043,12 +1044,6 @@ pub mod sockets {
                     }
                 });
             }
-            self.opened += n;
-        }
-
-        /// Connections opened so far.
-        pub fn opened(&self) -> usize {
-            self.opened
         }
 
         /// Connections connected and set up (a request answered, a head begun).
@@ -1551,7 +1546,6 @@ pub enum Serve {
 /// version, its spec), and every instance it is told to stop as `stopped`.
 /// Stops when dropped.
 pub struct FakeServiceHost {
-    pub id: String,
     beat: tokio::task::JoinHandle<()>,
     serve: tokio::task::JoinHandle<()>,
 }
@@ -1648,11 +1642,7 @@ impl FakeServiceHost {
                 }
             }
         });
-        FakeServiceHost {
-            id: id.to_string(),
-            beat,
-            serve,
-        }
+        FakeServiceHost { beat, serve }
     }
 }
 

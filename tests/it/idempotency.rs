@@ -1,7 +1,7 @@
 //! Idempotency keys: the same key and body return the original response, even
 //! after a crash and restart; the same key with another body is refused.
 
-mod common;
+use crate::common;
 
 use common::{Auth, Coordinator, RawApi};
 use reqwest::StatusCode;

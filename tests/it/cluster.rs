@@ -5,7 +5,7 @@
 //! host discovery and liveness across leaders, and a host's claim whose
 //! answer was lost.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! service commands; `services logs` against the kit's fake coordinator,
 //! which serves the logs route.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

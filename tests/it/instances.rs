@@ -3,7 +3,7 @@
 //! kept at the old version when the new one crashes, and placed elsewhere
 //! when their host dies; their logs and the host's metrics.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! subcommands pick up by themselves, on any port; stopped cleanly by Ctrl-C,
 //! data kept; quiet, uncoloured logs; nothing created when its port is taken.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 

@@ -2,7 +2,7 @@
 //! binary hosts take: a component, or a preview 1 core module for the guests
 //! in `PREVIEW1`. A guest that no longer builds fails here.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;

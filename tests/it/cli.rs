@@ -2,7 +2,7 @@
 //! the subcommand, usage lines that count what the environment provides, and
 //! range errors that say the range.
 
-mod common;
+use crate::common;
 
 use common::{Network, TOKEN, skyclaw};
 
