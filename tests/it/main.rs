@@ -23,6 +23,7 @@ mod idempotency;
 mod instances;
 mod isolation;
 mod jobs;
+mod proxying;
 mod queue;
 mod recovery;
 mod routing;

@@ -1,6 +1,7 @@
 //! The kit's part for gateways: `skyclaw gateway` as a real process on ports
 //! of its own; the endpoints tests route to (in-process backends that count
-//! what they serve and answer as told, sockets that accept and never answer,
+//! what they serve and answer as told, echo heads, take uploads and send
+//! downloads a part at a time, and switch protocols; sockets that accept and never answer,
 //! node processes to kill -9); publishing them as a service's endpoints
 //! through a fake host; and client load that counts every failure.
 
@@ -167,11 +168,21 @@ struct BackendState {
     /// Milliseconds each answer waits before it is sent.
     delay_ms: AtomicU64,
     hits: Mutex<Vec<Hit>>,
+    /// Bytes of `POST /upload` bodies received so far.
+    uploaded: tokio::sync::watch::Sender<u64>,
+    /// Lets `GET /download` send the rest of its answer.
+    download_rest: tokio::sync::Notify,
 }
 
+/// What `GET /download` sends before it waits for the test, and again
+/// after: more than the gateway buffers of anything.
+pub const DOWNLOAD_PART: usize = 256 * 1024;
+
 /// An endpoint served by the test itself on 127.0.0.1: `/health` answers
-/// 200, every other path the status the test sets (200 at first) with the
-/// backend's name as body, and each such request is recorded.
+/// 200; `/echo`, `/upload`, `/download` and `/upgrade` do what their
+/// handlers below say; every other path answers the status the test sets
+/// (200 at first) with the backend's name as body, and each such request
+/// is recorded.
 pub struct Backend {
     pub url: String,
     state: Arc<BackendState>,
@@ -198,9 +209,15 @@ impl Backend {
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             hits: Mutex::new(Vec::new()),
+            uploaded: tokio::sync::watch::Sender::new(0),
+            download_rest: tokio::sync::Notify::new(),
         });
         let app = axum::Router::new()
             .route("/health", axum::routing::get(|| async { "ok" }))
+            .route("/echo", axum::routing::any(echo_head))
+            .route("/upload", axum::routing::post(upload))
+            .route("/download", axum::routing::get(download))
+            .route("/upgrade", axum::routing::get(upgrade_to_echo))
             .fallback(backend_answer)
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -231,6 +248,97 @@ impl Backend {
     pub fn count(&self, method: &Method) -> usize {
         self.hits().iter().filter(|h| h.method == *method).count()
     }
+
+    /// Waits until `POST /upload` bodies have brought at least `bytes`.
+    pub async fn wait_uploaded(&self, bytes: u64) {
+        let mut uploaded = self.state.uploaded.subscribe();
+        tokio::time::timeout(super::DEADLINE, uploaded.wait_for(|n| *n >= bytes))
+            .await
+            .unwrap_or_else(|_| panic!("{bytes} bytes uploaded to the backend in time"))
+            .expect("the backend is running");
+    }
+
+    /// Lets the `GET /download` in progress send its second part.
+    pub fn release_download(&self) {
+        self.state.download_rest.notify_one();
+    }
+}
+
+/// `ANY /echo`: the request's head as the backend got it, as JSON: its
+/// method, path and headers (a repeated header's values joined by ", ").
+async fn echo_head(request: Request) -> axum::Json<serde_json::Value> {
+    let mut headers = BTreeMap::<String, String>::new();
+    for (name, value) in request.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    axum::Json(serde_json::json!({
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "headers": headers,
+    }))
+}
+
+/// `POST /upload`: reads the body as it comes, telling the test how much
+/// has arrived; answers its length and sha256 as `LENGTH HEX`.
+async fn upload(State(state): State<Arc<BackendState>>, request: Request) -> String {
+    use http_body_util::BodyExt;
+    use sha2::Digest;
+    let mut body = request.into_body();
+    let (mut length, mut digest) = (0u64, sha2::Sha256::new());
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.expect("the upload's body").into_data() else {
+            continue;
+        };
+        length += data.len() as u64;
+        digest.update(&data);
+        state.uploaded.send_modify(|n| *n += data.len() as u64);
+    }
+    format!("{length} {}", hex::encode(digest.finalize()))
+}
+
+/// `GET /download`: [`DOWNLOAD_PART`] bytes of `a`, then, once the test
+/// releases it, as many of `b`.
+async fn download(State(state): State<Arc<BackendState>>) -> axum::body::Body {
+    let (mut parts, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);
+    tokio::spawn(async move {
+        let _ = parts.send_data(vec![b'a'; DOWNLOAD_PART].into()).await;
+        state.download_rest.notified().await;
+        let _ = parts.send_data(vec![b'b'; DOWNLOAD_PART].into()).await;
+    });
+    axum::body::Body::new(body)
+}
+
+/// `GET /upgrade` with `Upgrade: echo`: switches protocols, then sends
+/// back every byte it receives until the client closes.
+async fn upgrade_to_echo(mut request: Request) -> axum::response::Response {
+    let asked = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"echo"));
+    if !asked {
+        return (StatusCode::BAD_REQUEST, "upgrade to echo").into_response();
+    }
+    let switching = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = switching.await else {
+            return;
+        };
+        let (mut reader, mut writer) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+    });
+    axum::response::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, "echo")
+        .body(axum::body::Body::empty())
+        .expect("a 101 answer")
 }
 
 impl Drop for Backend {
