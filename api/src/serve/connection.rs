@@ -11,12 +11,22 @@
 //! arriving (since the accept, or since the first byte after an idle spell),
 //! requests in progress (never timed here: long-polls and streaming transfers
 //! keep their own limits), and idle between requests.
+//!
+//! A phase change is a write to a shared cell and wakes nothing: on a busy
+//! keep-alive connection the phase changes three times per request, and
+//! waking the watchdog (and re-arming its timer) each time cost more than
+//! the rest of the connection's bookkeeping. The watchdog has one timer
+//! instead, which it re-arms only when it fires: at the current phase's
+//! expiry, or sooner, one shortest timeout ahead. Every phase change sets
+//! an expiry at least one shortest timeout after it happens, so the timer
+//! never fires after the expiry it has to enforce.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http_body_util::{Either, Full};
@@ -169,10 +179,11 @@ async fn supervise<C, E>(
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut phase = activity.subscribe();
+    let mut check = std::pin::pin!(tokio::time::sleep_until(
+        limits.next_check(activity.phase(), Instant::now())
+    ));
     let mut draining = false;
     loop {
-        let expiry = limits.expiry(*phase.borrow_and_update());
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(e) = served {
@@ -184,18 +195,23 @@ async fn supervise<C, E>(
                 draining = true;
                 graceful_shutdown(connection.as_mut());
             }
-            // `activity` keeps a sender alive, so this never fails.
-            _ = phase.changed() => {}
-            timeout = expire(expiry) => {
-                // No request is in progress, so dropping the connection cuts
-                // nothing short.
-                let counter = match timeout {
-                    Timeout::Header => &stats.header_timeouts,
-                    Timeout::Idle => &stats.idle_timeouts,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(?timeout, "closing a connection that timed out");
-                return;
+            () = check.as_mut() => {
+                let now = Instant::now();
+                let phase = activity.phase();
+                if let Some((at, timeout)) = limits.expiry(phase)
+                    && at <= now
+                {
+                    // No request is in progress, so dropping the connection
+                    // cuts nothing short.
+                    let counter = match timeout {
+                        Timeout::Header => &stats.header_timeouts,
+                        Timeout::Idle => &stats.idle_timeouts,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?timeout, "closing a connection that timed out");
+                    return;
+                }
+                check.as_mut().reset(limits.next_check(phase, now));
             }
         }
     }
@@ -235,72 +251,79 @@ impl Limits {
     }
 }
 
-/// Resolves at the expiry, never without one.
-async fn expire(expiry: Option<(Instant, Timeout)>) -> Timeout {
-    match expiry {
-        Some((at, timeout)) => {
-            tokio::time::sleep_until(at).await;
-            timeout
+impl Limits {
+    /// When the watchdog next looks at a connection in `phase`: its expiry,
+    /// or one shortest timeout from `now` if that is sooner (or there is
+    /// none), since a later phase change may bring the expiry that close.
+    fn next_check(&self, phase: Phase, now: Instant) -> Instant {
+        let soonest = now + self.header_read_timeout.min(self.idle_timeout);
+        match self.expiry(phase) {
+            Some((at, _)) => at.min(soonest),
+            None => soonest,
         }
-        None => std::future::pending().await,
     }
 }
 
 /// A connection's phase, changed by its socket (bytes read), its service
-/// (requests begun) and its response bodies (requests done), and watched by
-/// its watchdog.
+/// (requests begun) and its response bodies (requests done), and read by
+/// its watchdog when its timer fires. Response bodies of HTTP/2 streams are
+/// written from tasks of their own, hence the lock.
 #[derive(Clone)]
-struct Activity(watch::Sender<Phase>);
+struct Activity(Arc<Mutex<Phase>>);
 
 impl Activity {
     fn new() -> Activity {
-        Activity(watch::Sender::new(Phase::Head {
+        Activity(Arc::new(Mutex::new(Phase::Head {
             since: Instant::now(),
-        }))
+        })))
     }
 
-    fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.0.subscribe()
+    fn phase(&self) -> Phase {
+        *self.lock()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
+        // A phase is a plain value, whole after any panic: the lock cannot
+        // hold a half-made one.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Bytes arrived: after an idle spell they start the next request's head.
     fn received(&self) {
-        self.0.send_if_modified(|phase| match phase {
-            Phase::Idle { .. } => {
-                *phase = Phase::Head {
-                    since: Instant::now(),
-                };
-                true
-            }
-            Phase::Head { .. } | Phase::Busy { .. } => false,
-        });
+        let mut phase = self.lock();
+        if let Phase::Idle { .. } = *phase {
+            *phase = Phase::Head {
+                since: Instant::now(),
+            };
+        }
     }
 
     /// A request head was parsed; the request is in progress until the
     /// returned guard is dropped.
     fn begin_request(&self) -> InProgress {
-        self.0.send_modify(|phase| {
-            *phase = match *phase {
-                Phase::Busy { requests } => Phase::Busy {
-                    requests: requests + 1,
-                },
-                Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
-            }
-        });
+        let mut phase = self.lock();
+        *phase = match *phase {
+            Phase::Busy { requests } => Phase::Busy {
+                requests: requests + 1,
+            },
+            Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
+        };
+        drop(phase);
         InProgress(self.clone())
     }
 
     fn end_request(&self) {
-        self.0.send_modify(|phase| {
-            *phase = match *phase {
-                Phase::Busy { requests } if requests > 1 => Phase::Busy {
-                    requests: requests - 1,
-                },
-                _ => Phase::Idle {
-                    since: Instant::now(),
-                },
-            }
-        });
+        let mut phase = self.lock();
+        *phase = match *phase {
+            Phase::Busy { requests } if requests > 1 => Phase::Busy {
+                requests: requests - 1,
+            },
+            _ => Phase::Idle {
+                since: Instant::now(),
+            },
+        };
     }
 }
 
@@ -487,6 +510,8 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -503,27 +528,51 @@ mod tests {
     async fn phases_follow_requests_and_bytes() {
         let limits = Limits::default();
         let activity = Activity::new();
-        let phase = activity.subscribe();
         let started = Instant::now();
-        let expiry = |phase: &watch::Receiver<Phase>| limits.expiry(*phase.borrow());
-        let (at, timeout) = expiry(&phase).unwrap();
+        let expiry = || limits.expiry(activity.phase());
+        let (at, timeout) = expiry().unwrap();
         assert!(matches!(timeout, Timeout::Header));
         assert!(at <= started + limits.header_read_timeout);
         activity.received();
-        assert_eq!(
-            expiry(&phase).unwrap().0,
-            at,
-            "bytes of a head restart nothing"
-        );
+        assert_eq!(expiry().unwrap().0, at, "bytes of a head restart nothing");
         let first = activity.begin_request();
         let second = activity.begin_request();
-        assert!(expiry(&phase).is_none());
+        assert!(expiry().is_none());
         activity.received();
         drop(first);
-        assert!(expiry(&phase).is_none(), "one request is still in progress");
+        assert!(expiry().is_none(), "one request is still in progress");
         drop(second);
-        assert!(matches!(expiry(&phase).unwrap().1, Timeout::Idle));
+        assert!(matches!(expiry().unwrap().1, Timeout::Idle));
         activity.received();
-        assert!(matches!(expiry(&phase).unwrap().1, Timeout::Header));
+        assert!(matches!(expiry().unwrap().1, Timeout::Header));
+    }
+
+    #[test]
+    fn the_watchdog_looks_again_no_later_than_any_phase_change_could_expire() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        let idle = Phase::Idle { since: now };
+        assert_eq!(
+            limits.next_check(idle, now),
+            now + limits.header_read_timeout,
+            "bytes after an idle spell start a head, due sooner than the idle expiry"
+        );
+        let head = Phase::Head {
+            since: now - Duration::from_secs(4),
+        };
+        assert_eq!(
+            limits.next_check(head, now),
+            now + Duration::from_secs(6),
+            "a head is checked when it is due"
+        );
+        let busy = Phase::Busy { requests: 1 };
+        assert_eq!(
+            limits.next_check(busy, now),
+            now + limits.header_read_timeout
+        );
     }
 }
