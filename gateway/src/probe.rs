@@ -63,18 +63,16 @@ impl Prober {
 
     /// One probe: a GET of the health path answered 2xx or 3xx in time.
     async fn probe(&self, upstream: &Upstream) -> bool {
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(upstream.health_path.as_str())
-            .build();
-        let Ok(uri) = uri else { return false };
+        let Ok(uri) = Uri::try_from(upstream.health_path.as_str()) else {
+            return false;
+        };
         let request = Request::get(uri)
+            .header(http::header::HOST, upstream.host.clone())
             .header(http::header::USER_AGENT, "skyclaw-gateway-probe")
             .body(crate::proxy::full(bytes::Bytes::new()))
             .expect("a GET with a valid URI");
         let answered = tokio::time::timeout(self.settings.timeout, async {
-            let response = self.pool.client.request(request).await.ok()?;
+            let response = self.pool.send(&upstream.authority, request).await.ok()?;
             let ok = response.status().is_success() || response.status().is_redirection();
             let limited = http_body_util::Limited::new(response.into_body(), MAX_PROBE_BODY_BYTES);
             limited.collect().await.ok()?;

@@ -21,7 +21,7 @@ use crate::body::{self, BodyError, BoxError, RequestBody, Timed};
 use crate::config::{GatewayConfig, OutlierSettings, ProbeSettings, RetrySettings, Timeouts};
 use crate::forward::{self, Origin};
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{Pool, PooledBody};
 use crate::probe::Prober;
 use crate::routes::{self, Routes, Service};
 use crate::upgrade;
@@ -171,12 +171,7 @@ impl Gateway {
             }
             tried.push(index);
             let upstream = &service.endpoints[index];
-            let uri = Uri::builder()
-                .scheme(upstream.scheme.clone())
-                .authority(upstream.authority.clone())
-                .path_and_query(target.path_and_query.as_str())
-                .build();
-            let Ok(uri) = uri else {
+            let Ok(uri) = Uri::try_from(target.path_and_query.as_str()) else {
                 return error(
                     ErrorCode::BadRequest,
                     "the request's path is not a valid URI path",
@@ -187,9 +182,15 @@ impl Gateway {
             *upstream_request.uri_mut() = uri;
             *upstream_request.version_mut() = Version::HTTP_11;
             *upstream_request.headers_mut() = parts.headers.clone();
+            upstream_request
+                .headers_mut()
+                .insert(header::HOST, upstream.host.clone());
             let head_by = (Instant::now() + self.timeouts.response_header).min(deadline);
-            let sent =
-                tokio::time::timeout_at(head_by, self.pool.client.request(upstream_request)).await;
+            let sent = tokio::time::timeout_at(
+                head_by,
+                self.pool.send(&upstream.authority, upstream_request),
+            )
+            .await;
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
@@ -200,7 +201,7 @@ impl Gateway {
                     }
                     if retry::retryable_status(status) && replayable && body.replayable_after_send()
                     {
-                        last = Failure::Answered(response);
+                        last = Failure::Answered(Box::new(response));
                         continue;
                     }
                     return self.respond(response, request_id, deadline);
@@ -231,7 +232,7 @@ impl Gateway {
             }
         }
         match last {
-            Failure::Answered(response) => self.respond(response, request_id, deadline),
+            Failure::Answered(response) => self.respond(*response, request_id, deadline),
             Failure::NoEndpoint => {
                 let mut answer = error(
                     ErrorCode::Unavailable,
@@ -286,12 +287,16 @@ impl Gateway {
         self.retries.max_retries as usize
     }
 
-    pub(crate) fn respond(
+    pub(crate) fn respond<B>(
         &self,
-        response: Response<Incoming>,
+        response: Response<B>,
         request_id: HeaderValue,
         deadline: Instant,
-    ) -> Response<GatewayBody> {
+    ) -> Response<GatewayBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (mut parts, body) = response.into_parts();
         forward::prepare_response(&mut parts.headers, request_id);
         Response::from_parts(
@@ -305,7 +310,7 @@ impl Gateway {
 enum Failure {
     NoEndpoint,
     /// The last endpoint tried answered 502/503/504: passed on as it is.
-    Answered(Response<Incoming>),
+    Answered(Box<Response<PooledBody>>),
     Unreachable(String),
     Broke(String),
     TimedOut,

@@ -139,7 +139,7 @@ impl Routes {
             let previous = old.services.get(&listed.name);
             let mut upstreams = Vec::with_capacity(listed.endpoints.len());
             for endpoint in &listed.endpoints {
-                let Some((scheme, authority)) = base(&endpoint.url) else {
+                let Some(authority) = base(&endpoint.url) else {
                     tracing::warn!(url = %endpoint.url, service = %listed.name, "skipping an endpoint whose URL is not http://host:port");
                     continue;
                 };
@@ -147,7 +147,6 @@ impl Routes {
                     s.endpoints.iter().find(|u| {
                         u.instance_id == endpoint.instance_id
                             && u.authority == authority
-                            && u.scheme == scheme
                             && u.health_path == listed.health_path
                     })
                 });
@@ -159,7 +158,6 @@ impl Routes {
                     None => {
                         let u = Arc::new(Upstream::new(
                             endpoint.instance_id.clone(),
-                            scheme,
                             authority,
                             listed.health_path.clone(),
                             endpoint.draining,
@@ -202,16 +200,16 @@ impl Routes {
     }
 }
 
-/// The scheme and authority of an endpoint URL (`http://127.0.0.1:20001`).
-fn base(url: &str) -> Option<(http::uri::Scheme, http::uri::Authority)> {
+/// The authority of an endpoint URL (`http://127.0.0.1:20001`); hosts
+/// serve their instances in the clear on their own address, so any other
+/// scheme is refused.
+fn base(url: &str) -> Option<http::uri::Authority> {
     let uri: Uri = url.parse().ok()?;
     let parts = uri.into_parts();
-    let scheme = parts.scheme?;
-    if scheme != http::uri::Scheme::HTTP {
-        // Hosts serve their instances in the clear on their own address.
+    if parts.scheme? != http::uri::Scheme::HTTP {
         return None;
     }
-    Some((scheme, parts.authority?))
+    parts.authority
 }
 
 /// Which service a request is for, and the path to send it with.

@@ -55,12 +55,7 @@ pub async fn forward(
     while let Some(index) = service.pick(&tried) {
         tried.push(index);
         let upstream = &service.endpoints[index];
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(target.path_and_query.as_str())
-            .build();
-        let Ok(uri) = uri else {
+        let Ok(uri) = Uri::try_from(target.path_and_query.as_str()) else {
             return error(
                 ErrorCode::BadRequest,
                 "the request's path is not a valid URI path",
@@ -71,9 +66,15 @@ pub async fn forward(
         *upstream_request.uri_mut() = uri;
         *upstream_request.version_mut() = Version::HTTP_11;
         *upstream_request.headers_mut() = parts.headers.clone();
+        upstream_request
+            .headers_mut()
+            .insert(header::HOST, upstream.host.clone());
         let head_by = Instant::now() + gateway.timeouts.response_header;
-        let sent =
-            tokio::time::timeout_at(head_by, gateway.pool.client.request(upstream_request)).await;
+        let sent = tokio::time::timeout_at(
+            head_by,
+            gateway.pool.upgrade(&upstream.authority, upstream_request),
+        )
+        .await;
         let mut response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) if e.is_connect() && tried.len() <= gateway.max_retries() => continue,

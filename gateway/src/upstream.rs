@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use http::uri::Authority;
 use tokio::time::Instant;
 
 use crate::config::{OutlierSettings, ProbeSettings};
@@ -23,8 +24,9 @@ const EJECTION_MEMORY: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct Upstream {
     pub instance_id: String,
-    pub scheme: Scheme,
     pub authority: Authority,
+    /// The `Host` header requests to this endpoint carry: its authority.
+    pub host: HeaderValue,
     /// The path this endpoint answers probes on.
     pub health_path: String,
     draining: AtomicBool,
@@ -80,14 +82,14 @@ impl Upstream {
     /// first probe follows at once.
     pub fn new(
         instance_id: String,
-        scheme: Scheme,
         authority: Authority,
         health_path: String,
         draining: bool,
     ) -> Upstream {
         Upstream {
             instance_id,
-            scheme,
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
             authority,
             health_path,
             draining: AtomicBool::new(draining),
@@ -218,7 +220,6 @@ mod tests {
     fn upstream() -> Upstream {
         Upstream::new(
             "i1".into(),
-            Scheme::HTTP,
             "127.0.0.1:9".parse().unwrap(),
             "/health".into(),
             false,
