@@ -61,6 +61,10 @@ pub struct GatewayArgs {
     /// `cargo build --release` first).
     #[arg(long)]
     skyclaw: Option<PathBuf>,
+    /// Worker threads of the gateway under test (`skyclaw gateway
+    /// --workers`): one by default, as nginx runs one worker process here.
+    #[arg(long, default_value_t = 1)]
+    gateway_workers: usize,
     /// Skip the ts-api and hello-http part (which builds both examples).
     #[arg(long)]
     no_services: bool,
@@ -97,12 +101,13 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
         seconds: args.seconds,
     };
     println!(
-        "gateway benchmark: wrk --latency -t{} -c{} -d{}s, {} cores, {}",
+        "gateway benchmark: wrk --latency -t{} -c{} -d{}s, {} cores, {} (1 worker), gateway --workers {}",
         args.threads,
         args.connections,
         args.seconds,
         crate::cores(),
-        nginx_version()?
+        nginx_version()?,
+        args.gateway_workers,
     );
 
     let backend = Nginx::start(&tmp.path().join("backend"), NginxRole::Static).await?;
@@ -121,7 +126,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
         &format!("http://127.0.0.1:{}", backend.port),
     )
     .await?;
-    let gateway = GatewayProcess::start(&skyclaw, &coordinator.url).await?;
+    let gateway = GatewayProcess::start(&skyclaw, &coordinator.url, args.gateway_workers).await?;
     let through_gateway = format!("{}/s/{STATIC_SERVICE}/", gateway.url);
     wait_for_200(&through_gateway).await?;
     let at_rest = rss_kib(gateway.pid())?;
@@ -480,6 +485,10 @@ async fn publish_static(
     Ok(tokio::spawn(async move {
         let mut index = None;
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        // The instances last reported healthy. A report is a write that
+        // moves the index the next long-poll waits past, so reporting the
+        // same instances again would spin, and take the CPU being measured.
+        let mut reported: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = beat.tick() => {
@@ -488,6 +497,15 @@ async fn publish_static(
                 assigned = client.assignments(host_id, index, ASSIGNMENTS_WAIT) => {
                     let Ok(assigned) = assigned else { continue };
                     index = Some(assigned.index);
+                    let running: Vec<String> = assigned
+                        .instances
+                        .iter()
+                        .filter(|a| !a.stop)
+                        .map(|a| a.instance_id.clone())
+                        .collect();
+                    if running == reported {
+                        continue;
+                    }
                     let reports = assigned
                         .instances
                         .iter()
@@ -500,7 +518,9 @@ async fn publish_static(
                             last_error: None,
                         })
                         .collect();
-                    let _ = client.report_instances(host_id, &InstanceReports { reports }).await;
+                    if client.report_instances(host_id, &InstanceReports { reports }).await.is_ok() {
+                        reported = running;
+                    }
                 }
             }
         }
@@ -516,11 +536,12 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    async fn start(skyclaw: &Path, coordinator: &str) -> Result<GatewayProcess> {
+    async fn start(skyclaw: &Path, coordinator: &str, workers: usize) -> Result<GatewayProcess> {
         let mut child = Command::new(skyclaw)
             .args(["gateway", "--coordinator", coordinator, "--token", TOKEN])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--max-connections", GATEWAY_MAX_CONNECTIONS])
+            .args(["--workers", &workers.to_string()])
             .env("SKYCLAW_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -138,6 +138,14 @@ impl Command {
         )
     }
 
+    /// Runtime worker threads a command asks for (else one per core).
+    fn runtime_workers(&self) -> Option<usize> {
+        match self {
+            Command::Gateway(args) => args.workers(),
+            _ => None,
+        }
+    }
+
     /// The log filter when none is given.
     fn default_log_filter(&self) -> &'static str {
         match self {
@@ -472,7 +480,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if cli.command.is_node() {
         raise_open_file_limit();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = cli.command.runtime_workers() {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -318,11 +318,29 @@ pub struct GatewayArgs {
     /// is told to stop.
     #[arg(long, env = "SKYCLAW_SHUTDOWN_GRACE_MS", default_value_t = millis(skyclaw_gateway::DEFAULT_SHUTDOWN_GRACE), value_parser = positive_u64(), value_name = "MS")]
     shutdown_grace_ms: u64,
+    /// Threads that serve connections; by default one per CPU core. A
+    /// gateway sharing its machine with its endpoints (or a load test)
+    /// does better with fewer: like nginx's `worker_processes`.
+    #[arg(long, env = "SKYCLAW_GATEWAY_WORKERS", value_parser = worker_count(), value_name = "N")]
+    workers: Option<usize>,
     #[command(flatten)]
     listener: ListenerArgs,
 }
 
+/// Most gateway worker threads: far more than any machine's cores, so a
+/// typo does not start thousands of threads.
+const MAX_GATEWAY_WORKERS: u64 = 1024;
+
+fn worker_count() -> impl clap::builder::TypedValueParser<Value = usize> {
+    super::parse_within(1, Some(MAX_GATEWAY_WORKERS))
+}
+
 impl GatewayArgs {
+    /// The runtime threads asked for, if not one per core.
+    pub fn workers(&self) -> Option<usize> {
+        self.workers
+    }
+
     fn config(&self) -> Result<skyclaw_gateway::GatewayConfig> {
         let credentials = match (non_empty(&self.api_key), non_empty(&self.token)) {
             (Some(key), _) => skyclaw_api::Credentials::ApiKey(key),

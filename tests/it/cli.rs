@@ -164,6 +164,10 @@ fn range_errors_say_the_real_range() {
     assert!(said.contains("must be between 1 and 10"), "{said}");
     let said = error(&["coordinator", "--data-dir", "d", "--lease-ms", "0"]);
     assert!(said.contains("must be at least 1"), "{said}");
+    for workers in ["0", "5000"] {
+        let said = error(&["gateway", "--token", "t", "--workers", workers]);
+        assert!(said.contains("must be between 1 and 1024"), "{said}");
+    }
 
     let out = skyclaw().args(["job", "wasi", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
