@@ -181,7 +181,9 @@ impl Pool {
                 Err(Unsent::Failed(e)) => return Err(SendError::Exchange(e)),
             }
         }
-        let connection = self.connect(authority).await?;
+        // Boxed: with connections kept alive, connecting is rare, and its
+        // future would otherwise make every request's larger.
+        let connection = Box::pin(self.connect(authority)).await?;
         match exchange(connection, request).await {
             Ok((response, connection)) => Ok(self.lease(authority, response, connection)),
             Err(Unsent::Returned(_)) => Err(SendError::Connect {

@@ -103,7 +103,16 @@ impl Gateway {
         };
         service.budget.request(started);
         let answer = if upgrade::is_upgrade(&request) {
-            upgrade::forward(self, &service, request, &target, host.as_deref()).await
+            // Boxed: upgrades are rare, and their future would otherwise
+            // make every request's larger (it is moved on each request).
+            Box::pin(upgrade::forward(
+                self,
+                &service,
+                request,
+                &target,
+                host.as_deref(),
+            ))
+            .await
         } else {
             self.forward(&service, request, &target, host.as_deref(), started)
                 .await
@@ -186,9 +195,11 @@ impl Gateway {
                 .headers_mut()
                 .insert(header::HOST, upstream.host.clone());
             let head_by = (Instant::now() + self.timeouts.response_header).min(deadline);
+            // Boxed, so that the request's own future (moved whole on
+            // every request) does not carry the pool's.
             let sent = tokio::time::timeout_at(
                 head_by,
-                self.pool.send(&upstream.authority, upstream_request),
+                Box::pin(self.pool.send(&upstream.authority, upstream_request)),
             )
             .await;
             match sent {
