@@ -9,7 +9,7 @@ use crate::common;
 
 use std::net::SocketAddr;
 
-use common::gateway::{Backend, DOWNLOAD_PART, Gateway, Publisher, publish};
+use common::gateway::{Backend, ClosingEndpoint, DOWNLOAD_PART, Gateway, Publisher, publish};
 use common::*;
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -228,6 +228,41 @@ async fn connections_to_an_endpoint_are_kept_alive_and_reused() {
         during <= 2.0,
         "{during} connections opened for 200 requests one at a time"
     );
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_endpoint_closed_is_never_used_for_a_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
+    let client = coordinator.client();
+    let endpoint = ClosingEndpoint::start().await;
+    let _publisher = publish(
+        &client,
+        tmp.path(),
+        "web",
+        std::slice::from_ref(&endpoint.url),
+    )
+    .await;
+    let gateway = Gateway::start(&coordinator.url, Auth::Token, &[]).await;
+    gateway.wait_up("web", 1).await;
+    let http = http();
+    // Each answer's connection is closed by the endpoint while the gateway
+    // holds it idle. A request put on such a connection fails, and is
+    // retried on the next endpoint or answered 502 or 503: every request
+    // answered at once with no retry shows that none was.
+    for round in 0..20 {
+        let answer = http
+            .get(format!("{}/s/web/orders", gateway.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "round {round}");
+        assert_eq!(answer.text().await.unwrap(), "ok");
+        // The endpoint's close reaches the gateway before the next request.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(gateway.counter("retries", "web").await, 0.0);
+    assert!(endpoint.answered() >= 20);
 }
 
 #[tokio::test]

@@ -409,6 +409,62 @@ impl Drop for HungEndpoint {
     }
 }
 
+/// An endpoint that answers one request per connection (`200`, body
+/// `ok`) and then closes it without saying so beforehand (no
+/// `Connection: close`): what a server with a short keep-alive timeout
+/// does to a connection the gateway keeps idle.
+pub struct ClosingEndpoint {
+    pub url: String,
+    answered: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClosingEndpoint {
+    pub async fn start() -> ClosingEndpoint {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    // Requests to it have no body: the head is all there is.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_ok() {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        ClosingEndpoint {
+            url,
+            answered,
+            task,
+        }
+    }
+
+    /// Requests it answered, probes included.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ClosingEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A node HTTP server answering `/health` with `ok` and every other path
 /// with its `NAME`, printing its port once it listens.
 const NODE_BACKEND: &str = r#"
