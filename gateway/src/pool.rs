@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, header};
+use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
@@ -161,7 +161,8 @@ impl Pool {
         self.shared.stats.clone()
     }
 
-    /// Sends `request` (whose URI is the path and query) to the endpoint at
+    /// Sends `request` (its URI the path and query, its `Host` the
+    /// endpoint's, as callers keep it per endpoint) to the endpoint at
     /// `authority` on an idle connection or a new one; the response's body
     /// keeps the connection until it has been read to its end.
     pub async fn send(
@@ -169,7 +170,6 @@ impl Pool {
         authority: &Authority,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        set_host(&mut request, authority);
         if let Some(connection) = self.checkout(authority).await {
             match exchange(connection, request).await {
                 Ok((response, connection)) => {
@@ -194,14 +194,14 @@ impl Pool {
         }
     }
 
-    /// Sends an upgrade request on a new connection, driven by a task of its
-    /// own so that a 101 answer hands its socket to `hyper::upgrade::on`.
+    /// Sends an upgrade request (made as for [`Pool::send`]) on a new
+    /// connection, driven by a task of its own so that a 101 answer hands
+    /// its socket to `hyper::upgrade::on`.
     pub async fn upgrade(
         &self,
         authority: &Authority,
-        mut request: Request<UpstreamBody>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        set_host(&mut request, authority);
         let Connection {
             mut sender, driver, ..
         } = self.connect(authority).await?;
@@ -292,15 +292,6 @@ impl Pool {
             body,
             lease: Some(lease),
         })
-    }
-}
-
-/// Sets `Host` to the endpoint's authority when the caller did not.
-fn set_host(request: &mut Request<UpstreamBody>, authority: &Authority) {
-    if !request.headers().contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        request.headers_mut().insert(header::HOST, host);
     }
 }
 
