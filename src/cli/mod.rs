@@ -480,10 +480,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if cli.command.is_node() {
         raise_open_file_limit();
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = cli.command.runtime_workers() {
-        runtime.worker_threads(workers);
-    }
+    let mut runtime = match cli.command.runtime_workers() {
+        // One thread: everything runs where it is woken, with none of the
+        // work-stealing scheduler's hand-offs.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(workers);
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime
         .enable_all()
         .build()

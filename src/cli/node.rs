@@ -320,7 +320,8 @@ pub struct GatewayArgs {
     shutdown_grace_ms: u64,
     /// Threads that serve connections; by default one per CPU core. A
     /// gateway sharing its machine with its endpoints (or a load test)
-    /// does better with fewer: like nginx's `worker_processes`.
+    /// does better with fewer: like nginx's `worker_processes`. With 1 the
+    /// gateway runs on a single thread, with no work-stealing scheduler.
     #[arg(long, env = "SKYCLAW_GATEWAY_WORKERS", value_parser = worker_count(), value_name = "N")]
     workers: Option<usize>,
     #[command(flatten)]

@@ -203,7 +203,9 @@ async fn bodies_stream_both_ways_and_one_declared_past_the_limit_answers_413() {
 #[tokio::test]
 async fn connections_to_an_endpoint_are_kept_alive_and_reused() {
     let tmp = tempfile::tempdir().unwrap();
-    let web = Web::start(tmp.path(), &[]).await;
+    // One worker: the runtime is then a single thread (as the benchmark
+    // runs it), which must serve, probe and discover all the same.
+    let web = Web::start(tmp.path(), &["--workers", "1"]).await;
     let http = http();
     let opened = || async {
         web.gateway
