@@ -497,16 +497,7 @@ async fn publish_static(
                 assigned = client.assignments(host_id, index, ASSIGNMENTS_WAIT) => {
                     let Ok(assigned) = assigned else { continue };
                     index = Some(assigned.index);
-                    let running: Vec<String> = assigned
-                        .instances
-                        .iter()
-                        .filter(|a| !a.stop)
-                        .map(|a| a.instance_id.clone())
-                        .collect();
-                    if running == reported {
-                        continue;
-                    }
-                    let reports = assigned
+                    let reports: Vec<InstanceReport> = assigned
                         .instances
                         .iter()
                         .filter(|a| !a.stop)
@@ -518,6 +509,11 @@ async fn publish_static(
                             last_error: None,
                         })
                         .collect();
+                    let running: Vec<String> =
+                        reports.iter().map(|r| r.instance_id.clone()).collect();
+                    if running == reported {
+                        continue;
+                    }
                     if client.report_instances(host_id, &InstanceReports { reports }).await.is_ok() {
                         reported = running;
                     }

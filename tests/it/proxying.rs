@@ -14,38 +14,50 @@ use common::*;
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One backend published as service `web`, and a gateway routing to it.
-struct Web {
-    backend: Backend,
+/// A gateway routing service `web` to one endpoint, and what keeps that
+/// endpoint published.
+struct Route {
     gateway: Gateway,
     _publisher: Publisher,
     _coordinator: Coordinator,
 }
 
-impl Web {
-    async fn start(dir: &std::path::Path, gateway_flags: &[&str]) -> Web {
+impl Route {
+    async fn to(dir: &std::path::Path, endpoint: &str, gateway_flags: &[&str]) -> Route {
         let coordinator = Coordinator::start(&dir.join("coord"), &[]).await;
         let client = coordinator.client();
-        let backend = Backend::start("web").await;
-        let publisher = publish(&client, dir, "web", std::slice::from_ref(&backend.url)).await;
+        let publisher = publish(&client, dir, "web", &[endpoint.to_string()]).await;
         let gateway = Gateway::start(&coordinator.url, Auth::Token, gateway_flags).await;
         gateway.wait_up("web", 1).await;
-        Web {
-            backend,
+        Route {
             gateway,
             _publisher: publisher,
             _coordinator: coordinator,
         }
     }
+}
+
+/// One backend published as service `web`, and a gateway routing to it.
+struct Web {
+    backend: Backend,
+    route: Route,
+}
+
+impl Web {
+    async fn start(dir: &std::path::Path, gateway_flags: &[&str]) -> Web {
+        let backend = Backend::start("web").await;
+        let route = Route::to(dir, &backend.url, gateway_flags).await;
+        Web { backend, route }
+    }
 
     /// The gateway's `IP:PORT`.
     fn gateway_addr(&self) -> SocketAddr {
-        let authority = self.gateway.url.split("://").nth(1).expect("a URL");
+        let authority = self.route.gateway.url.split("://").nth(1).expect("a URL");
         authority.parse().expect("the gateway listens on IP:PORT")
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/s/web{path}", self.gateway.url)
+        format!("{}/s/web{path}", self.route.gateway.url)
     }
 }
 
@@ -208,7 +220,8 @@ async fn connections_to_an_endpoint_are_kept_alive_and_reused() {
     let web = Web::start(tmp.path(), &["--workers", "1"]).await;
     let http = http();
     let opened = || async {
-        web.gateway
+        web.route
+            .gateway
             .metric("skyclaw_gateway_upstream_connections_opened_total")
             .await
             .expect("the pool's counter")
@@ -235,18 +248,9 @@ async fn connections_to_an_endpoint_are_kept_alive_and_reused() {
 #[tokio::test]
 async fn a_kept_connection_the_endpoint_closed_is_never_used_for_a_request() {
     let tmp = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(&tmp.path().join("coord"), &[]).await;
-    let client = coordinator.client();
     let endpoint = ClosingEndpoint::start().await;
-    let _publisher = publish(
-        &client,
-        tmp.path(),
-        "web",
-        std::slice::from_ref(&endpoint.url),
-    )
-    .await;
-    let gateway = Gateway::start(&coordinator.url, Auth::Token, &[]).await;
-    gateway.wait_up("web", 1).await;
+    let route = Route::to(tmp.path(), &endpoint.url, &[]).await;
+    let gateway = &route.gateway;
     let http = http();
     // Each answer's connection is closed by the endpoint while the gateway
     // holds it idle. A request put on such a connection fails, and is
@@ -260,8 +264,12 @@ async fn a_kept_connection_the_endpoint_closed_is_never_used_for_a_request() {
             .unwrap();
         assert_eq!(answer.status(), 200, "round {round}");
         assert_eq!(answer.text().await.unwrap(), "ok");
-        // The endpoint's close reaches the gateway before the next request.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The endpoint has closed the connection before the next request.
+        eventually(
+            "the endpoint to close the connections it answered on",
+            || async { (endpoint.closed() >= endpoint.answered()).then_some(()) },
+        )
+        .await;
     }
     assert_eq!(gateway.counter("retries", "web").await, 0.0);
     assert!(endpoint.answered() >= 20);
@@ -318,9 +326,9 @@ async fn http2_is_offered_over_tls_by_alpn_beside_http1() {
     ];
     let web = Web::start(tmp.path(), &flags).await;
     assert!(
-        web.gateway.url.starts_with("https://"),
+        web.route.gateway.url.starts_with("https://"),
         "{}",
-        web.gateway.url
+        web.route.gateway.url
     );
     let addr = web.gateway_addr();
     let url = format!("https://localhost:{}/s/web/echo", addr.port());

@@ -249,9 +249,7 @@ impl Limits {
             Phase::Idle { since } => Some((since + self.idle_timeout, Timeout::Idle)),
         }
     }
-}
 
-impl Limits {
     /// When the watchdog next looks at a connection in `phase`: its expiry,
     /// or one shortest timeout from `now` if that is sooner (or there is
     /// none), since a later phase change may bring the expiry that close.

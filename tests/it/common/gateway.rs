@@ -1,7 +1,8 @@
 //! The kit's part for gateways: `skyclaw gateway` as a real process on ports
 //! of its own; the endpoints tests route to (in-process backends that count
 //! what they serve and answer as told, echo heads, take uploads and send
-//! downloads a part at a time, and switch protocols; sockets that accept and never answer,
+//! downloads a part at a time, and switch protocols; sockets that accept and
+//! never answer; endpoints that close every connection after one answer;
 //! node processes to kill -9); publishing them as a service's endpoints
 //! through a fake host; and client load that counts every failure.
 
@@ -416,6 +417,7 @@ impl Drop for HungEndpoint {
 pub struct ClosingEndpoint {
     pub url: String,
     answered: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -425,10 +427,11 @@ impl ClosingEndpoint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let answered = Arc::new(AtomicUsize::new(0));
-        let counter = answered.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counter, closings) = (answered.clone(), closed.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let (counter, closings) = (counter.clone(), closings.clone());
                 tokio::spawn(async move {
                     // Requests to it have no body: the head is all there is.
                     let mut head = Vec::new();
@@ -443,12 +446,15 @@ impl ClosingEndpoint {
                     if stream.write_all(answer).await.is_ok() {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
+                    drop(stream);
+                    closings.fetch_add(1, Ordering::Relaxed);
                 });
             }
         });
         ClosingEndpoint {
             url,
             answered,
+            closed,
             task,
         }
     }
@@ -456,6 +462,11 @@ impl ClosingEndpoint {
     /// Requests it answered, probes included.
     pub fn answered(&self) -> usize {
         self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Connections it has answered on and closed.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::Relaxed)
     }
 }
 
