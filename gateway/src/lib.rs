@@ -103,10 +103,10 @@ pub async fn run(
     let listener_stats = gateway.listener_stats.clone();
     let limits = config.limits;
     let grace = config.shutdown_grace;
-    let service = proxy::service(Arc::new(gateway));
+    let gateway = Arc::new(gateway);
     let mut serving = tokio::spawn(serve::serve_with(
         listener,
-        service,
+        move |peer| proxy::service(gateway.clone(), peer),
         limits,
         protocols,
         listener_stats,

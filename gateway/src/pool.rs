@@ -119,10 +119,13 @@ impl std::fmt::Debug for Idle {
 }
 
 /// One HTTP/1.1 connection: the handle requests are sent on, and the future
-/// that does its reading and writing.
+/// that does its reading and writing. The driver (hyper's buffers and
+/// state, a kilobyte or so) is boxed once per connection, as a connection
+/// moves with each request it carries: out of the idle list, through the
+/// exchange, into the response body, and back.
 struct Connection {
     sender: http1::SendRequest<UpstreamBody>,
-    driver: Driver,
+    driver: Pin<Box<Driver>>,
     /// The driver has finished (the connection closed); it is not polled again.
     ended: bool,
 }
@@ -130,7 +133,7 @@ struct Connection {
 impl Connection {
     /// Lets the connection read and write what it can.
     fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.ended && Pin::new(&mut self.driver).poll(cx).is_ready() {
+        if !self.ended && self.driver.as_mut().poll(cx).is_ready() {
             self.ended = true;
         }
     }
@@ -206,6 +209,7 @@ impl Pool {
             mut sender, driver, ..
         } = self.connect(authority).await?;
         tokio::spawn(async move {
+            let driver = Pin::into_inner(driver);
             if let Err(e) = driver.with_upgrades().await {
                 tracing::debug!(error = %e, "an upgrade's connection to its endpoint failed");
             }
@@ -272,7 +276,7 @@ impl Pool {
             .map_err(|e| failed(e.to_string()))?;
         Ok(Connection {
             sender,
-            driver,
+            driver: Box::pin(driver),
             ended: false,
         })
     }

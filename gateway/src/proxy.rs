@@ -3,7 +3,9 @@
 //! after a failure, only when the retry rule and the budget allow), and
 //! the answer: the endpoint's, or the gateway's own JSON error.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -13,13 +15,14 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use skyclaw_api::serve::{PeerAddr, Stats as ListenerStats};
+use skyclaw_api::serve::Stats as ListenerStats;
 use skyclaw_api::{ErrorCode, ErrorEnvelope, retry};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::body::{self, BodyError, BoxError, RequestBody, Timed};
 use crate::config::{GatewayConfig, OutlierSettings, ProbeSettings, RetrySettings, Timeouts};
-use crate::forward::{self, Origin};
+use crate::forward;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PooledBody};
 use crate::probe::Prober;
@@ -29,6 +32,10 @@ use crate::upstream::Streak;
 
 /// What the gateway answers with.
 pub type GatewayBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Endpoints a request's attempts remember inline (more spill to the heap):
+/// the first attempt and the default two retries.
+const TRIED_INLINE: usize = 3;
 
 /// Seconds a client is told to wait (`Retry-After`) when a service has no
 /// usable endpoint: about one probe interval, in which one may come back.
@@ -74,48 +81,23 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<GatewayBody> {
+    async fn handle(
+        &self,
+        client: &forward::Client,
+        request: Request<Incoming>,
+    ) -> Response<GatewayBody> {
         let started = Instant::now();
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()))
-            .map(str::to_ascii_lowercase);
-        let Ok(target) = routes::target(request.uri(), host.as_deref(), self.domain.as_deref())
-        else {
-            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-            let how = match &self.domain {
-                Some(domain) => format!("/s/<service>/... or Host: <service>.{domain}"),
-                None => "/s/<service>/...".to_string(),
-            };
-            return error(
-                ErrorCode::NotFound,
-                format!("the request names no service: use {how}"),
-            );
-        };
-        let Some(service) = self.routes.service(&target.service) else {
-            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-            return error(
-                ErrorCode::NotFound,
-                format!("no service named {:?}", target.service),
-            );
+        let (service, uri) = match self.route(&request) {
+            Ok(route) => route,
+            Err(answer) => return *answer,
         };
         service.budget.request(started);
         let answer = if upgrade::is_upgrade(&request) {
             // Boxed: upgrades are rare, and their future would otherwise
             // make every request's larger (it is moved on each request).
-            Box::pin(upgrade::forward(
-                self,
-                &service,
-                request,
-                &target,
-                host.as_deref(),
-            ))
-            .await
+            Box::pin(upgrade::forward(self, &service, request, uri, client)).await
         } else {
-            self.forward(&service, request, &target, host.as_deref(), started)
-                .await
+            self.forward(&service, request, uri, client, started).await
         };
         service
             .stats
@@ -123,12 +105,53 @@ impl Gateway {
         answer
     }
 
+    /// The service a request names and the request target its endpoints
+    /// get; or, when it names none, the gateway's answer (boxed: the rare
+    /// case should not make the common one's result large).
+    fn route(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<(Arc<Service>, Uri), Box<Response<GatewayBody>>> {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .map(lowercase);
+        let Ok(target) = routes::target(request.uri(), host.as_deref(), self.domain.as_deref())
+        else {
+            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            let how = match &self.domain {
+                Some(domain) => format!("/s/<service>/... or Host: <service>.{domain}"),
+                None => "/s/<service>/...".to_string(),
+            };
+            return Err(Box::new(error(
+                ErrorCode::NotFound,
+                format!("the request names no service: use {how}"),
+            )));
+        };
+        let Some(service) = self.routes.service(target.service) else {
+            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            return Err(Box::new(error(
+                ErrorCode::NotFound,
+                format!("no service named {:?}", target.service),
+            )));
+        };
+        let Ok(uri) = target.upstream_uri() else {
+            return Err(Box::new(error(
+                ErrorCode::BadRequest,
+                "the request's path is not a valid URI path",
+            )));
+        };
+        Ok((service, uri))
+    }
+
     async fn forward(
         &self,
         service: &Service,
         request: Request<Incoming>,
-        target: &routes::Target,
-        host: Option<&str>,
+        mut uri: Uri,
+        client: &forward::Client,
         started: Instant,
     ) -> Response<GatewayBody> {
         let (mut parts, incoming) = request.into_parts();
@@ -144,21 +167,18 @@ impl Gateway {
             Ok(body) => body,
             Err(e) => return body_error(&e),
         };
-        let origin = Origin {
-            client: parts.extensions.get::<PeerAddr>().map(|p| p.0),
-            tls: self.tls,
-            host,
-        };
-        let request_id = forward::prepare_request(&mut parts.headers, &origin);
+        let request_id =
+            forward::prepare_request(&mut parts.headers, client, parts.uri.authority());
         // The body is read (or streams under the gateway's own limits): the
         // endpoint gets no `Expect: 100-continue` to answer.
         parts.headers.remove(header::EXPECT);
         let deadline = started + self.timeouts.total;
-        let mut tried: Vec<usize> = Vec::with_capacity(1 + self.retries.max_retries as usize);
+        let max_attempts = 1 + self.retries.max_retries as usize;
+        let mut tried: SmallVec<[usize; TRIED_INLINE]> = SmallVec::new();
         let mut last = Failure::NoEndpoint;
         loop {
             let retry = !tried.is_empty();
-            if retry && tried.len() > self.retries.max_retries as usize {
+            if tried.len() >= max_attempts {
                 break;
             }
             let Some(index) = service.pick(&tried) else {
@@ -180,17 +200,19 @@ impl Gateway {
             }
             tried.push(index);
             let upstream = &service.endpoints[index];
-            let Ok(uri) = Uri::try_from(target.path_and_query.as_str()) else {
-                return error(
-                    ErrorCode::BadRequest,
-                    "the request's path is not a valid URI path",
-                );
-            };
+            // The last attempt there can be takes the head instead of a copy.
+            let last_attempt =
+                tried.len() >= max_attempts || tried.len() >= service.endpoints.len();
             let mut upstream_request = Request::new(attempt_body);
             *upstream_request.method_mut() = parts.method.clone();
-            *upstream_request.uri_mut() = uri;
             *upstream_request.version_mut() = Version::HTTP_11;
-            *upstream_request.headers_mut() = parts.headers.clone();
+            if last_attempt {
+                *upstream_request.uri_mut() = std::mem::take(&mut uri);
+                *upstream_request.headers_mut() = std::mem::take(&mut parts.headers);
+            } else {
+                *upstream_request.uri_mut() = uri.clone();
+                *upstream_request.headers_mut() = parts.headers.clone();
+            }
             upstream_request
                 .headers_mut()
                 .insert(header::HOST, upstream.host.clone());
@@ -290,10 +312,6 @@ impl Gateway {
         }
     }
 
-    pub(crate) fn tls(&self) -> bool {
-        self.tls
-    }
-
     pub(crate) fn max_retries(&self) -> usize {
         self.retries.max_retries as usize
     }
@@ -327,9 +345,11 @@ enum Failure {
     TimedOut,
 }
 
-/// The gateway as the listener calls it.
+/// One client connection's service: the gateway, with what it forwards
+/// about the client (`peer` is the address the connection came from).
 pub fn service(
     gateway: Arc<Gateway>,
+    peer: Option<SocketAddr>,
 ) -> impl tower::Service<
     Request<Incoming>,
     Response = Response<GatewayBody>,
@@ -338,10 +358,29 @@ pub fn service(
 > + Clone
 + Send
 + 'static {
+    let connection = Arc::new(Connection {
+        client: forward::Client::new(peer, gateway.tls),
+        gateway,
+    });
     tower::service_fn(move |request| {
-        let gateway = gateway.clone();
-        async move { Ok(gateway.handle(request).await) }
+        let connection = connection.clone();
+        async move { Ok(connection.gateway.handle(&connection.client, request).await) }
     })
+}
+
+/// What one client connection's requests share.
+struct Connection {
+    gateway: Arc<Gateway>,
+    client: forward::Client,
+}
+
+/// `s` in lowercase, copied only when it has capitals.
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// The gateway's own answer, with the JSON envelope.

@@ -212,12 +212,30 @@ fn base(url: &str) -> Option<http::uri::Authority> {
     parts.authority
 }
 
-/// Which service a request is for, and the path to send it with.
+/// Which service a request is for, and the path to send it with: borrowed
+/// from the request, so that routing one copies nothing.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Target {
-    pub service: String,
-    /// The path and query the endpoint gets (the `/s/<service>` prefix gone).
-    pub path_and_query: String,
+pub struct Target<'a> {
+    pub service: &'a str,
+    /// The path the endpoint gets (the `/s/<service>` prefix gone).
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl Target<'_> {
+    /// The request target the endpoint gets: path and query.
+    pub fn upstream_uri(&self) -> Result<Uri, http::uri::InvalidUri> {
+        match self.query {
+            Some(query) => {
+                let mut target = String::with_capacity(self.path.len() + 1 + query.len());
+                target.push_str(self.path);
+                target.push('?');
+                target.push_str(query);
+                Uri::try_from(target)
+            }
+            None => Uri::try_from(self.path),
+        }
+    }
 }
 
 /// Why a request names no service.
@@ -225,14 +243,15 @@ pub struct Target {
 pub struct NoService;
 
 /// Finds the service a request names: the path prefix `/s/<service>/…`
-/// first, else `Host: <service>.<domain>`.
-pub fn target(uri: &Uri, host: Option<&str>, domain: Option<&str>) -> Result<Target, NoService> {
+/// first, else `Host: <service>.<domain>`. `host` and `domain` are
+/// lowercase.
+pub fn target<'a>(
+    uri: &'a Uri,
+    host: Option<&'a str>,
+    domain: Option<&str>,
+) -> Result<Target<'a>, NoService> {
     let path = uri.path();
     let query = uri.query();
-    let with_query = |p: &str| match query {
-        Some(q) => format!("{p}?{q}"),
-        None => p.to_string(),
-    };
     if let Some(rest) = path.strip_prefix(skyclaw_api::service_client::SERVICE_PATH_PREFIX) {
         let (service, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -242,22 +261,24 @@ pub fn target(uri: &Uri, host: Option<&str>, domain: Option<&str>) -> Result<Tar
             return Err(NoService);
         }
         return Ok(Target {
-            service: service.to_string(),
-            path_and_query: with_query(tail),
+            service,
+            path: tail,
+            query,
         });
     }
     let (Some(host), Some(domain)) = (host, domain) else {
         return Err(NoService);
     };
     let name = host_without_port(host);
-    let label = name
+    let service = name
         .strip_suffix(domain)
         .and_then(|rest| rest.strip_suffix('.'))
         .filter(|label| !label.is_empty() && !label.contains('.'))
         .ok_or(NoService)?;
     Ok(Target {
-        service: label.to_ascii_lowercase(),
-        path_and_query: with_query(path),
+        service,
+        path,
+        query,
     })
 }
 
@@ -279,13 +300,16 @@ mod tests {
         let uri: Uri = "/s/ts-api/hello/x?a=1".parse().unwrap();
         let t = target(&uri, Some("gw.example.org"), Some("example.org")).unwrap();
         assert_eq!(t.service, "ts-api");
-        assert_eq!(t.path_and_query, "/hello/x?a=1");
+        assert_eq!(t.upstream_uri().unwrap(), "/hello/x?a=1");
         let bare: Uri = "/s/ts-api?a=1".parse().unwrap();
-        assert_eq!(target(&bare, None, None).unwrap().path_and_query, "/?a=1");
+        assert_eq!(
+            target(&bare, None, None).unwrap().upstream_uri().unwrap(),
+            "/?a=1"
+        );
         let uri: Uri = "/hello".parse().unwrap();
         let t = target(&uri, Some("ts-api.localhost:8788"), Some("localhost")).unwrap();
         assert_eq!(t.service, "ts-api");
-        assert_eq!(t.path_and_query, "/hello");
+        assert_eq!(t.upstream_uri().unwrap(), "/hello");
         assert_eq!(
             target(&uri, Some("localhost:8788"), Some("localhost")),
             Err(NoService)

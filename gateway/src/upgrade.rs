@@ -8,12 +8,11 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use skyclaw_api::ErrorCode;
-use skyclaw_api::serve::PeerAddr;
 use tokio::time::Instant;
 
-use crate::forward::{self, Origin};
+use crate::forward;
 use crate::proxy::{Gateway, GatewayBody, error, full};
-use crate::routes::{Service, Target};
+use crate::routes::Service;
 
 /// Whether a request asks to switch protocols (HTTP/1.1 only; HTTP/2's
 /// extended CONNECT is not offered).
@@ -33,20 +32,15 @@ pub async fn forward(
     gateway: &Gateway,
     service: &Service,
     mut request: Request<Incoming>,
-    target: &Target,
-    host: Option<&str>,
+    uri: Uri,
+    client: &forward::Client,
 ) -> Response<GatewayBody> {
     let client_side = hyper::upgrade::on(&mut request);
     let (mut parts, _body) = request.into_parts();
     let Some(protocol) = parts.headers.get(header::UPGRADE).cloned() else {
         return error(ErrorCode::BadRequest, "an upgrade names no protocol");
     };
-    let origin = Origin {
-        client: parts.extensions.get::<PeerAddr>().map(|p| p.0),
-        tls: gateway.tls(),
-        host,
-    };
-    let request_id = forward::prepare_request(&mut parts.headers, &origin);
+    let request_id = forward::prepare_request(&mut parts.headers, client, parts.uri.authority());
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -55,15 +49,9 @@ pub async fn forward(
     while let Some(index) = service.pick(&tried) {
         tried.push(index);
         let upstream = &service.endpoints[index];
-        let Ok(uri) = Uri::try_from(target.path_and_query.as_str()) else {
-            return error(
-                ErrorCode::BadRequest,
-                "the request's path is not a valid URI path",
-            );
-        };
         let mut upstream_request = Request::new(full(bytes::Bytes::new()));
         *upstream_request.method_mut() = parts.method.clone();
-        *upstream_request.uri_mut() = uri;
+        *upstream_request.uri_mut() = uri.clone();
         *upstream_request.version_mut() = Version::HTTP_11;
         *upstream_request.headers_mut() = parts.headers.clone();
         upstream_request

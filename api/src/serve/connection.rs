@@ -43,8 +43,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::{
-    HYPER_MAX_HEAD_BYTES, Limits, MAX_HEAD_BYTES, MAX_HEADERS, PeerAddr, Protocols,
-    READ_BUFFER_BYTES, Stats,
+    HYPER_MAX_HEAD_BYTES, Limits, MAX_HEAD_BYTES, MAX_HEADERS, Protocols, READ_BUFFER_BYTES, Stats,
 };
 use crate::{ErrorCode, ErrorEnvelope};
 
@@ -66,10 +65,8 @@ pub(super) async fn accept<S, B>(
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let peer = stream.peer_addr().ok().map(PeerAddr);
     let Some(tls) = protocols.tls else {
         let http2_and_upgrades = protocols.http2_and_upgrades;
-        let service = (service, peer);
         return serve(stream, service, limits, http2_and_upgrades, stats, stopping).await;
     };
     let stream = match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await {
@@ -84,7 +81,6 @@ pub(super) async fn accept<S, B>(
             return;
         }
     };
-    let service = (service, peer);
     serve(
         stream,
         service,
@@ -101,7 +97,7 @@ pub(super) async fn accept<S, B>(
 /// only, or HTTP/1.1 and HTTP/2 with upgrades.
 async fn serve<IO, S, B>(
     stream: IO,
-    (service, peer): (S, Option<PeerAddr>),
+    service: S,
     limits: Limits,
     http2_and_upgrades: bool,
     stats: &Stats,
@@ -124,7 +120,6 @@ async fn serve<IO, S, B>(
     let service = Tracking {
         inner: service,
         activity: activity.clone(),
-        peer,
     };
     if http2_and_upgrades {
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -394,8 +389,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 struct Tracking<S> {
     inner: S,
     activity: Activity,
-    /// Put into every request's extensions, for proxies to forward.
-    peer: Option<PeerAddr>,
 }
 
 /// A response body of the application's, or of the 431 answer.
@@ -413,12 +406,9 @@ where
 {
     type Response = Response<AnswerBody<B>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Call<tower::util::Oneshot<S, Request<Incoming>>, B>;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        if let Some(peer) = self.peer {
-            request.extensions_mut().insert(peer);
-        }
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_progress = self.activity.begin_request();
         let head = head_len(&request);
         if head > MAX_HEAD_BYTES {
@@ -426,16 +416,55 @@ where
                 body: Either::Right(body),
                 _in_progress: in_progress,
             });
-            return Box::pin(std::future::ready(Ok(answer)));
+            return Call::Answered {
+                answer: Some(answer),
+            };
         }
-        let answered = self.inner.clone().oneshot(request);
-        Box::pin(async move {
-            let answer = answered.await?;
-            Ok(answer.map(|body| Tracked {
-                body: Either::Left(body),
-                _in_progress: in_progress,
-            }))
-        })
+        Call::Answering {
+            answered: self.inner.clone().oneshot(request),
+            in_progress: Some(in_progress),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer on its way, as hyper polls it. A type of its own
+    /// rather than a boxed future: hyper keeps each connection's call in one
+    /// allocation it reuses, so a request costs none here.
+    #[project = CallProjection]
+    enum Call<F, B> {
+        /// The application is answering; its response's body keeps the
+        /// request in progress.
+        Answering { #[pin] answered: F, in_progress: Option<InProgress> },
+        /// The listener answered itself (the head was too large).
+        Answered { answer: Option<Response<AnswerBody<B>>> },
+    }
+}
+
+impl<F, B> Future for Call<F, B>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<AnswerBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        const POLLED_AGAIN: &str = "a call is not polled after it completed";
+        match self.project() {
+            CallProjection::Answering {
+                answered,
+                in_progress,
+            } => {
+                let answer = std::task::ready!(answered.poll(cx))?;
+                let in_progress = in_progress.take().expect(POLLED_AGAIN);
+                Poll::Ready(Ok(answer.map(|body| Tracked {
+                    body: Either::Left(body),
+                    _in_progress: in_progress,
+                })))
+            }
+            CallProjection::Answered { answer } => {
+                Poll::Ready(Ok(answer.take().expect(POLLED_AGAIN)))
+            }
+        }
     }
 }
 

@@ -68,11 +68,6 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// ENFILE, ENOMEM): retrying at once would spin while nothing has been freed.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The address a request's connection came from, in every request's
-/// extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
-
 /// How a listener's connections speak, beyond the HTTP/1.1 in the clear that
 /// every node's API uses.
 #[derive(Clone, Default)]
@@ -167,7 +162,7 @@ pub async fn serve<S, B>(
 {
     serve_with(
         listener,
-        service,
+        move |_peer| service.clone(),
         limits,
         Protocols::default(),
         stats,
@@ -176,15 +171,19 @@ pub async fn serve<S, B>(
     .await;
 }
 
-/// [`serve`], speaking what `protocols` says.
-pub async fn serve_with<S, B>(
+/// [`serve`], speaking what `protocols` says, with each connection served by
+/// the service `make_service` builds for it from the address it came from
+/// (a proxy forwards that address; worked out once per connection, it costs
+/// a request nothing).
+pub async fn serve_with<M, S, B>(
     listener: TcpListener,
-    service: S,
+    make_service: M,
     limits: Limits,
     protocols: Protocols,
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) where
+    M: Fn(Option<SocketAddr>) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -222,7 +221,7 @@ pub async fn serve_with<S, B>(
         // hyper may write a head and a body separately: Nagle's algorithm
         // would hold the second write until the first is acknowledged.
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let service = make_service(stream.peer_addr().ok());
         let stopping = stopping.clone();
         let protocols = protocols.clone();
         tokio::spawn(async move {
